@@ -3,9 +3,9 @@
 //! strategy's clusterIP/clusterIPs normalisation).
 
 use crate::model::{
-    ClientIpConfig, DnsPolicy, EndpointSlice, Endpoints, IntOrString, LoadBalancerIpMode, Pod,
-    Protocol, Service, ServiceType, SessionAffinity, SessionAffinityConfig, TrafficPolicy,
-    DEFAULT_CLIENT_IP_AFFINITY_SECONDS,
+    ClientIpConfig, DEFAULT_CLIENT_IP_AFFINITY_SECONDS, DnsPolicy, EndpointSlice, Endpoints,
+    IntOrString, LoadBalancerIpMode, Pod, Protocol, Service, ServiceType, SessionAffinity,
+    SessionAffinityConfig, TrafficPolicy,
 };
 
 /// Applies Service defaults in place:
@@ -39,8 +39,7 @@ pub fn service(svc: &mut Service) {
         }
         _ => {}
     }
-    if matches!(&spec.type_, None) || matches!(&spec.type_, Some(ServiceType::Other(s)) if s.is_empty())
-    {
+    if spec.type_.is_none() || matches!(&spec.type_, Some(ServiceType::Other(s)) if s.is_empty()) {
         spec.type_ = Some(ServiceType::ClusterIp);
     }
     for port in &mut spec.ports {
@@ -55,7 +54,8 @@ pub fn service(svc: &mut Service) {
     let externally_accessible = matches!(
         type_,
         Some(ServiceType::LoadBalancer | ServiceType::NodePort)
-    ) || (type_ == Some(ServiceType::ClusterIp) && !spec.external_ips.is_empty());
+    ) || (type_ == Some(ServiceType::ClusterIp)
+        && !spec.external_ips.is_empty());
     if externally_accessible && spec.external_traffic_policy.is_none() {
         spec.external_traffic_policy = Some(TrafficPolicy::Cluster);
     }
@@ -78,10 +78,10 @@ pub fn service(svc: &mut Service) {
         }
     }
     let spec = &mut svc.spec;
-    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty()) {
-        if spec.cluster_ips.is_empty() {
-            spec.cluster_ips = vec![ip.to_owned()];
-        }
+    if let Some(ip) = spec.cluster_ip.as_deref().filter(|ip| !ip.is_empty())
+        && spec.cluster_ips.is_empty()
+    {
+        spec.cluster_ips = vec![ip.to_owned()];
     }
 }
 
@@ -107,7 +107,12 @@ pub fn endpoint_slice(slice: &mut EndpointSlice) {
 pub fn pod(pod: &mut Pod) {
     pod.spec.enable_service_links.get_or_insert(true);
     pod.spec.dns_policy.get_or_insert(DnsPolicy::ClusterFirst);
-    for c in pod.spec.containers.iter_mut().chain(&mut pod.spec.init_containers) {
+    for c in pod
+        .spec
+        .containers
+        .iter_mut()
+        .chain(&mut pod.spec.init_containers)
+    {
         for p in &mut c.ports {
             p.protocol.get_or_insert(Protocol::Tcp);
         }
@@ -145,7 +150,10 @@ mod tests {
         let mut svc = Service::new("ns", "web");
         svc.spec.external_ips.push("192.0.2.1".into());
         service(&mut svc);
-        assert_eq!(svc.spec.external_traffic_policy, Some(TrafficPolicy::Cluster));
+        assert_eq!(
+            svc.spec.external_traffic_policy,
+            Some(TrafficPolicy::Cluster)
+        );
     }
 
     #[test]
@@ -189,7 +197,10 @@ mod tests {
         });
         service(&mut svc);
         assert_eq!(svc.spec.allocate_load_balancer_node_ports, Some(true));
-        assert_eq!(svc.spec.external_traffic_policy, Some(TrafficPolicy::Cluster));
+        assert_eq!(
+            svc.spec.external_traffic_policy,
+            Some(TrafficPolicy::Cluster)
+        );
         assert_eq!(svc.spec.ports[0].target_port, Some(IntOrString::Int(443)));
         let ing = &svc.status.unwrap().load_balancer.unwrap().ingress[0];
         assert_eq!(ing.ip_mode, Some(LoadBalancerIpMode::Vip));

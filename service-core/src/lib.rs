@@ -28,8 +28,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
+pub mod controller;
 pub mod defaults;
 pub mod manifest;
 pub mod model;
+pub mod snapshot;
 pub mod valid;
 pub mod validation;

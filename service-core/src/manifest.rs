@@ -5,6 +5,10 @@
 //! messages. Unknown kinds are skipped with a [`Warning`]; malformed input is a
 //! [`ManifestError`] naming the source, the document, the object and the field.
 
+// Manifest errors are rare and carry everything a user needs to find the problem; boxing
+// them would only make them clumsier to match on.
+#![allow(clippy::result_large_err)]
+
 use std::fmt;
 
 use serde::de::DeserializeOwned;
@@ -58,7 +62,11 @@ pub struct Location {
 
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: document {} (line {})", self.source, self.document, self.line)?;
+        write!(
+            f,
+            "{}: document {} (line {})",
+            self.source, self.document, self.line
+        )?;
         if let Some(item) = self.item {
             write!(f, ", items[{item}]")?;
         }
@@ -277,7 +285,10 @@ fn describe(doc: &Value, kind: &str) -> String {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) if !ns.is_empty() => format!("{kind} {ns}/{name}"),
         _ => format!("{kind} {name}"),
     }
@@ -321,7 +332,11 @@ fn load_object(location: Location, doc: Value, out: &mut Loaded) -> Result<(), M
     Ok(())
 }
 
-fn typed<T: DeserializeOwned>(location: &Location, what: &str, doc: Value) -> Result<T, ManifestError> {
+fn typed<T: DeserializeOwned>(
+    location: &Location,
+    what: &str,
+    doc: Value,
+) -> Result<T, ManifestError> {
     serde_path_to_error::deserialize(doc).map_err(|e| {
         let path = e.path().to_string();
         ManifestError {
@@ -404,7 +419,8 @@ ports: [{name: '', port: 8080, protocol: TCP}]
         let err = load_str("svcs.yaml", text).unwrap_err();
         assert_eq!(err.field.as_deref(), Some("kind"));
         assert!(
-            err.to_string().starts_with("svcs.yaml: document 1 (line 1), items[0]"),
+            err.to_string()
+                .starts_with("svcs.yaml: document 1 (line 1), items[0]"),
             "{err}"
         );
     }

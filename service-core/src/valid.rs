@@ -8,9 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::model::{
-    IpFamily, IpFamilyPolicy, Protocol, Service, ServiceType, TrafficDistribution,
-};
+use crate::model::{IpFamily, IpFamilyPolicy, Protocol, Service, ServiceType, TrafficDistribution};
 
 /// `namespace/name` of an object.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -98,6 +98,7 @@ impl Protocol {
     }
 }
 
+/// The default protocol, as the API server defaults it: TCP.
 impl Default for Protocol {
     fn default() -> Self {
         Self::Tcp
@@ -351,7 +352,10 @@ mod tests {
         assert_eq!(m.name(), "a");
         assert!(m.extra.contains_key("managedFields"));
         let back: serde_json::Value = serde_json::to_value(&m).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(json).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(json).unwrap()
+        );
     }
 
     #[test]

@@ -8,7 +8,9 @@ mod endpoints;
 mod pod;
 mod service;
 
-pub use common::{Extra, IntOrString, IpFamily, ObjectMeta, ObjectReference, OwnerReference, Protocol};
+pub use common::{
+    Extra, IntOrString, IpFamily, ObjectMeta, ObjectReference, OwnerReference, Protocol,
+};
 pub use endpoints::{
     AddressType, Endpoint, EndpointAddress, EndpointConditions, EndpointHints, EndpointPort,
     EndpointSlice, EndpointSubset, Endpoints, ForNode, ForZone, HEADLESS_LABEL,
@@ -20,9 +22,9 @@ pub use pod::{
     ZONE_LABEL,
 };
 pub use service::{
-    ClientIpConfig, DEFAULT_CLIENT_IP_AFFINITY_SECONDS, IpFamilyPolicy, LB_SOURCE_RANGES_ANNOTATION,
-    LoadBalancerIngress, LoadBalancerIpMode, LoadBalancerStatus, MAX_CLIENT_IP_AFFINITY_SECONDS,
-    Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType, SessionAffinity,
-    SessionAffinityConfig, TOPOLOGY_AWARE_HINTS_ANNOTATION, TOPOLOGY_MODE_ANNOTATION,
-    TrafficDistribution, TrafficPolicy,
+    ClientIpConfig, DEFAULT_CLIENT_IP_AFFINITY_SECONDS, IpFamilyPolicy,
+    LB_SOURCE_RANGES_ANNOTATION, LoadBalancerIngress, LoadBalancerIpMode, LoadBalancerStatus,
+    MAX_CLIENT_IP_AFFINITY_SECONDS, Service, ServicePort, ServiceSpec, ServiceStatus, ServiceType,
+    SessionAffinity, SessionAffinityConfig, TOPOLOGY_AWARE_HINTS_ANNOTATION,
+    TOPOLOGY_MODE_ANNOTATION, TrafficDistribution, TrafficPolicy,
 };

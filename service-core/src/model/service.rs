@@ -79,7 +79,8 @@ pub const TOPOLOGY_MODE_ANNOTATION: &str = "service.kubernetes.io/topology-mode"
 /// The deprecated spelling of [`TOPOLOGY_MODE_ANNOTATION`].
 pub const TOPOLOGY_AWARE_HINTS_ANNOTATION: &str = "service.kubernetes.io/topology-aware-hints";
 /// The annotation some clouds read for source ranges when the field is empty.
-pub const LB_SOURCE_RANGES_ANNOTATION: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+pub const LB_SOURCE_RANGES_ANNOTATION: &str =
+    "service.beta.kubernetes.io/load-balancer-source-ranges";
 /// The default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours).
 pub const DEFAULT_CLIENT_IP_AFFINITY_SECONDS: i32 = 10800;
 /// The largest `sessionAffinityConfig.clientIP.timeoutSeconds` (1 day).
@@ -153,7 +154,11 @@ pub struct ServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_affinity: Option<SessionAffinity>,
     /// Deprecated: requested load-balancer IP.
-    #[serde(default, rename = "loadBalancerIP", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "loadBalancerIP",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub load_balancer_ip: Option<String>,
     /// Client CIDRs allowed to reach the load balancer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -133,20 +133,31 @@ pub fn endpoint_slice_errors(slice: &EndpointSlice) -> Vec<FieldError> {
     match &slice.address_type {
         AddressType::Other(s) if s.is_empty() => errs.push(FieldError::required(&at_path, "")),
         AddressType::Other(s) => {
-            errs.push(FieldError::not_supported(&at_path, s.as_str(), AddressType::KNOWN));
+            errs.push(FieldError::not_supported(
+                &at_path,
+                s.as_str(),
+                AddressType::KNOWN,
+            ));
         }
         _ => {}
     }
 
     let eps = Path::new("endpoints");
     if slice.endpoints.len() > MAX_SLICE_ENDPOINTS {
-        errs.push(FieldError::too_many(&eps, slice.endpoints.len(), MAX_SLICE_ENDPOINTS));
+        errs.push(FieldError::too_many(
+            &eps,
+            slice.endpoints.len(),
+            MAX_SLICE_ENDPOINTS,
+        ));
     } else {
         for (i, ep) in slice.endpoints.iter().enumerate() {
             let idx = eps.index(i);
             let addr_path = idx.child("addresses");
             if ep.addresses.is_empty() {
-                errs.push(FieldError::required(&addr_path, "must contain at least 1 address"));
+                errs.push(FieldError::required(
+                    &addr_path,
+                    "must contain at least 1 address",
+                ));
             } else if ep.addresses.len() > MAX_ENDPOINT_ADDRESSES {
                 errs.push(FieldError::too_many(
                     &addr_path,
@@ -156,11 +167,11 @@ pub fn endpoint_slice_errors(slice: &EndpointSlice) -> Vec<FieldError> {
             }
             for (j, addr) in ep.addresses.iter().enumerate() {
                 let p = addr_path.index(j);
-                let family_ok = |v4: bool| {
-                    names::parse_ip_sloppy(addr).filter(|ip| ip.is_ipv4() == v4)
-                };
-                let check = |ip: Option<std::net::IpAddr>, what: &str, errs: &mut Vec<FieldError>| {
-                    match ip {
+                let family_ok =
+                    |v4: bool| names::parse_ip_sloppy(addr).filter(|ip| ip.is_ipv4() == v4);
+                let check =
+                    |ip: Option<std::net::IpAddr>, what: &str, errs: &mut Vec<FieldError>| match ip
+                    {
                         None => errs.push(FieldError::invalid(
                             &p,
                             addr,
@@ -171,8 +182,7 @@ pub fn endpoint_slice_errors(slice: &EndpointSlice) -> Vec<FieldError> {
                                 errs.push(FieldError::invalid(&p, addr, &msg));
                             }
                         }
-                    }
-                };
+                    };
                 match slice.address_type {
                     AddressType::Ipv4 => check(family_ok(true), "IPv4", &mut errs),
                     AddressType::Ipv6 => check(family_ok(false), "IPv6", &mut errs),
@@ -247,7 +257,11 @@ pub fn endpoint_slice_errors(slice: &EndpointSlice) -> Vec<FieldError> {
 
     let ports = Path::new("ports");
     if slice.ports.len() > MAX_SLICE_PORTS {
-        errs.push(FieldError::too_many(&ports, slice.ports.len(), MAX_SLICE_PORTS));
+        errs.push(FieldError::too_many(
+            &ports,
+            slice.ports.len(),
+            MAX_SLICE_PORTS,
+        ));
         return errs;
     }
     let mut seen = HashSet::new();

@@ -288,8 +288,12 @@ mod tests {
     fn messages_match_the_api_server() {
         let p = Path::new("spec").child("ports").index(0);
         assert_eq!(
-            FieldError::invalid(&p.child("port"), 0, "must be between 1 and 65535, inclusive")
-                .to_string(),
+            FieldError::invalid(
+                &p.child("port"),
+                0,
+                "must be between 1 and 65535, inclusive"
+            )
+            .to_string(),
             "spec.ports[0].port: Invalid value: 0: must be between 1 and 65535, inclusive"
         );
         assert_eq!(
@@ -306,8 +310,11 @@ mod tests {
             r#"spec.ports[0].name: Duplicate value: "http""#
         );
         assert_eq!(
-            FieldError::forbidden(&p.child("nodePort"), "may not be used when `type` is 'ClusterIP'")
-                .to_string(),
+            FieldError::forbidden(
+                &p.child("nodePort"),
+                "may not be used when `type` is 'ClusterIP'"
+            )
+            .to_string(),
             "spec.ports[0].nodePort: Forbidden: may not be used when `type` is 'ClusterIP'"
         );
         let list = ["1.2.3.4".to_string(), "5.6.7.8".to_string()];
@@ -316,7 +323,10 @@ mod tests {
             r#"spec.clusterIPs: Invalid value: []string{"1.2.3.4", "5.6.7.8"}: x"#
         );
         assert_eq!(
-            Path::new("metadata").child("annotations").key("a/b").as_str(),
+            Path::new("metadata")
+                .child("annotations")
+                .key("a/b")
+                .as_str(),
             "metadata.annotations[a/b]"
         );
     }

@@ -26,7 +26,11 @@ pub(crate) fn object_meta(
             // A generated name appends five characters; the prefix must be valid with a
             // trailing dash trimmed (`ValidateObjectMeta` with `maskTrailingDash`).
             for msg in name_check(prefix.trim_end_matches('-')) {
-                errs.push(FieldError::invalid(&path.child("generateName"), prefix, &msg));
+                errs.push(FieldError::invalid(
+                    &path.child("generateName"),
+                    prefix,
+                    &msg,
+                ));
             }
         }
         _ => errs.push(FieldError::required(

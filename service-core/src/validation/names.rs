@@ -279,10 +279,7 @@ mod tests {
         assert_eq!(parse_ip_sloppy("1.2.3.4.5"), None);
         assert_eq!(parse_ip_sloppy("256.1.1.1"), None);
         assert_eq!(parse_ip_sloppy(""), None);
-        assert_eq!(
-            parse_cidr_sloppy("10.0.0.1/8"),
-            "10.0.0.0/8".parse().ok()
-        );
+        assert_eq!(parse_cidr_sloppy("10.0.0.1/8"), "10.0.0.0/8".parse().ok());
         assert_eq!(parse_cidr_sloppy("10.0.0.1/33"), None);
         assert_eq!(parse_cidr_sloppy("10.0.0.1"), None);
     }

@@ -56,7 +56,10 @@ pub fn validate_service(svc: &Service) -> Result<ValidService, ValidationError> 
 /// Validates an update of `old` to `new` (`ValidateServiceUpdate`): the create rules plus
 /// the immutability rules for cluster IPs, IP families, the load-balancer class and the
 /// health-check node port.
-pub fn validate_service_update(new: &Service, old: &Service) -> Result<ValidService, ValidationError> {
+pub fn validate_service_update(
+    new: &Service,
+    old: &Service,
+) -> Result<ValidService, ValidationError> {
     let mut errs = update_errors(new, old);
     errs.extend(service_errors(new));
     if !errs.is_empty() {
@@ -77,16 +80,17 @@ pub fn service_errors(svc: &Service) -> Vec<FieldError> {
     if let (Some(mode), Some(hints)) = (
         svc.metadata.annotation(TOPOLOGY_MODE_ANNOTATION),
         svc.metadata.annotation(TOPOLOGY_AWARE_HINTS_ANNOTATION),
-    ) {
-        if mode != hints {
-            errs.push(FieldError::invalid(
-                &Path::new("metadata")
-                    .child("annotations")
-                    .key(TOPOLOGY_MODE_ANNOTATION),
-                mode,
-                &format!("must match annotations[{TOPOLOGY_AWARE_HINTS_ANNOTATION}] when both are specified"),
-            ));
-        }
+    ) && mode != hints
+    {
+        errs.push(FieldError::invalid(
+            &Path::new("metadata")
+                .child("annotations")
+                .key(TOPOLOGY_MODE_ANNOTATION),
+            mode,
+            &format!(
+                "must match annotations[{TOPOLOGY_AWARE_HINTS_ANNOTATION}] when both are specified"
+            ),
+        ));
     }
 
     let headless = is_headless(svc);
@@ -130,7 +134,11 @@ pub fn service_errors(svc: &Service) -> Vec<FieldError> {
                 errs.push(FieldError::required(&spec_path.child("externalName"), ""));
             } else {
                 for msg in names::dns1123_subdomain(cname) {
-                    errs.push(FieldError::invalid(&spec_path.child("externalName"), cname, &msg));
+                    errs.push(FieldError::invalid(
+                        &spec_path.child("externalName"),
+                        cname,
+                        &msg,
+                    ));
                 }
             }
         }
@@ -154,7 +162,11 @@ pub fn service_errors(svc: &Service) -> Vec<FieldError> {
             }
         }
         if !valid_port(sp.port) {
-            errs.push(FieldError::invalid(&path.child("port"), sp.port, PORT_RANGE));
+            errs.push(FieldError::invalid(
+                &path.child("port"),
+                sp.port,
+                PORT_RANGE,
+            ));
         }
         match &sp.protocol {
             None => errs.push(FieldError::required(&path.child("protocol"), "")),
@@ -244,7 +256,10 @@ pub fn service_errors(svc: &Service) -> Vec<FieldError> {
             continue;
         }
         if !node_ports.insert((sp.protocol.clone(), np)) {
-            errs.push(FieldError::duplicate(&ports_path.index(i).child("nodePort"), np));
+            errs.push(FieldError::duplicate(
+                &ports_path.index(i).child("nodePort"),
+                np,
+            ));
         }
     }
 
@@ -314,14 +329,14 @@ pub fn service_errors(svc: &Service) -> Vec<FieldError> {
         Some(_) => {}
     }
 
-    if let Some(td) = &spec.traffic_distribution {
-        if !td.is_known() {
-            errs.push(FieldError::not_supported(
-                &spec_path.child("trafficDistribution"),
-                td.as_str(),
-                TrafficDistribution::KNOWN,
-            ));
-        }
+    if let Some(td) = &spec.traffic_distribution
+        && !td.is_known()
+    {
+        errs.push(FieldError::not_supported(
+            &spec_path.child("trafficDistribution"),
+            td.as_str(),
+            TrafficDistribution::KNOWN,
+        ));
     }
 
     load_balancer_status(svc, &mut errs);
@@ -411,14 +426,14 @@ pub(crate) fn cluster_ips_related(svc: &Service, errs: &mut Vec<FieldError>) {
         seen.push(fam);
     }
 
-    if let Some(policy) = &spec.ip_family_policy {
-        if !policy.is_known() {
-            errs.push(FieldError::not_supported(
-                &spec_path.child("ipFamilyPolicy"),
-                policy.as_str(),
-                IpFamilyPolicy::KNOWN,
-            ));
-        }
+    if let Some(policy) = &spec.ip_family_policy
+        && !policy.is_known()
+    {
+        errs.push(FieldError::not_supported(
+            &spec_path.child("ipFamilyPolicy"),
+            policy.as_str(),
+            IpFamilyPolicy::KNOWN,
+        ));
     }
 
     let mut has_invalid = false;
@@ -439,7 +454,11 @@ pub(crate) fn cluster_ips_related(svc: &Service, errs: &mut Vec<FieldError>) {
             Some(p) => parsed.push(p),
             None => {
                 has_invalid = true;
-                errs.push(FieldError::invalid(&ips_path.index(i), ip, names::INVALID_IP));
+                errs.push(FieldError::invalid(
+                    &ips_path.index(i),
+                    ip,
+                    names::INVALID_IP,
+                ));
             }
         }
     }
@@ -503,7 +522,11 @@ fn source_ranges(svc: &Service, errs: &mut Vec<FieldError>) {
         for (i, value) in spec.load_balancer_source_ranges.iter().enumerate() {
             let value = value.trim();
             if names::parse_cidr_sloppy(value).is_none() {
-                errs.push(FieldError::invalid(&path.index(i), value, names::INVALID_CIDR));
+                errs.push(FieldError::invalid(
+                    &path.index(i),
+                    value,
+                    names::INVALID_CIDR,
+                ));
             }
         }
     } else if let Some(val) = svc.metadata.annotation(LB_SOURCE_RANGES_ANNOTATION) {
@@ -614,8 +637,8 @@ fn update_errors(new: &Service, old: &Service) -> Vec<FieldError> {
             "field is immutable",
         ));
     }
-    let either_external_name = type_is(new, &ServiceType::ExternalName)
-        || type_is(old, &ServiceType::ExternalName);
+    let either_external_name =
+        type_is(new, &ServiceType::ExternalName) || type_is(old, &ServiceType::ExternalName);
     let both_headless = is_headless(new) && is_headless(old);
     let single_stack = new.spec.ip_family_policy == Some(IpFamilyPolicy::SingleStack);
 
@@ -640,17 +663,28 @@ fn update_errors(new: &Service, old: &Service) -> Vec<FieldError> {
                     "primary clusterIP can not be unset",
                 ));
             } else if n[0] != o[0] {
-                errs.push(FieldError::invalid(&ips_path.index(0), &n[..], "may not change once set"));
+                errs.push(FieldError::invalid(
+                    &ips_path.index(0),
+                    &n[..],
+                    "may not change once set",
+                ));
             }
             if n.len() == 1 && !single_stack {
                 errs.push(FieldError::invalid(
                     &spec_path.child("ipFamilyPolicy"),
-                    new.spec.ip_family_policy.as_ref().map_or("", IpFamilyPolicy::as_str),
+                    new.spec
+                        .ip_family_policy
+                        .as_ref()
+                        .map_or("", IpFamilyPolicy::as_str),
                     "must be set to 'SingleStack' when releasing the secondary clusterIP",
                 ));
             }
         } else if !o.is_empty() && n[0] != o[0] {
-            errs.push(FieldError::invalid(&ips_path.index(0), &n[..], "may not change once set"));
+            errs.push(FieldError::invalid(
+                &ips_path.index(0),
+                &n[..],
+                "may not change once set",
+            ));
         }
 
         let fam_path = spec_path.child("ipFamilies");
@@ -683,7 +717,10 @@ fn update_errors(new: &Service, old: &Service) -> Vec<FieldError> {
             if n.len() == 1 && !single_stack {
                 errs.push(FieldError::invalid(
                     &spec_path.child("ipFamilyPolicy"),
-                    new.spec.ip_family_policy.as_ref().map_or("", IpFamilyPolicy::as_str),
+                    new.spec
+                        .ip_family_policy
+                        .as_ref()
+                        .map_or("", IpFamilyPolicy::as_str),
                     "must be set to 'SingleStack' when releasing the secondary ipFamily",
                 ));
             }
@@ -789,15 +826,16 @@ fn build_valid(svc: &Service) -> ValidService {
             .as_deref()
             .filter(|_| type_is(svc, &ServiceType::ExternalName))
             .map(|n| n.strip_suffix('.').unwrap_or(n).to_owned()),
-        session_affinity_timeout: (spec.session_affinity == Some(SessionAffinity::ClientIp))
-            .then(|| {
+        session_affinity_timeout: (spec.session_affinity == Some(SessionAffinity::ClientIp)).then(
+            || {
                 spec.session_affinity_config
                     .as_ref()
                     .and_then(|c| c.client_ip.as_ref())
                     .and_then(|c| c.timeout_seconds)
                     .and_then(|t| u32::try_from(t).ok())
                     .unwrap_or(crate::model::DEFAULT_CLIENT_IP_AFFINITY_SECONDS as u32)
-            }),
+            },
+        ),
         load_balancer_source_ranges: spec
             .load_balancer_source_ranges
             .iter()

@@ -14,7 +14,10 @@ fn base() -> Service {
 }
 
 fn errors(svc: &Service) -> Vec<String> {
-    service_errors(svc).iter().map(ToString::to_string).collect()
+    service_errors(svc)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 #[track_caller]
@@ -35,7 +38,10 @@ fn assert_one_error_containing(svc: &Service, needle: &str) {
 fn a_defaulted_service_is_valid() {
     let v = validate_service(&base()).unwrap();
     assert_eq!(v.key.to_string(), "ns/web");
-    assert_eq!(v.cluster_ips.ips(), &["10.0.0.10".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(
+        v.cluster_ips.ips(),
+        &["10.0.0.10".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert_eq!(v.ports[0].target_port, crate::valid::TargetPort::Number(80));
 }
 
@@ -43,9 +49,15 @@ fn a_defaulted_service_is_valid() {
 fn service_name_must_be_a_dns1035_label() {
     let mut svc = base();
     svc.metadata.name = Some("1web".into());
-    assert_one_error_containing(&svc, "metadata.name: Invalid value: \"1web\": a DNS-1035 label");
+    assert_one_error_containing(
+        &svc,
+        "metadata.name: Invalid value: \"1web\": a DNS-1035 label",
+    );
     svc.metadata.name = None;
-    assert_errors(&svc, &["metadata.name: Required value: name or generateName is required"]);
+    assert_errors(
+        &svc,
+        &["metadata.name: Required value: name or generateName is required"],
+    );
     svc.metadata.generate_name = Some("web-".into());
     assert_errors(&svc, &[]);
 }
@@ -72,18 +84,26 @@ fn topology_annotations_must_agree() {
     svc.metadata.annotations = Some(
         [
             (TOPOLOGY_MODE_ANNOTATION.to_string(), "Auto".to_string()),
-            (TOPOLOGY_AWARE_HINTS_ANNOTATION.to_string(), "auto".to_string()),
+            (
+                TOPOLOGY_AWARE_HINTS_ANNOTATION.to_string(),
+                "auto".to_string(),
+            ),
         ]
         .into(),
     );
     assert_errors(
         &svc,
-        &["metadata.annotations[service.kubernetes.io/topology-mode]: Invalid value: \"Auto\": must match annotations[service.kubernetes.io/topology-aware-hints] when both are specified"],
+        &[
+            "metadata.annotations[service.kubernetes.io/topology-mode]: Invalid value: \"Auto\": must match annotations[service.kubernetes.io/topology-aware-hints] when both are specified",
+        ],
     );
     svc.metadata.annotations = Some(
         [
             (TOPOLOGY_MODE_ANNOTATION.to_string(), "Auto".to_string()),
-            (TOPOLOGY_AWARE_HINTS_ANNOTATION.to_string(), "Auto".to_string()),
+            (
+                TOPOLOGY_AWARE_HINTS_ANNOTATION.to_string(),
+                "Auto".to_string(),
+            ),
         ]
         .into(),
     );
@@ -109,13 +129,17 @@ fn headless_is_not_allowed_for_node_port_and_load_balancer() {
     svc.spec.external_traffic_policy = Some(TrafficPolicy::Cluster);
     assert_errors(
         &svc,
-        &["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services"],
+        &[
+            "spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for NodePort services",
+        ],
     );
     svc.spec.type_ = Some(ServiceType::LoadBalancer);
     svc.spec.allocate_load_balancer_node_ports = Some(true);
     assert_errors(
         &svc,
-        &["spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for LoadBalancer services"],
+        &[
+            "spec.clusterIPs[0]: Invalid value: \"None\": may not be set to 'None' for LoadBalancer services",
+        ],
     );
 }
 
@@ -155,13 +179,19 @@ fn port_names() {
     defaults::service(&mut svc);
     assert_errors(
         &svc,
-        &["spec.ports[0].name: Required value", "spec.ports[1].name: Required value"],
+        &[
+            "spec.ports[0].name: Required value",
+            "spec.ports[1].name: Required value",
+        ],
     );
     svc.spec.ports[0].name = Some("http".into());
     svc.spec.ports[1].name = Some("http".into());
     assert_errors(&svc, &["spec.ports[1].name: Duplicate value: \"http\""]);
     svc.spec.ports[1].name = Some("HTTP".into());
-    assert_one_error_containing(&svc, "spec.ports[1].name: Invalid value: \"HTTP\": a lowercase RFC 1123 label");
+    assert_one_error_containing(
+        &svc,
+        "spec.ports[1].name: Invalid value: \"HTTP\": a lowercase RFC 1123 label",
+    );
     // Digit-only port names are valid DNS-1123 labels.
     svc.spec.ports[1].name = Some("8081".into());
     assert_errors(&svc, &[]);
@@ -182,7 +212,9 @@ fn port_numbers_and_protocols() {
     svc.spec.ports[0].protocol = Some(Protocol::Other("ICMP".into()));
     assert_errors(
         &svc,
-        &["spec.ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\""],
+        &[
+            "spec.ports[0].protocol: Unsupported value: \"ICMP\": supported values: \"SCTP\", \"TCP\", \"UDP\"",
+        ],
     );
     svc.spec.ports[0].protocol = None;
     assert_errors(&svc, &["spec.ports[0].protocol: Required value"]);
@@ -199,21 +231,30 @@ fn target_ports() {
     svc.spec.ports[0].target_port = Some(IntOrString::String("metrics-http-port".into()));
     assert_errors(
         &svc,
-        &["spec.ports[0].targetPort: Invalid value: \"metrics-http-port\": must be no more than 15 characters"],
+        &[
+            "spec.ports[0].targetPort: Invalid value: \"metrics-http-port\": must be no more than 15 characters",
+        ],
     );
     svc.spec.ports[0].target_port = Some(IntOrString::String("8080".into()));
     assert_errors(
         &svc,
-        &["spec.ports[0].targetPort: Invalid value: \"8080\": must contain at least one letter (a-z)"],
+        &[
+            "spec.ports[0].targetPort: Invalid value: \"8080\": must contain at least one letter (a-z)",
+        ],
     );
     svc.spec.ports[0].target_port = Some(IntOrString::String("a--b".into()));
     assert_errors(
         &svc,
-        &["spec.ports[0].targetPort: Invalid value: \"a--b\": must not contain consecutive hyphens"],
+        &[
+            "spec.ports[0].targetPort: Invalid value: \"a--b\": must not contain consecutive hyphens",
+        ],
     );
     svc.spec.ports[0].target_port = Some(IntOrString::String("http".into()));
     let v = validate_service(&svc).unwrap();
-    assert_eq!(v.ports[0].target_port, crate::valid::TargetPort::Name("http".into()));
+    assert_eq!(
+        v.ports[0].target_port,
+        crate::valid::TargetPort::Name("http".into())
+    );
 }
 
 #[test]
@@ -222,7 +263,10 @@ fn app_protocol_is_a_qualified_name() {
     svc.spec.ports[0].app_protocol = Some("kubernetes.io/h2c".into());
     assert_errors(&svc, &[]);
     svc.spec.ports[0].app_protocol = Some("bad/proto/x".into());
-    assert_one_error_containing(&svc, "spec.ports[0].appProtocol: Invalid value: \"bad/proto/x\"");
+    assert_one_error_containing(
+        &svc,
+        "spec.ports[0].appProtocol: Invalid value: \"bad/proto/x\"",
+    );
 }
 
 #[test]
@@ -240,7 +284,9 @@ fn session_affinity() {
     svc.spec.session_affinity = Some(SessionAffinity::Other("Cookie".into()));
     assert_errors(
         &svc,
-        &["spec.sessionAffinity: Unsupported value: \"Cookie\": supported values: \"ClientIP\", \"None\""],
+        &[
+            "spec.sessionAffinity: Unsupported value: \"Cookie\": supported values: \"ClientIP\", \"None\"",
+        ],
     );
     svc.spec.session_affinity = Some(SessionAffinity::None);
     svc.spec.session_affinity_config = Some(SessionAffinityConfig::default());
@@ -257,27 +303,42 @@ fn session_affinity() {
     svc.spec.session_affinity_config = Some(SessionAffinityConfig::default());
     assert_errors(
         &svc,
-        &["spec.sessionAffinityConfig.clientIP: Required value: when session affinity type is ClientIP"],
+        &[
+            "spec.sessionAffinityConfig.clientIP: Required value: when session affinity type is ClientIP",
+        ],
     );
     svc.spec.session_affinity_config = Some(SessionAffinityConfig {
         client_ip: Some(ClientIpConfig::default()),
     });
     assert_errors(
         &svc,
-        &["spec.sessionAffinityConfig.clientIP.timeoutSeconds: Required value: when session affinity type is ClientIP"],
+        &[
+            "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Required value: when session affinity type is ClientIP",
+        ],
     );
-    for (t, ok) in [(0, false), (1, true), (86400, true), (86401, false), (-5, false)] {
+    for (t, ok) in [
+        (0, false),
+        (1, true),
+        (86400, true),
+        (86401, false),
+        (-5, false),
+    ] {
         svc.spec.session_affinity_config = Some(SessionAffinityConfig {
             client_ip: Some(ClientIpConfig {
                 timeout_seconds: Some(t),
             }),
         });
         if ok {
-            assert_eq!(validate_service(&svc).unwrap().session_affinity_timeout, Some(t as u32));
+            assert_eq!(
+                validate_service(&svc).unwrap().session_affinity_timeout,
+                Some(t as u32)
+            );
         } else {
             assert_errors(
                 &svc,
-                &[&format!("spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: {t}: must be greater than 0 and less than 86400")],
+                &[&format!(
+                    "spec.sessionAffinityConfig.clientIP.timeoutSeconds: Invalid value: {t}: must be greater than 0 and less than 86400"
+                )],
             );
         }
     }
@@ -289,7 +350,9 @@ fn cluster_ip_and_cluster_ips_must_agree() {
     svc.spec.cluster_ips = vec!["10.0.0.11".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs: Invalid value: []string{\"10.0.0.11\"}: first value must match `clusterIP`"],
+        &[
+            "spec.clusterIPs: Invalid value: []string{\"10.0.0.11\"}: first value must match `clusterIP`",
+        ],
     );
     svc.spec.cluster_ips.clear();
     assert_errors(&svc, &["spec.clusterIPs: Required value"]);
@@ -297,7 +360,9 @@ fn cluster_ip_and_cluster_ips_must_agree() {
     svc.spec.cluster_ips = vec!["10.0.0.11".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs: Invalid value: []string{\"10.0.0.11\"}: must be empty when `clusterIP` is not specified"],
+        &[
+            "spec.clusterIPs: Invalid value: []string{\"10.0.0.11\"}: must be empty when `clusterIP` is not specified",
+        ],
     );
     // Both empty: to be allocated.
     svc.spec.cluster_ips.clear();
@@ -314,24 +379,32 @@ fn cluster_ips_values() {
     svc.spec.cluster_ips = vec!["None".into(), "10.0.0.1".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs: Invalid value: []string{\"None\", \"10.0.0.1\"}: 'None' must be the first and only value"],
+        &[
+            "spec.clusterIPs: Invalid value: []string{\"None\", \"10.0.0.1\"}: 'None' must be the first and only value",
+        ],
     );
     svc.spec.cluster_ip = Some("10.0.0.300".into());
     svc.spec.cluster_ips = vec!["10.0.0.300".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs[0]: Invalid value: \"10.0.0.300\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)"],
+        &[
+            "spec.clusterIPs[0]: Invalid value: \"10.0.0.300\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+        ],
     );
     svc.spec.cluster_ip = Some("10.0.0.1".into());
     svc.spec.cluster_ips = vec!["10.0.0.1".into(), "10.0.0.2".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs: Invalid value: []string{\"10.0.0.1\", \"10.0.0.2\"}: may specify no more than one IP for each IP family"],
+        &[
+            "spec.clusterIPs: Invalid value: []string{\"10.0.0.1\", \"10.0.0.2\"}: may specify no more than one IP for each IP family",
+        ],
     );
     svc.spec.cluster_ips = vec!["10.0.0.1".into(), "fd00::1".into(), "fd00::2".into()];
     assert_errors(
         &svc,
-        &["spec.clusterIPs: Invalid value: []string{\"10.0.0.1\", \"fd00::1\", \"fd00::2\"}: may only hold up to 2 values"],
+        &[
+            "spec.clusterIPs: Invalid value: []string{\"10.0.0.1\", \"fd00::1\", \"fd00::2\"}: may only hold up to 2 values",
+        ],
     );
     svc.spec.cluster_ips = vec!["10.0.0.1".into(), "fd00::1".into()];
     svc.spec.ip_families = vec![IpFamily::Ipv4, IpFamily::Ipv6];
@@ -345,7 +418,9 @@ fn ip_families_and_policy() {
     svc.spec.ip_families = vec![IpFamily::Ipv6];
     assert_errors(
         &svc,
-        &["spec.clusterIPs[0]: Invalid value: \"10.0.0.10\": expected an IPv6 value as indicated by `ipFamilies[0]`"],
+        &[
+            "spec.clusterIPs[0]: Invalid value: \"10.0.0.10\": expected an IPv6 value as indicated by `ipFamilies[0]`",
+        ],
     );
     svc.spec.ip_families = vec![IpFamily::Ipv4, IpFamily::Ipv4];
     assert_errors(&svc, &["spec.ipFamilies[1]: Duplicate value: \"IPv4\""]);
@@ -358,7 +433,9 @@ fn ip_families_and_policy() {
     svc.spec.ip_family_policy = Some(IpFamilyPolicy::Other("Both".into()));
     assert_errors(
         &svc,
-        &["spec.ipFamilyPolicy: Unsupported value: \"Both\": supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\""],
+        &[
+            "spec.ipFamilyPolicy: Unsupported value: \"Both\": supported values: \"PreferDualStack\", \"RequireDualStack\", \"SingleStack\"",
+        ],
     );
 }
 
@@ -396,7 +473,9 @@ fn service_type() {
     svc.spec.type_ = Some(ServiceType::Other("Magic".into()));
     assert_errors(
         &svc,
-        &["spec.type: Unsupported value: \"Magic\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\""],
+        &[
+            "spec.type: Unsupported value: \"Magic\": supported values: \"ClusterIP\", \"ExternalName\", \"LoadBalancer\", \"NodePort\"",
+        ],
     );
 }
 
@@ -434,7 +513,9 @@ fn duplicate_protocol_and_port() {
     svc.spec.ports.push(second);
     assert_errors(
         &svc,
-        &["spec.ports[1]: Duplicate value: core.ServicePort{Name:\"\", Protocol:\"TCP\", AppProtocol:(*string)(nil), Port:80, TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:\"\"}, NodePort:0}"],
+        &[
+            "spec.ports[1]: Duplicate value: core.ServicePort{Name:\"\", Protocol:\"TCP\", AppProtocol:(*string)(nil), Port:80, TargetPort:intstr.IntOrString{Type:0, IntVal:0, StrVal:\"\"}, NodePort:0}",
+        ],
     );
     svc.spec.ports[1].protocol = Some(Protocol::Udp);
     assert_errors(&svc, &[]);
@@ -455,23 +536,36 @@ fn load_balancer_source_ranges() {
     let v = validate_service(&svc).unwrap();
     assert_eq!(
         v.load_balancer_source_ranges,
-        vec!["203.0.113.0/25".parse().unwrap(), "10.0.0.0/8".parse().unwrap()]
+        vec![
+            "203.0.113.0/25".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap()
+        ]
     );
-    svc.spec.load_balancer_source_ranges.push("10.0.0.0/33".into());
+    svc.spec
+        .load_balancer_source_ranges
+        .push("10.0.0.0/33".into());
     // The capital L is Kubernetes' own spelling.
     assert_errors(
         &svc,
-        &["spec.LoadBalancerSourceRanges[2]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"],
+        &[
+            "spec.LoadBalancerSourceRanges[2]: Invalid value: \"10.0.0.0/33\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)",
+        ],
     );
     let mut svc = base();
     svc.spec.load_balancer_source_ranges = vec!["10.0.0.0/8".into()];
     assert_errors(
         &svc,
-        &["spec.LoadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'"],
+        &[
+            "spec.LoadBalancerSourceRanges: Forbidden: may only be used when `type` is 'LoadBalancer'",
+        ],
     );
     let mut svc = base();
     svc.metadata.annotations = Some(
-        [(LB_SOURCE_RANGES_ANNOTATION.to_string(), "10.0.0.0/8, x".to_string())].into(),
+        [(
+            LB_SOURCE_RANGES_ANNOTATION.to_string(),
+            "10.0.0.0/8, x".to_string(),
+        )]
+        .into(),
     );
     assert_errors(
         &svc,
@@ -492,7 +586,9 @@ fn allocate_load_balancer_node_ports() {
     svc.spec.allocate_load_balancer_node_ports = Some(false);
     assert_errors(
         &svc,
-        &["spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'"],
+        &[
+            "spec.allocateLoadBalancerNodePorts: Forbidden: may only be used when `type` is 'LoadBalancer'",
+        ],
     );
 }
 
@@ -507,7 +603,9 @@ fn load_balancer_class() {
     svc.spec.load_balancer_class = Some("example.com/internal".into());
     assert_errors(
         &svc,
-        &["spec.loadBalancerClass: Forbidden: may only be used when service type is 'LoadBalancer'"],
+        &[
+            "spec.loadBalancerClass: Forbidden: may only be used when service type is 'LoadBalancer'",
+        ],
     );
 }
 
@@ -517,7 +615,9 @@ fn external_traffic_policy_and_health_check_port() {
     svc.spec.external_traffic_policy = Some(TrafficPolicy::Local);
     assert_errors(
         &svc,
-        &["spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for externally-accessible services"],
+        &[
+            "spec.externalTrafficPolicy: Invalid value: \"Local\": may only be set for externally-accessible services",
+        ],
     );
     let mut svc = load_balancer();
     svc.spec.external_traffic_policy = None;
@@ -525,7 +625,9 @@ fn external_traffic_policy_and_health_check_port() {
     svc.spec.external_traffic_policy = Some(TrafficPolicy::Other("Nearby".into()));
     assert_errors(
         &svc,
-        &["spec.externalTrafficPolicy: Unsupported value: \"Nearby\": supported values: \"Cluster\", \"Local\""],
+        &[
+            "spec.externalTrafficPolicy: Unsupported value: \"Nearby\": supported values: \"Cluster\", \"Local\"",
+        ],
     );
     svc.spec.external_traffic_policy = Some(TrafficPolicy::Local);
     assert_errors(&svc, &["spec.healthCheckNodePort: Required value"]);
@@ -541,7 +643,9 @@ fn external_traffic_policy_and_health_check_port() {
     svc.spec.external_traffic_policy = Some(TrafficPolicy::Cluster);
     assert_errors(
         &svc,
-        &["spec.healthCheckNodePort: Invalid value: 30500: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'"],
+        &[
+            "spec.healthCheckNodePort: Invalid value: 30500: may only be set when `type` is 'LoadBalancer' and `externalTrafficPolicy` is 'Local'",
+        ],
     );
 }
 
@@ -553,13 +657,17 @@ fn internal_traffic_policy_and_distribution() {
     svc.spec.internal_traffic_policy = Some(TrafficPolicy::Other("Node".into()));
     assert_errors(
         &svc,
-        &["spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\""],
+        &[
+            "spec.internalTrafficPolicy: Unsupported value: \"Node\": supported values: \"Cluster\", \"Local\"",
+        ],
     );
     svc.spec.internal_traffic_policy = Some(TrafficPolicy::Local);
     svc.spec.traffic_distribution = Some(TrafficDistribution::Other("Anywhere".into()));
     assert_errors(
         &svc,
-        &["spec.trafficDistribution: Unsupported value: \"Anywhere\": supported values: \"PreferClose\", \"PreferSameNode\", \"PreferSameZone\""],
+        &[
+            "spec.trafficDistribution: Unsupported value: \"Anywhere\": supported values: \"PreferClose\", \"PreferSameNode\", \"PreferSameZone\"",
+        ],
     );
     svc.spec.traffic_distribution = Some(TrafficDistribution::PreferSameZone);
     assert!(validate_service(&svc).unwrap().internal_traffic_local);
@@ -712,7 +820,10 @@ fn endpoints_validation() {
     ep.subsets[0].addresses[0].ip = "127.0.0.1".into();
     ep.subsets[0].ports[0].port = Some(0);
     ep.subsets[0].ports.push(EndpointPort::default());
-    let msgs: Vec<String> = endpoints_errors(&ep).iter().map(ToString::to_string).collect();
+    let msgs: Vec<String> = endpoints_errors(&ep)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         msgs,
         vec![
@@ -726,7 +837,10 @@ fn endpoints_validation() {
     );
     ep.subsets[0].addresses.clear();
     ep.subsets[0].ports.clear();
-    let msgs: Vec<String> = endpoints_errors(&ep).iter().map(ToString::to_string).collect();
+    let msgs: Vec<String> = endpoints_errors(&ep)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         msgs,
         vec!["subsets[0]: Required value: must specify `addresses` or `notReadyAddresses`"]
@@ -766,7 +880,9 @@ fn slice() -> EndpointSlice {
             hostname: Some("web-0".into()),
             node_name: Some("node-a".into()),
             hints: Some(EndpointHints {
-                for_zones: vec![ForZone { name: "zone-a".into() }],
+                for_zones: vec![ForZone {
+                    name: "zone-a".into(),
+                }],
                 for_nodes: vec![],
             }),
             ..Endpoint::default()
@@ -787,7 +903,10 @@ fn endpoint_slice_validation() {
 
     let mut s = slice();
     s.address_type = AddressType::default();
-    assert_eq!(endpoint_slice_errors(&s)[0].to_string(), "addressType: Required value");
+    assert_eq!(
+        endpoint_slice_errors(&s)[0].to_string(),
+        "addressType: Required value"
+    );
     s.address_type = AddressType::Other("IPv5".into());
     assert_eq!(
         endpoint_slice_errors(&s)[0].to_string(),
@@ -806,12 +925,19 @@ fn endpoint_slice_validation() {
         "endpoints[0].addresses: Required value: must contain at least 1 address"
     );
     s.endpoints[0].addresses = vec!["169.254.0.1".into()];
-    assert!(endpoint_slice_errors(&s)[0].to_string().contains("link-local range"));
+    assert!(
+        endpoint_slice_errors(&s)[0]
+            .to_string()
+            .contains("link-local range")
+    );
 
     let mut s = slice();
     s.ports.push(s.ports[0].clone());
     s.ports[1].protocol = None;
-    let msgs: Vec<String> = endpoint_slice_errors(&s).iter().map(ToString::to_string).collect();
+    let msgs: Vec<String> = endpoint_slice_errors(&s)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
     assert_eq!(
         msgs,
         vec![
@@ -821,9 +947,14 @@ fn endpoint_slice_validation() {
     );
 
     let mut s = slice();
-    s.endpoints[0].hints.as_mut().unwrap().for_zones.push(ForZone {
-        name: "zone-a".into(),
-    });
+    s.endpoints[0]
+        .hints
+        .as_mut()
+        .unwrap()
+        .for_zones
+        .push(ForZone {
+            name: "zone-a".into(),
+        });
     assert_eq!(
         endpoint_slice_errors(&s)[0].to_string(),
         "endpoints[0].hints.forZones[1].name: Duplicate value: \"zone-a\""

@@ -1,0 +1,435 @@
+//! Building a [`Snapshot`] from validated Services, EndpointSlices and legacy Endpoints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::{
+    Endpoint, FamilyPlan, NodeInfo, ServiceEndpoint, ServiceInfo, ServicePort, ServicePortName,
+    Snapshot, categorize,
+};
+use crate::model::{
+    AddressType, EndpointSlice, Endpoints, IpFamily, Protocol, SERVICE_PROXY_NAME_LABEL,
+};
+use crate::valid::{ServiceKey, ValidService};
+use crate::validation::names::parse_ip_sloppy;
+
+/// Input that cannot form a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    /// Two Services with the same namespace and name.
+    #[error("Service {0} is defined more than once")]
+    DuplicateService(ServiceKey),
+}
+
+/// An endpoint of a slice (or of a legacy Endpoints subset), parsed.
+struct EndpointView<'a> {
+    ip: IpAddr,
+    hostname: Option<&'a str>,
+    target_name: Option<&'a str>,
+    node_name: Option<&'a str>,
+    zone: Option<&'a str>,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+    zone_hints: Vec<&'a str>,
+    node_hints: Vec<&'a str>,
+}
+
+/// A slice or a legacy subset: one family, one port set.
+struct SliceView<'a> {
+    family: IpFamily,
+    /// (name, port, protocol); ports without a usable number are kept for DNS as `None`.
+    ports: Vec<(&'a str, Option<u16>, Protocol)>,
+    endpoints: Vec<EndpointView<'a>>,
+}
+
+fn slice_view(slice: &EndpointSlice) -> Option<SliceView<'_>> {
+    let family = match slice.address_type {
+        AddressType::Ipv4 => IpFamily::Ipv4,
+        AddressType::Ipv6 => IpFamily::Ipv6,
+        // FQDN slices are deprecated and ignored by proxies and CoreDNS.
+        _ => return None,
+    };
+    let ports = slice
+        .ports
+        .iter()
+        .map(|p| {
+            (
+                p.name.as_deref().unwrap_or(""),
+                p.port
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|&n| n != 0),
+                p.protocol.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            // Consumers use the first address only.
+            let ip = parse_ip_sloppy(ep.addresses.first()?)?;
+            if IpFamily::of(&ip) != family {
+                return None;
+            }
+            let c = ep.conditions.unwrap_or_default();
+            let hints = ep.hints.as_ref();
+            Some(EndpointView {
+                ip,
+                hostname: ep.hostname.as_deref(),
+                target_name: ep.target_ref.as_ref().and_then(|r| r.name.as_deref()),
+                node_name: ep.node_name.as_deref(),
+                zone: ep.zone.as_deref(),
+                ready: c.is_ready(),
+                serving: c.is_serving(),
+                terminating: c.is_terminating(),
+                zone_hints: hints
+                    .map(|h| h.for_zones.iter().map(|z| z.name.as_str()).collect())
+                    .unwrap_or_default(),
+                node_hints: hints
+                    .map(|h| h.for_nodes.iter().map(|n| n.name.as_str()).collect())
+                    .unwrap_or_default(),
+            })
+        })
+        .collect();
+    Some(SliceView {
+        family,
+        ports,
+        endpoints,
+    })
+}
+
+/// Legacy `Endpoints` as slices: one view per subset and family. Ready addresses are
+/// ready and serving; not-ready addresses are neither; nothing is terminating.
+fn legacy_views(ep: &Endpoints) -> Vec<SliceView<'_>> {
+    let mut out = Vec::new();
+    for subset in &ep.subsets {
+        for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
+            let endpoints: Vec<EndpointView<'_>> = subset
+                .addresses
+                .iter()
+                .map(|a| (a, true))
+                .chain(subset.not_ready_addresses.iter().map(|a| (a, false)))
+                .filter_map(|(a, ready)| {
+                    let ip = parse_ip_sloppy(&a.ip)?;
+                    (IpFamily::of(&ip) == family).then(|| EndpointView {
+                        ip,
+                        hostname: a.hostname.as_deref(),
+                        target_name: a.target_ref.as_ref().and_then(|r| r.name.as_deref()),
+                        node_name: a.node_name.as_deref(),
+                        zone: None,
+                        ready,
+                        serving: ready,
+                        terminating: false,
+                        zone_hints: Vec::new(),
+                        node_hints: Vec::new(),
+                    })
+                })
+                .collect();
+            if endpoints.is_empty() {
+                continue;
+            }
+            let ports = subset
+                .ports
+                .iter()
+                .map(|p| {
+                    (
+                        p.name.as_deref().unwrap_or(""),
+                        p.port
+                            .and_then(|n| u16::try_from(n).ok())
+                            .filter(|&n| n != 0),
+                        p.protocol.clone().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            out.push(SliceView {
+                family,
+                ports,
+                endpoints,
+            });
+        }
+    }
+    out
+}
+
+/// The key kube-proxy sorts and deduplicates endpoints by: `ip:port` as text
+/// (`net.JoinHostPort`), compared as strings.
+fn endpoint_string(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// The endpoints of one service port and family (`EndpointSliceCache.addEndpoints`):
+/// first address only, deduplicated by `ip:port` (a local copy wins), sorted by that string.
+fn port_endpoints(
+    views: &[SliceView<'_>],
+    port_name: &str,
+    protocol: &Protocol,
+    family: &IpFamily,
+    node: &NodeInfo,
+    interner: &mut HashMap<String, Arc<str>>,
+) -> Vec<Endpoint> {
+    let mut intern = |s: &str| -> Arc<str> {
+        if let Some(a) = interner.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        interner.insert(s.to_owned(), a.clone());
+        a
+    };
+    let mut set: BTreeMap<String, Endpoint> = BTreeMap::new();
+    for view in views.iter().filter(|v| v.family == *family) {
+        for &(name, port, ref proto) in &view.ports {
+            let Some(port) = port else { continue };
+            if name != port_name || proto != protocol {
+                continue;
+            }
+            for ep in &view.endpoints {
+                let is_local = ep.node_name == Some(node.name.as_str()) && !node.name.is_empty();
+                let key = endpoint_string(ep.ip, port);
+                if set.contains_key(&key) && !is_local {
+                    continue;
+                }
+                let endpoint = Endpoint {
+                    ip: ep.ip,
+                    port,
+                    ready: ep.ready,
+                    serving: ep.serving,
+                    terminating: ep.terminating,
+                    is_local,
+                    node_name: ep.node_name.map(&mut intern),
+                    zone: ep.zone.map(&mut intern),
+                    zone_hints: ep.zone_hints.iter().map(|z| intern(z)).collect(),
+                    node_hints: ep.node_hints.iter().map(|n| intern(n)).collect(),
+                };
+                set.insert(key, endpoint);
+            }
+        }
+    }
+    set.into_values().collect()
+}
+
+fn service_endpoints(views: &[SliceView<'_>]) -> Vec<ServiceEndpoint> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for view in views {
+        let ports: Arc<[(String, u16, Protocol)]> = view
+            .ports
+            .iter()
+            .filter_map(|&(name, port, ref proto)| Some((name.to_owned(), port?, proto.clone())))
+            .collect();
+        for ep in &view.endpoints {
+            if !seen.insert(ep.ip) {
+                continue;
+            }
+            out.push(ServiceEndpoint {
+                ip: ep.ip,
+                hostname: ep.hostname.map(str::to_owned),
+                target_name: ep.target_name.map(str::to_owned),
+                node_name: ep.node_name.map(str::to_owned),
+                ready: ep.ready,
+                serving: ep.serving,
+                terminating: ep.terminating,
+                ports: ports.clone(),
+            });
+        }
+    }
+    out
+}
+
+fn family_plan(
+    svc: &ValidService,
+    node_port: Option<u16>,
+    family: &IpFamily,
+    endpoints: Vec<Endpoint>,
+    node: &NodeInfo,
+) -> Option<FamilyPlan> {
+    let cluster_ip = svc.cluster_ips.of_family(family)?;
+    let same = |ip: &IpAddr| IpFamily::of(ip) == *family;
+    let external_ips: Vec<IpAddr> = svc.external_ips.iter().copied().filter(same).collect();
+    let load_balancer_ips: Vec<IpAddr> = svc
+        .load_balancer_ingress
+        .iter()
+        .filter(|i| !i.proxy_mode && same(&i.ip))
+        .map(|i| i.ip)
+        .collect();
+    let load_balancer_source_ranges = svc
+        .load_balancer_source_ranges
+        .iter()
+        .copied()
+        .filter(|r| same(&r.addr()))
+        .collect();
+    let externally_accessible =
+        node_port.is_some() || !load_balancer_ips.is_empty() || !external_ips.is_empty();
+    let external_local = svc.external_traffic_local && svc.externally_accessible();
+    let internal_local = svc.internal_traffic_local;
+    let uses_cluster = !internal_local || externally_accessible;
+    let uses_local = internal_local || (external_local && externally_accessible);
+    let selection = categorize(
+        &endpoints,
+        uses_cluster,
+        uses_local,
+        &node.name,
+        node.zone.as_deref(),
+    );
+    Some(FamilyPlan {
+        cluster_ip,
+        external_ips,
+        load_balancer_ips,
+        load_balancer_source_ranges,
+        endpoints,
+        selection,
+    })
+}
+
+/// Replaces entries of `new` equal to those of `old` by `old`'s, so that consecutive
+/// snapshots share unchanged entries.
+fn share<K: Ord, V: PartialEq>(old: &BTreeMap<K, Arc<V>>, new: &mut BTreeMap<K, Arc<V>>) {
+    for (k, v) in new.iter_mut() {
+        if let Some(o) = old.get(k)
+            && o == v
+        {
+            *v = o.clone();
+        }
+    }
+}
+
+impl Snapshot {
+    /// Builds the snapshot for `node` from validated Services, EndpointSlices and legacy
+    /// Endpoints. A Service's endpoints come from its EndpointSlices (label
+    /// `kubernetes.io/service-name`); legacy Endpoints are used only for Services that have
+    /// no slice. The result does not depend on the order of the inputs.
+    ///
+    /// # Errors
+    /// [`SnapshotError::DuplicateService`] when two Services share a namespace and name.
+    pub fn build(
+        node: NodeInfo,
+        services: &[ValidService],
+        slices: &[EndpointSlice],
+        endpoints: &[Endpoints],
+    ) -> Result<Self, SnapshotError> {
+        let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in slices {
+            if let Some(name) = s.service_name() {
+                by_service
+                    .entry((s.metadata.namespace(), name))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        for list in by_service.values_mut() {
+            list.sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
+        }
+        let legacy: HashMap<(&str, &str), &Endpoints> = endpoints
+            .iter()
+            .map(|e| ((e.metadata.namespace(), e.metadata.name()), e))
+            .collect();
+
+        let mut sorted: Vec<&ValidService> = services.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        if let Some(w) = sorted.windows(2).find(|w| w[0].key == w[1].key) {
+            return Err(SnapshotError::DuplicateService(w[0].key.clone()));
+        }
+
+        let mut interner = HashMap::new();
+        let mut snapshot = Self {
+            node: Arc::new(node),
+            ..Self::default()
+        };
+        for svc in sorted {
+            let key = (svc.key.namespace.as_str(), svc.key.name.as_str());
+            let views: Vec<SliceView<'_>> = match by_service.get(&key) {
+                Some(list) => list.iter().filter_map(|s| slice_view(s)).collect(),
+                None => legacy
+                    .get(&key)
+                    .map(|e| legacy_views(e))
+                    .unwrap_or_default(),
+            };
+            let other_proxy = svc
+                .object
+                .metadata
+                .label(SERVICE_PROXY_NAME_LABEL)
+                .is_some();
+            snapshot.services.insert(
+                svc.key.clone(),
+                Arc::new(ServiceInfo {
+                    key: svc.key.clone(),
+                    type_: svc.type_.clone(),
+                    cluster_ips: svc.cluster_ips.clone(),
+                    external_name: svc.external_name.clone(),
+                    ports: svc.ports.clone(),
+                    endpoints: service_endpoints(&views),
+                    other_proxy,
+                }),
+            );
+            if svc.cluster_ips.ips().is_empty() || other_proxy {
+                continue;
+            }
+            for port in &svc.ports {
+                let name = ServicePortName {
+                    service: svc.key.clone(),
+                    port: port.name.clone(),
+                    protocol: port.protocol.clone(),
+                };
+                let mut plan = |family: IpFamily| {
+                    let eps = port_endpoints(
+                        &views,
+                        &port.name,
+                        &port.protocol,
+                        &family,
+                        &snapshot.node,
+                        &mut interner,
+                    );
+                    family_plan(svc, port.node_port, &family, eps, &snapshot.node)
+                };
+                let ipv4 = plan(IpFamily::Ipv4);
+                let ipv6 = plan(IpFamily::Ipv6);
+                snapshot.ports.insert(
+                    name.clone(),
+                    Arc::new(ServicePort {
+                        name,
+                        port: port.port,
+                        node_port: port.node_port,
+                        session_affinity_timeout: svc.session_affinity_timeout,
+                        external_policy_local: svc.external_traffic_local
+                            && svc.externally_accessible(),
+                        internal_policy_local: svc.internal_traffic_local,
+                        health_check_node_port: if svc.needs_health_check() {
+                            svc.health_check_node_port
+                        } else {
+                            None
+                        },
+                        ipv4,
+                        ipv6,
+                    }),
+                );
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Like [`Snapshot::build`], but shares every entry equal to one of `self`'s, so that
+    /// `new.diff(self)` compares unchanged entries by pointer.
+    ///
+    /// # Errors
+    /// As [`Snapshot::build`].
+    pub fn rebuild(
+        &self,
+        node: NodeInfo,
+        services: &[ValidService],
+        slices: &[EndpointSlice],
+        endpoints: &[Endpoints],
+    ) -> Result<Self, SnapshotError> {
+        let mut new = Self::build(node, services, slices, endpoints)?;
+        if new.node == self.node {
+            new.node = self.node.clone();
+        }
+        share(&self.services, &mut new.services);
+        share(&self.ports, &mut new.ports);
+        Ok(new)
+    }
+}
