@@ -28,10 +28,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
+pub mod cluster;
 pub mod controller;
 pub mod defaults;
 pub mod manifest;
 pub mod model;
+#[cfg(feature = "k8s-openapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "k8s-openapi")))]
+pub mod openapi;
 pub mod snapshot;
 pub mod valid;
 pub mod validation;

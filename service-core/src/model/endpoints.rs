@@ -135,6 +135,20 @@ impl Default for AddressType {
 }
 
 impl EndpointSlice {
+    /// An empty slice of a Service (`kubernetes.io/service-name` label set).
+    pub fn new(namespace: &str, name: &str, service: &str, address_type: AddressType) -> Self {
+        let mut metadata = ObjectMeta::named(namespace, name);
+        metadata.labels = Some([(SERVICE_NAME_LABEL.to_owned(), service.to_owned())].into());
+        Self {
+            api_version: Some("discovery.k8s.io/v1".into()),
+            kind: Some("EndpointSlice".into()),
+            metadata,
+            address_type,
+            endpoints: Vec::new(),
+            ports: Vec::new(),
+        }
+    }
+
     /// The Service this slice belongs to (its `kubernetes.io/service-name` label).
     pub fn service_name(&self) -> Option<&str> {
         self.metadata.label(SERVICE_NAME_LABEL)
@@ -172,6 +186,28 @@ pub struct Endpoint {
     pub deprecated_topology: Option<BTreeMap<String, String>>,
 }
 
+impl EndpointPort {
+    /// A port with a name (possibly empty), number and protocol.
+    pub fn new(name: &str, port: i32, protocol: Protocol) -> Self {
+        Self {
+            name: Some(name.to_owned()),
+            port: Some(port),
+            protocol: Some(protocol),
+            app_protocol: None,
+        }
+    }
+}
+
+impl Endpoint {
+    /// An endpoint with one address and no conditions (read as ready).
+    pub fn new(address: &str) -> Self {
+        Self {
+            addresses: vec![address.to_owned()],
+            ..Self::default()
+        }
+    }
+}
+
 /// Conditions of an endpoint. Unset `ready` and `serving` mean true; unset `terminating`
 /// means false.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +226,15 @@ pub struct EndpointConditions {
 }
 
 impl EndpointConditions {
+    /// Conditions with all three values set.
+    pub fn new(ready: bool, serving: bool, terminating: bool) -> Self {
+        Self {
+            ready: Some(ready),
+            serving: Some(serving),
+            terminating: Some(terminating),
+        }
+    }
+
     /// `ready`, with unset read as true.
     pub fn is_ready(&self) -> bool {
         self.ready.unwrap_or(true)

@@ -169,20 +169,20 @@ pub fn endpoint_slice_errors(slice: &EndpointSlice) -> Vec<FieldError> {
                 let p = addr_path.index(j);
                 let family_ok =
                     |v4: bool| names::parse_ip_sloppy(addr).filter(|ip| ip.is_ipv4() == v4);
-                let check =
-                    |ip: Option<std::net::IpAddr>, what: &str, errs: &mut Vec<FieldError>| match ip
-                    {
-                        None => errs.push(FieldError::invalid(
-                            &p,
-                            addr,
-                            &format!("must be a valid {what} address"),
-                        )),
-                        Some(ip) => {
-                            for msg in names::non_special_ip(addr, ip) {
-                                errs.push(FieldError::invalid(&p, addr, &msg));
-                            }
+                let check = |ip: Option<std::net::IpAddr>,
+                             what: &str,
+                             errs: &mut Vec<FieldError>| match ip {
+                    None => errs.push(FieldError::invalid(
+                        &p,
+                        addr,
+                        &format!("must be a valid {what} address"),
+                    )),
+                    Some(ip) => {
+                        for msg in names::non_special_ip(addr, ip) {
+                            errs.push(FieldError::invalid(&p, addr, &msg));
                         }
-                    };
+                    }
+                };
                 match slice.address_type {
                     AddressType::Ipv4 => check(family_ok(true), "IPv4", &mut errs),
                     AddressType::Ipv6 => check(family_ok(false), "IPv6", &mut errs),

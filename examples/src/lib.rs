@@ -1,0 +1,110 @@
+//! Shared plumbing of the example binaries: reading manifest files, the node flags named
+//! after kube-proxy's options, and turning invalid input into exit status 2.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ipnet::IpNet;
+use service_core::cluster::Cluster;
+use service_core::controller::ControllerConfig;
+use service_core::manifest::{Located, Object, load_str};
+use service_core::snapshot::{NodeInfo, Snapshot};
+
+/// Exit status for invalid input (a file that does not parse, an invalid object).
+pub const EXIT_INVALID: u8 = 2;
+
+/// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct NodeArgs {
+    /// Name of this node, compared with endpoints' `nodeName` (kube-proxy: --hostname-override).
+    #[arg(long, default_value = "")]
+    pub node_name: String,
+    /// A node IP; repeat for several, the first of each family is the primary.
+    #[arg(long = "node-ip")]
+    pub node_ips: Vec<IpAddr>,
+    /// This node's zone (topology.kubernetes.io/zone), for topology hints.
+    #[arg(long)]
+    pub node_zone: Option<String>,
+    /// Pod CIDR of the cluster: traffic from outside it to cluster IPs is masqueraded.
+    #[arg(long = "cluster-cidr")]
+    pub cluster_cidrs: Vec<IpNet>,
+    /// Service CIDR (repeatable).
+    #[arg(long = "service-cidr")]
+    pub service_cidrs: Vec<IpNet>,
+    /// Accept node ports only on addresses in these CIDRs (default: every local address).
+    #[arg(long = "nodeport-addresses")]
+    pub nodeport_addresses: Vec<IpNet>,
+    /// Do not accept node-port traffic sent to 127.0.0.0/8.
+    #[arg(long)]
+    pub no_localhost_nodeports: bool,
+    /// Masquerade all traffic sent to cluster IPs.
+    #[arg(long)]
+    pub masquerade_all: bool,
+}
+
+impl NodeArgs {
+    /// The node facts for the snapshot.
+    pub fn node_info(&self) -> NodeInfo {
+        let mut node = NodeInfo::new(&self.node_name, self.node_ips.clone());
+        node.zone.clone_from(&self.node_zone);
+        node
+    }
+}
+
+/// Reads and parses every file ("-" is standard input), printing skipped kinds to stderr.
+///
+/// # Errors
+/// The first file that cannot be read or parsed.
+pub fn load_files(files: &[String]) -> anyhow::Result<Vec<Located<Object>>> {
+    let mut objects = Vec::new();
+    for file in files {
+        let text = if file == "-" {
+            std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+        } else {
+            std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?
+        };
+        let loaded = load_str(file, &text)?;
+        for w in &loaded.warnings {
+            eprintln!("warning: {w}");
+        }
+        objects.extend(loaded.objects);
+    }
+    Ok(objects)
+}
+
+/// Loads the files into a validated [`Cluster`], deriving EndpointSlices from Pods for
+/// Services that have none. Prints every problem to stderr.
+///
+/// # Errors
+/// `Err(exit code)` when a file does not parse or any object is invalid.
+pub fn load_cluster(files: &[String]) -> Result<Cluster, ExitCode> {
+    let objects = match load_files(files) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Err(ExitCode::from(EXIT_INVALID));
+        }
+    };
+    let (mut cluster, invalid) = Cluster::from_objects(objects);
+    if !invalid.is_empty() {
+        for i in &invalid {
+            eprintln!("error: {i}");
+        }
+        return Err(ExitCode::from(EXIT_INVALID));
+    }
+    cluster.derive_endpoint_slices(ControllerConfig::default());
+    Ok(cluster)
+}
+
+/// Loads the files and builds the snapshot for the node.
+///
+/// # Errors
+/// `Err(exit code)` on invalid input.
+pub fn load_snapshot(files: &[String], node: &NodeArgs) -> Result<Snapshot, ExitCode> {
+    let cluster = load_cluster(files)?;
+    cluster.snapshot(node.node_info()).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_INVALID)
+    })
+}
