@@ -49,7 +49,7 @@ fn port_rows(snap: &Snapshot, port: &ServicePort, rows: &mut Vec<[String; 6]>) {
     let type_ = snap
         .services
         .get(&port.name.service)
-        .map_or(String::new(), |s| s.type_.to_string());
+        .map_or_else(String::new, |s| s.type_.to_string());
     for plan in [&port.ipv4, &port.ipv6].into_iter().flatten() {
         let mut external: Vec<String> = plan.external_ips.iter().map(ToString::to_string).collect();
         external.extend(plan.load_balancer_ips.iter().map(|ip| format!("{ip} (lb)")));
@@ -80,7 +80,7 @@ fn port_rows(snap: &Snapshot, port: &ServicePort, rows: &mut Vec<[String; 6]>) {
             name,
             type_.clone(),
             format!("{}:{}", plan.cluster_ip, port.port),
-            port.node_port.map_or("-".into(), |p| p.to_string()),
+            port.node_port.map_or_else(|| "-".into(), |p| p.to_string()),
             if external.is_empty() {
                 "-".into()
             } else {
