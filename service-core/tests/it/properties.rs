@@ -200,8 +200,8 @@ proptest! {
         prop_assert_eq!(&a, &b);
 
         // Shuffle both inputs with a simple deterministic permutation.
-        let mut v2 = valid.clone();
-        let mut s2 = slices.clone();
+        let mut v2 = valid;
+        let mut s2 = slices;
         let mut x = seed | 1;
         for i in (1..v2.len()).rev() {
             x ^= x << 13; x ^= x >> 7; x ^= x << 17;
