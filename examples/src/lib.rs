@@ -14,6 +14,22 @@ use service_core::snapshot::{NodeInfo, Snapshot};
 /// Exit status for invalid input (a file that does not parse, an invalid object).
 pub const EXIT_INVALID: u8 = 2;
 
+/// `--ip-family`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IpFamilyArg {
+    /// IPv4 (iptables).
+    Ipv4,
+    /// IPv6 (ip6tables).
+    Ipv6,
+}
+
+/// `--backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendArg {
+    /// kube-proxy's iptables layout.
+    Iptables,
+}
+
 /// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct NodeArgs {
@@ -44,6 +60,26 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// The proxy settings these flags describe.
+    pub fn proxy_config(&self) -> service_proxy::ProxyConfig {
+        let mut c = service_proxy::ProxyConfig::default();
+        c.cluster_cidrs.clone_from(&self.cluster_cidrs);
+        c.service_cidrs.clone_from(&self.service_cidrs);
+        c.nodeport_addresses.clone_from(&self.nodeport_addresses);
+        c.local_addresses.clone_from(&self.node_ips);
+        c.localhost_nodeports = !self.no_localhost_nodeports;
+        c.masquerade_all = self.masquerade_all;
+        c
+    }
+
+    /// Whether to render IPv6 rules: `--ip-family`, else the family of the first node IP.
+    pub fn ipv6(&self, family: Option<IpFamilyArg>) -> bool {
+        match family {
+            Some(f) => f == IpFamilyArg::Ipv6,
+            None => self.node_ips.first().is_some_and(IpAddr::is_ipv6),
+        }
+    }
+
     /// The node facts for the snapshot.
     pub fn node_info(&self) -> NodeInfo {
         let mut node = NodeInfo::new(&self.node_name, self.node_ips.clone());

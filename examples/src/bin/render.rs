@@ -1,0 +1,54 @@
+//! `render --backend iptables [NODE FLAGS] FILE...`: prints the complete rule set for a node
+//! on stdout.
+//!
+//! For iptables this is `iptables-restore` input (or `ip6tables-restore` with
+//! `--ip-family ipv6`) including the jump rules from the built-in chains: restored without
+//! `--noflush` on a host without other rules, it reproduces exactly what the proxy installs.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser;
+use service_examples::{BackendArg, IpFamilyArg, NodeArgs, load_snapshot};
+use service_proxy::iptables::{IptablesConfig, Renderer};
+
+/// Render the proxy rules for one node.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// Which backend's rules to render.
+    #[arg(long, value_enum, default_value = "iptables")]
+    backend: BackendArg,
+    /// IP family to render (default: the family of the first --node-ip).
+    #[arg(long, value_enum)]
+    ip_family: Option<IpFamilyArg>,
+    #[command(flatten)]
+    node: NodeArgs,
+    /// Manifest files (YAML, JSON, `kind: List`); `-` reads standard input.
+    #[arg(required = true)]
+    files: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let snapshot = match load_snapshot(&args.files, &args.node) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let ipv6 = args.node.ipv6(args.ip_family);
+    let text = match args.backend {
+        BackendArg::Iptables => {
+            let config = IptablesConfig::new(args.node.proxy_config());
+            let localhost = config.proxy.localhost_nodeports;
+            Renderer::new(config, ipv6)
+                .full(&snapshot)
+                .to_restore_input_with_jumps(localhost)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        eprintln!("error: writing the rules: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

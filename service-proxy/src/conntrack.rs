@@ -1,0 +1,574 @@
+//! Clearing stale conntrack entries over netlink (ctnetlink), as kube-proxy does after a
+//! sync, so that UDP clients such as DNS resolvers are not blackholed:
+//!
+//! - when a UDP service port gets its first endpoint, entries created while it had none
+//!   (rejected or unreplied) are deleted, so the next packet is DNATed afresh;
+//! - when a UDP endpoint goes away, entries DNATed to it are deleted.
+//!
+//! The message encoding and parsing are pure and tested byte for byte; [`Conntrack`] is a
+//! thin blocking socket layer (dump the table, delete matching entries by their original
+//! tuple). It needs `CAP_NET_ADMIN` in the network namespace it works on.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{ServicePort, Snapshot};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_F_NESTED: u16 = 0x8000;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_SRC_PORT: u16 = 2;
+const CTA_PROTO_DST_PORT: u16 = 3;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// The IP protocol number of a service protocol.
+pub fn protocol_number(p: &Protocol) -> u8 {
+    match p {
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+        _ => 6,
+    }
+}
+
+/// One direction of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Tuple {
+    /// Source address and port.
+    pub src: SocketAddr,
+    /// Destination address and port.
+    pub dst: SocketAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+}
+
+/// A conntrack entry: original and reply directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Entry {
+    /// As the client sent it.
+    pub orig: Tuple,
+    /// As the server answers (after NAT: the real endpoint is the reply's source).
+    pub reply: Tuple,
+}
+
+/// Which entries to delete. Every set field must match.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub struct Filter {
+    /// IP protocol number.
+    pub protocol: u8,
+    /// The original destination address (a service IP).
+    pub orig_dst: Option<IpAddr>,
+    /// The original destination port (a service port or node port).
+    pub orig_dport: Option<u16>,
+    /// The reply source address (the endpoint the entry was DNATed to).
+    pub reply_src: Option<IpAddr>,
+    /// The reply source port (the endpoint port).
+    pub reply_sport: Option<u16>,
+}
+
+impl Filter {
+    /// Whether an entry matches.
+    pub fn matches(&self, e: &Entry) -> bool {
+        e.orig.protocol == self.protocol
+            && self.orig_dst.is_none_or(|ip| e.orig.dst.ip() == ip)
+            && self.orig_dport.is_none_or(|p| e.orig.dst.port() == p)
+            && self.reply_src.is_none_or(|ip| e.reply.src.ip() == ip)
+            && self.reply_sport.is_none_or(|p| e.reply.src.port() == p)
+    }
+}
+
+fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    let len = 4 + payload.len();
+    buf.extend_from_slice(&(len as u16).to_ne_bytes());
+    buf.extend_from_slice(&kind.to_ne_bytes());
+    buf.extend_from_slice(payload);
+    while !buf.len().is_multiple_of(4) {
+        buf.push(0);
+    }
+}
+
+fn push_nested(buf: &mut Vec<u8>, kind: u16, f: impl FnOnce(&mut Vec<u8>)) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    buf.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
+    f(buf);
+    let len = (buf.len() - start) as u16;
+    buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+}
+
+fn header(buf: &mut Vec<u8>, msg: u16, flags: u16, seq: u32, family: u8) {
+    buf.extend_from_slice(&0u32.to_ne_bytes()); // length, patched in `finish`
+    buf.extend_from_slice(&((NFNL_SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
+    buf.extend_from_slice(&flags.to_ne_bytes());
+    buf.extend_from_slice(&seq.to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version 0, resource id 0 (big endian).
+    buf.extend_from_slice(&[family, 0, 0, 0]);
+}
+
+fn finish(mut buf: Vec<u8>) -> Vec<u8> {
+    let len = buf.len() as u32;
+    buf[..4].copy_from_slice(&len.to_ne_bytes());
+    buf
+}
+
+fn family_byte(family: &IpFamily) -> u8 {
+    if *family == IpFamily::Ipv6 {
+        AF_INET6
+    } else {
+        AF_INET
+    }
+}
+
+/// A request to dump every entry of a family.
+pub fn encode_dump(family: &IpFamily, seq: u32) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(20);
+    header(
+        &mut buf,
+        IPCTNL_MSG_CT_GET,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        seq,
+        family_byte(family),
+    );
+    finish(buf)
+}
+
+fn push_tuple(buf: &mut Vec<u8>, kind: u16, t: &Tuple) {
+    push_nested(buf, kind, |buf| {
+        push_nested(buf, CTA_TUPLE_IP, |buf| match (t.src.ip(), t.dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                push_attr(buf, CTA_IP_V4_SRC, &s.octets());
+                push_attr(buf, CTA_IP_V4_DST, &d.octets());
+            }
+            (s, d) => {
+                let v6 = |ip: IpAddr| match ip {
+                    IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                    IpAddr::V6(v6) => v6,
+                };
+                push_attr(buf, CTA_IP_V6_SRC, &v6(s).octets());
+                push_attr(buf, CTA_IP_V6_DST, &v6(d).octets());
+            }
+        });
+        push_nested(buf, CTA_TUPLE_PROTO, |buf| {
+            push_attr(buf, CTA_PROTO_NUM, &[t.protocol]);
+            push_attr(buf, CTA_PROTO_SRC_PORT, &t.src.port().to_be_bytes());
+            push_attr(buf, CTA_PROTO_DST_PORT, &t.dst.port().to_be_bytes());
+        });
+    });
+}
+
+/// A request to delete the entry with this original tuple.
+pub fn encode_delete(orig: &Tuple, seq: u32) -> Vec<u8> {
+    let family = if orig.src.is_ipv4() {
+        AF_INET
+    } else {
+        AF_INET6
+    };
+    let mut buf = Vec::with_capacity(96);
+    header(
+        &mut buf,
+        IPCTNL_MSG_CT_DELETE,
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+        family,
+    );
+    push_tuple(&mut buf, CTA_TUPLE_ORIG, orig);
+    finish(buf)
+}
+
+/// Netlink attributes: `(type, payload)` pairs.
+fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let payload = &data[4..len];
+        let aligned = (len + 3) & !3;
+        data = &data[aligned.min(data.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn parse_tuple(data: &[u8]) -> Option<Tuple> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0u16, 0u16);
+    for (kind, payload) in attrs(data) {
+        match kind {
+            CTA_TUPLE_IP => {
+                for (k, p) in attrs(payload) {
+                    let ip = match (k, p.len()) {
+                        (CTA_IP_V4_SRC | CTA_IP_V4_DST, 4) => {
+                            IpAddr::V4(Ipv4Addr::new(p[0], p[1], p[2], p[3]))
+                        }
+                        (CTA_IP_V6_SRC | CTA_IP_V6_DST, 16) => {
+                            let b: [u8; 16] = p.try_into().ok()?;
+                            IpAddr::V6(Ipv6Addr::from(b))
+                        }
+                        _ => continue,
+                    };
+                    if matches!(k, CTA_IP_V4_SRC | CTA_IP_V6_SRC) {
+                        src = Some(ip);
+                    } else {
+                        dst = Some(ip);
+                    }
+                }
+            }
+            CTA_TUPLE_PROTO => {
+                for (k, p) in attrs(payload) {
+                    match (k, p.len()) {
+                        (CTA_PROTO_NUM, 1) => proto = Some(p[0]),
+                        (CTA_PROTO_SRC_PORT, 2) => sport = u16::from_be_bytes([p[0], p[1]]),
+                        (CTA_PROTO_DST_PORT, 2) => dport = u16::from_be_bytes([p[0], p[1]]),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Tuple {
+        src: SocketAddr::new(src?, sport),
+        dst: SocketAddr::new(dst?, dport),
+        protocol: proto?,
+    })
+}
+
+/// One parsed netlink message.
+#[derive(Debug, PartialEq, Eq)]
+enum Reply {
+    Entry(Entry),
+    Done,
+    /// An ACK (errno 0) or an error (negative errno).
+    Ack(i32),
+    Other,
+}
+
+/// Splits a datagram into netlink messages and parses each.
+fn parse_datagram(mut data: &[u8]) -> Vec<Reply> {
+    let mut out = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < 16 || len > data.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        let body = &data[16..len];
+        out.push(match kind {
+            NLMSG_DONE => Reply::Done,
+            NLMSG_ERROR if body.len() >= 4 => {
+                Reply::Ack(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
+            }
+            k if k >> 8 == NFNL_SUBSYS_CTNETLINK && body.len() >= 4 => {
+                let (mut orig, mut reply) = (None, None);
+                for (a, p) in attrs(&body[4..]) {
+                    match a {
+                        CTA_TUPLE_ORIG => orig = parse_tuple(p),
+                        CTA_TUPLE_REPLY => reply = parse_tuple(p),
+                        _ => {}
+                    }
+                }
+                match (orig, reply) {
+                    (Some(orig), Some(reply)) => Reply::Entry(Entry { orig, reply }),
+                    _ => Reply::Other,
+                }
+            }
+            _ => Reply::Other,
+        });
+        data = &data[((len + 3) & !3).min(data.len())..];
+    }
+    out
+}
+
+/// A ctnetlink socket.
+#[derive(Debug)]
+pub struct Conntrack {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Conntrack {
+    /// Opens a socket in the current network namespace.
+    ///
+    /// # Errors
+    /// Socket creation or binding failed.
+    pub fn new() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        Ok(Self { socket, seq: 1 })
+    }
+
+    /// Opens a socket inside the network namespace at `path` (e.g. `/run/netns/NAME`). The
+    /// socket stays in that namespace; the calling thread does not move.
+    ///
+    /// # Errors
+    /// The namespace cannot be entered or the socket not opened.
+    pub fn in_netns(path: &Path) -> io::Result<Self> {
+        let path = path.to_owned();
+        std::thread::spawn(move || -> io::Result<Self> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            Self::new()
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Every entry of a family.
+    ///
+    /// # Errors
+    /// The dump failed.
+    pub fn dump(&mut self, family: &IpFamily) -> io::Result<Vec<Entry>> {
+        let seq = self.next_seq();
+        self.socket.send(&encode_dump(family, seq), 0)?;
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            for r in parse_datagram(&data) {
+                match r {
+                    Reply::Entry(e) => out.push(e),
+                    Reply::Done => return Ok(out),
+                    Reply::Ack(errno) if errno < 0 => {
+                        return Err(io::Error::from_raw_os_error(-errno));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes one entry by its original tuple. An entry already gone is not an error.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    pub fn delete(&mut self, orig: &Tuple) -> io::Result<()> {
+        let seq = self.next_seq();
+        self.socket.send(&encode_delete(orig, seq), 0)?;
+        loop {
+            let (data, _) = self.socket.recv_from_full()?;
+            for r in parse_datagram(&data) {
+                match r {
+                    Reply::Ack(0) => return Ok(()),
+                    // ENOENT: already expired or deleted.
+                    Reply::Ack(e) if -e == nix::libc::ENOENT => return Ok(()),
+                    Reply::Ack(e) => return Err(io::Error::from_raw_os_error(-e)),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Deletes every entry of `family` matching any of `filters`; returns how many.
+    ///
+    /// # Errors
+    /// The dump or a deletion failed.
+    pub fn delete_matching(&mut self, family: &IpFamily, filters: &[Filter]) -> io::Result<usize> {
+        if filters.is_empty() {
+            return Ok(0);
+        }
+        let entries = self.dump(family)?;
+        let mut n = 0;
+        for e in entries
+            .iter()
+            .filter(|e| filters.iter().any(|f| f.matches(e)))
+        {
+            self.delete(&e.orig)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+/// The entries to clear after moving from `old` to `new` for one family (kube-proxy's
+/// UDP rules): for every UDP service port that gained its first endpoint, entries to its
+/// service IPs and node port; for every UDP endpoint that went away, entries DNATed to it.
+pub fn stale_filters(old: Option<&Snapshot>, new: &Snapshot, family: &IpFamily) -> Vec<Filter> {
+    let mut out = BTreeSet::new();
+    let reachable = |sp: &ServicePort| -> BTreeSet<SocketAddr> {
+        sp.family(family)
+            .map(|p| p.reachable_endpoints().map(|e| e.addr()).collect())
+            .unwrap_or_default()
+    };
+    for (name, sp) in &new.ports {
+        if sp.name.protocol != Protocol::Udp {
+            continue;
+        }
+        let Some(plan) = sp.family(family) else {
+            continue;
+        };
+        let prev = old.and_then(|o| o.ports.get(name));
+        let had = prev
+            .and_then(|p| p.family(family))
+            .is_some_and(|p| p.selection.has_any);
+        if plan.selection.has_any && !had {
+            let ips = std::iter::once(plan.cluster_ip)
+                .chain(plan.external_ips.iter().copied())
+                .chain(plan.load_balancer_ips.iter().copied());
+            for ip in ips {
+                out.insert(Filter {
+                    protocol: 17,
+                    orig_dst: Some(ip),
+                    orig_dport: Some(sp.port),
+                    ..Filter::default()
+                });
+            }
+            if let Some(np) = sp.node_port {
+                out.insert(Filter {
+                    protocol: 17,
+                    orig_dport: Some(np),
+                    ..Filter::default()
+                });
+            }
+        }
+    }
+    // Endpoints gone from a UDP service port (or with the port itself).
+    if let Some(old) = old {
+        for (name, sp) in &old.ports {
+            if sp.name.protocol != Protocol::Udp {
+                continue;
+            }
+            let before = reachable(sp);
+            let after = new
+                .ports
+                .get(name)
+                .map(|n| reachable(n))
+                .unwrap_or_default();
+            for ep in before.difference(&after) {
+                out.insert(Filter {
+                    protocol: 17,
+                    reply_src: Some(ep.ip()),
+                    reply_sport: Some(ep.port()),
+                    ..Filter::default()
+                });
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tuple(src: &str, dst: &str) -> Tuple {
+        Tuple {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            protocol: 17,
+        }
+    }
+
+    #[test]
+    fn dump_request_bytes() {
+        let b = encode_dump(&IpFamily::Ipv4, 7);
+        // nlmsghdr(len 20, type 0x0101, flags REQUEST|DUMP, seq 7, pid 0) + nfgenmsg(AF_INET).
+        let mut want = Vec::new();
+        want.extend_from_slice(&20u32.to_ne_bytes());
+        want.extend_from_slice(&0x0101u16.to_ne_bytes());
+        want.extend_from_slice(&0x0301u16.to_ne_bytes());
+        want.extend_from_slice(&7u32.to_ne_bytes());
+        want.extend_from_slice(&0u32.to_ne_bytes());
+        want.extend_from_slice(&[2, 0, 0, 0]);
+        assert_eq!(b, want);
+    }
+
+    #[test]
+    fn delete_request_round_trips_through_the_parser() {
+        let t = tuple("10.0.0.1:5353", "10.96.0.10:53");
+        let b = encode_delete(&t, 9);
+        assert_eq!(
+            u32::from_ne_bytes(b[..4].try_into().unwrap()) as usize,
+            b.len()
+        );
+        assert_eq!(u16::from_ne_bytes([b[4], b[5]]), 0x0102);
+        assert_eq!(u16::from_ne_bytes([b[6], b[7]]), NLM_F_REQUEST | NLM_F_ACK);
+        // The nested tuple parses back to the same values.
+        let (kind, payload) = attrs(&b[20..]).next().unwrap();
+        assert_eq!(kind, CTA_TUPLE_ORIG);
+        assert_eq!(parse_tuple(payload), Some(t));
+        let t6 = tuple("[fd00::1]:40000", "[fd00:96::10]:53");
+        let b6 = encode_delete(&t6, 1);
+        assert_eq!(b6[16], AF_INET6);
+        assert_eq!(parse_tuple(attrs(&b6[20..]).next().unwrap().1), Some(t6));
+    }
+
+    #[test]
+    fn parses_a_dumped_entry_and_acks() {
+        // A kernel NEW message carries both tuples (plus attributes we skip).
+        let orig = tuple("10.244.1.9:41000", "10.96.0.10:53");
+        let reply = tuple("10.244.2.2:53", "10.244.1.9:41000");
+        let mut m = Vec::new();
+        header(&mut m, 0, 0x2, 1, AF_INET);
+        push_tuple(&mut m, CTA_TUPLE_ORIG, &orig);
+        push_tuple(&mut m, CTA_TUPLE_REPLY, &reply);
+        push_attr(&mut m, 7, &100u32.to_be_bytes()); // CTA_TIMEOUT, ignored
+        let mut data = finish(m);
+        let mut done = Vec::new();
+        done.extend_from_slice(&20u32.to_ne_bytes());
+        done.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        done.extend_from_slice(&[0; 10]);
+        done.extend_from_slice(&[0; 4]);
+        data.extend_from_slice(&done);
+        let parsed = parse_datagram(&data);
+        assert_eq!(
+            parsed,
+            vec![Reply::Entry(Entry { orig, reply }), Reply::Done]
+        );
+        let f = Filter {
+            protocol: 17,
+            reply_src: Some("10.244.2.2".parse().unwrap()),
+            ..Filter::default()
+        };
+        assert!(f.matches(&Entry { orig, reply }));
+        let f = Filter {
+            protocol: 17,
+            orig_dst: Some("10.96.0.11".parse().unwrap()),
+            ..Filter::default()
+        };
+        assert!(!f.matches(&Entry { orig, reply }));
+    }
+
+    #[test]
+    fn truncated_input_does_not_panic() {
+        let b = encode_delete(&tuple("10.0.0.1:1", "10.0.0.2:2"), 1);
+        for n in 0..b.len() {
+            let _ = parse_datagram(&b[..n]);
+            let _ = parse_tuple(&b[20.min(n)..n]);
+        }
+    }
+}

@@ -1,0 +1,752 @@
+//! Rendering a snapshot into kube-proxy's iptables layout (`syncProxyRules` in
+//! `pkg/proxy/iptables/proxier.go`), full or partial.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{FamilyPlan, ServicePort, ServicePortName, Snapshot};
+
+use super::hash::{endpoint_hash, port_hash};
+use super::model::{
+    Addr, ChainName, Comment, CtState, FixedChain, L4, Match, Phrase, Probabilities, Rule, RuleSet,
+    Segment, SegmentBuilder, ServiceChain, TableRules, Target,
+};
+use crate::ProxyConfig;
+
+/// Above this many endpoints (all service ports together), per-endpoint comments are left
+/// out, as kube-proxy's `largeClusterEndpointsThreshold` does.
+pub const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
+
+/// Settings of the iptables backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IptablesConfig {
+    /// Node-level settings shared by every backend.
+    pub proxy: ProxyConfig,
+    /// Add `--random-fully` to MASQUERADE (iptables ≥ 1.6.2 and kernel ≥ 3.13).
+    pub random_fully: bool,
+    /// `nf_conntrack_tcp_be_liberal` is set: do not drop INVALID packets in KUBE-FORWARD.
+    pub conntrack_tcp_liberal: bool,
+    /// Endpoint count above which per-endpoint comments are dropped.
+    pub large_cluster_threshold: usize,
+}
+
+impl Default for IptablesConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyConfig::default(),
+            random_fully: true,
+            conntrack_tcp_liberal: false,
+            large_cluster_threshold: LARGE_CLUSTER_ENDPOINTS,
+        }
+    }
+}
+
+impl IptablesConfig {
+    /// A configuration around shared proxy settings.
+    pub fn new(proxy: ProxyConfig) -> Self {
+        Self {
+            proxy,
+            ..Self::default()
+        }
+    }
+}
+
+/// What a service port contributed to the last render.
+#[derive(Clone, Debug)]
+struct PortRender {
+    /// Rules in filter's top-level chains.
+    filter: Option<Arc<Segment>>,
+    /// Rules in nat's KUBE-SERVICES and KUBE-NODEPORTS.
+    nat_top: Option<Arc<Segment>>,
+    /// The port's own nat chains and their rules.
+    chains: Vec<ChainName>,
+    own: Option<Arc<Segment>>,
+}
+
+/// Renders rule sets for one IP family and remembers what it rendered, so that the next
+/// render after a change can be partial.
+///
+/// ```
+/// use service_proxy::iptables::{IptablesConfig, Renderer};
+/// use service_proxy::core::snapshot::{NodeInfo, Snapshot};
+///
+/// let snapshot = Snapshot::build(NodeInfo::new("node-a", vec![]), &[], &[], &[]).unwrap();
+/// let mut renderer = Renderer::new(IptablesConfig::default(), false);
+/// let rules = renderer.full(&snapshot);
+/// assert!(rules.to_restore_input().contains(":KUBE-SERVICES - [0:0]"));
+/// ```
+#[derive(Debug)]
+pub struct Renderer {
+    config: IptablesConfig,
+    ipv6: bool,
+    probs: Probabilities,
+    ports: BTreeMap<ServicePortName, PortRender>,
+    large_cluster: Option<bool>,
+    node_ip: Option<IpAddr>,
+}
+
+fn l4(p: &Protocol) -> Option<L4> {
+    match p {
+        Protocol::Tcp => Some(L4::Tcp),
+        Protocol::Udp => Some(L4::Udp),
+        Protocol::Sctp => Some(L4::Sctp),
+        _ => None,
+    }
+}
+
+fn jump(c: ChainName) -> Target {
+    Target::Jump(c)
+}
+
+const fn fixed(c: FixedChain) -> ChainName {
+    ChainName::Fixed(c)
+}
+
+const KUBE_SERVICES: ChainName = fixed(FixedChain::KubeServices);
+const KUBE_EXTERNAL_SERVICES: ChainName = fixed(FixedChain::KubeExternalServices);
+const KUBE_NODEPORTS: ChainName = fixed(FixedChain::KubeNodePorts);
+const KUBE_FORWARD: ChainName = fixed(FixedChain::KubeForward);
+const KUBE_PROXY_FIREWALL: ChainName = fixed(FixedChain::KubeProxyFirewall);
+const KUBE_POSTROUTING: ChainName = fixed(FixedChain::KubePostrouting);
+const KUBE_MARK_MASQ: ChainName = fixed(FixedChain::KubeMarkMasq);
+const KUBE_FIREWALL: ChainName = fixed(FixedChain::KubeFirewall);
+
+impl Renderer {
+    /// A renderer for IPv4 (`ipv6 == false`) or IPv6.
+    pub fn new(config: IptablesConfig, ipv6: bool) -> Self {
+        Self {
+            config,
+            ipv6,
+            probs: Probabilities::default(),
+            ports: BTreeMap::new(),
+            large_cluster: None,
+            node_ip: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IptablesConfig {
+        &self.config
+    }
+
+    /// Whether this renders IPv6 rules.
+    pub fn ipv6(&self) -> bool {
+        self.ipv6
+    }
+
+    fn family(&self) -> IpFamily {
+        if self.ipv6 {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
+    }
+
+    fn plan<'a>(&self, sp: &'a ServicePort) -> Option<&'a FamilyPlan> {
+        sp.family(&self.family())
+    }
+
+    fn endpoint_total(&self, snapshot: &Snapshot) -> usize {
+        snapshot
+            .service_ports()
+            .filter_map(|sp| self.plan(sp))
+            .map(|p| p.endpoints.len())
+            .sum()
+    }
+
+    /// Every chain of every service port in the last render.
+    pub fn service_chains(&self) -> impl Iterator<Item = &ChainName> {
+        self.ports.values().flat_map(|p| p.chains.iter())
+    }
+
+    /// Forgets what was rendered: the next render behaves as the first.
+    pub fn reset(&mut self) {
+        self.ports.clear();
+        self.large_cluster = None;
+        self.node_ip = None;
+    }
+
+    /// Renders every chain. Chains rendered before and now gone are deleted.
+    pub fn full(&mut self, snapshot: &Snapshot) -> RuleSet {
+        let large = self.endpoint_total(snapshot) > self.config.large_cluster_threshold;
+        let node_ip = snapshot.node.primary_ip(&self.family());
+        let old = std::mem::take(&mut self.ports);
+        self.large_cluster = Some(large);
+        self.node_ip = node_ip;
+        for sp in snapshot.service_ports() {
+            if let Some(r) = self.render_port(sp, large) {
+                self.ports.insert(sp.name.clone(), r);
+            }
+        }
+        let live: BTreeSet<ChainName> = self.service_chains().copied().collect();
+        let stale: Vec<ChainName> = old
+            .values()
+            .flat_map(|p| p.chains.iter())
+            .filter(|c| !live.contains(c))
+            .copied()
+            .collect();
+        self.assemble(true, None, stale)
+    }
+
+    /// Renders the top-level chains in full plus the chains of the `changed` service ports,
+    /// and deletes the chains those ports no longer have. Falls back to [`Renderer::full`]
+    /// when nothing was rendered before, or when the node or the large-cluster mode changed.
+    pub fn partial(&mut self, snapshot: &Snapshot, changed: &[ServicePortName]) -> RuleSet {
+        let large = self.endpoint_total(snapshot) > self.config.large_cluster_threshold;
+        let node_ip = snapshot.node.primary_ip(&self.family());
+        if self.large_cluster != Some(large) || self.node_ip != node_ip {
+            return self.full(snapshot);
+        }
+        let mut stale = Vec::new();
+        let mut rewritten = BTreeSet::new();
+        for name in changed {
+            let old = self.ports.remove(name);
+            let new = snapshot
+                .ports
+                .get(name)
+                .and_then(|sp| self.render_port(sp, large));
+            if let Some(old) = old {
+                let keep: BTreeSet<&ChainName> = new.iter().flat_map(|n| n.chains.iter()).collect();
+                stale.extend(old.chains.iter().filter(|c| !keep.contains(c)).copied());
+            }
+            if let Some(new) = new {
+                rewritten.insert(name.clone());
+                self.ports.insert(name.clone(), new);
+            }
+        }
+        self.assemble(false, Some(&rewritten), stale)
+    }
+
+    /// Assembles the rule set from the per-port renders. `rewritten == None` writes every
+    /// port's own chains (full); otherwise only those listed.
+    fn assemble(
+        &mut self,
+        full: bool,
+        rewritten: Option<&BTreeSet<ServicePortName>>,
+        stale: Vec<ChainName>,
+    ) -> RuleSet {
+        let proxy = &self.config.proxy;
+        let mark = proxy.masquerade_mark();
+        let localhost_firewall = !self.ipv6 && proxy.localhost_nodeports;
+
+        let mut filter = TableRules {
+            chains: vec![
+                KUBE_SERVICES,
+                KUBE_EXTERNAL_SERVICES,
+                KUBE_FORWARD,
+                KUBE_NODEPORTS,
+                KUBE_PROXY_FIREWALL,
+            ],
+            ..TableRules::default()
+        };
+        let mut nat = TableRules {
+            chains: vec![
+                KUBE_SERVICES,
+                KUBE_NODEPORTS,
+                KUBE_POSTROUTING,
+                KUBE_MARK_MASQ,
+            ],
+            ..TableRules::default()
+        };
+
+        let mut head = SegmentBuilder::default();
+        head.push(
+            KUBE_POSTROUTING,
+            Rule::to(Target::Return).when(Match::Mark(mark, true)),
+            &mut self.probs,
+        );
+        head.push(
+            KUBE_POSTROUTING,
+            Rule::to(Target::MarkXor(mark)),
+            &mut self.probs,
+        );
+        head.push(
+            KUBE_POSTROUTING,
+            Rule::to(Target::Masquerade(self.config.random_fully))
+                .comment(Comment::Static("kubernetes service traffic requiring SNAT")),
+            &mut self.probs,
+        );
+        head.push(
+            KUBE_MARK_MASQ,
+            Rule::to(Target::MarkOr(mark)),
+            &mut self.probs,
+        );
+        nat.segments.push(head.finish());
+
+        if localhost_firewall {
+            filter.chains.push(KUBE_FIREWALL);
+            let mut fw = SegmentBuilder::default();
+            let lo: Addr = Addr::Net("127.0.0.0/8".parse().unwrap_or_default());
+            fw.push(
+                KUBE_FIREWALL,
+                Rule::to(Target::Drop)
+                    .comment(Comment::Static("block incoming localnet connections"))
+                    .when(Match::Destination(lo, false))
+                    .when(Match::Source(lo, true))
+                    .when(Match::CtState(CtState::RelatedEstablishedDnat, true)),
+                &mut self.probs,
+            );
+            filter.segments.push(fw.finish());
+        }
+
+        for (name, r) in &self.ports {
+            if let Some(s) = &r.filter {
+                filter.segments.push(s.clone());
+            }
+            if let Some(s) = &r.nat_top {
+                nat.segments.push(s.clone());
+            }
+            let write_own = rewritten.is_none_or(|set| set.contains(name));
+            if write_own {
+                nat.chains.extend(r.chains.iter().copied());
+                if let Some(s) = &r.own {
+                    nat.segments.push(s.clone());
+                }
+            }
+        }
+        nat.deleted = stale;
+
+        let mut tail = SegmentBuilder::default();
+        let nodeports_comment = Comment::Static(
+            "kubernetes service nodeports; NOTE: this must be the last rule in this chain",
+        );
+        match proxy.nodeport_ips(&self.family()) {
+            None => {
+                let mut rule = Rule::to(jump(KUBE_NODEPORTS))
+                    .comment(nodeports_comment)
+                    .when(Match::DstTypeLocal);
+                if self.ipv6 {
+                    let lo6 = Addr::Net("::1/128".parse().unwrap_or_default());
+                    rule = rule.when(Match::Destination(lo6, true));
+                } else if !proxy.localhost_nodeports {
+                    let lo = Addr::Net("127.0.0.0/8".parse().unwrap_or_default());
+                    rule = rule.when(Match::Destination(lo, true));
+                }
+                tail.push(KUBE_SERVICES, rule, &mut self.probs);
+            }
+            Some(ips) => {
+                for ip in ips {
+                    // Loopback node ports need route_localnet (IPv4 only, and only when
+                    // localhost node ports are enabled).
+                    if ip.is_loopback() && (self.ipv6 || !proxy.localhost_nodeports) {
+                        continue;
+                    }
+                    tail.push(
+                        KUBE_SERVICES,
+                        Rule::to(jump(KUBE_NODEPORTS))
+                            .comment(nodeports_comment.clone())
+                            .when(Match::Destination(Addr::Ip(ip), false)),
+                        &mut self.probs,
+                    );
+                }
+            }
+        }
+        nat.segments.push(tail.finish());
+
+        let mut fwd = SegmentBuilder::default();
+        if !self.config.conntrack_tcp_liberal {
+            fwd.push(
+                KUBE_FORWARD,
+                Rule::to(Target::Drop).when(Match::CtState(CtState::Invalid, false)),
+                &mut self.probs,
+            );
+        }
+        fwd.push(
+            KUBE_FORWARD,
+            Rule::to(Target::Accept)
+                .comment(Comment::Static("kubernetes forwarding rules"))
+                .when(Match::Mark(mark, false)),
+            &mut self.probs,
+        );
+        fwd.push(
+            KUBE_FORWARD,
+            Rule::to(Target::Accept)
+                .comment(Comment::Static("kubernetes forwarding conntrack rule"))
+                .when(Match::CtState(CtState::RelatedEstablished, false)),
+            &mut self.probs,
+        );
+        filter.segments.push(fwd.finish());
+
+        RuleSet {
+            ipv6: self.ipv6,
+            full,
+            filter,
+            nat,
+        }
+    }
+
+    /// Renders one service port for this family, as kube-proxy's per-service loop does.
+    fn render_port(&mut self, sp: &ServicePort, large: bool) -> Option<PortRender> {
+        let plan = sp.family(&self.family())?;
+        let proto = l4(sp.protocol())?;
+        let svc: Arc<str> = Arc::from(sp.name.proxy_name());
+        let proto_s = proto.as_str();
+        let hash = port_hash(&svc, proto_s);
+        let svc_chain = ChainName::Service(ServiceChain::Svc, hash);
+        let svl_chain = ChainName::Service(ServiceChain::Svl, hash);
+        let ext_chain = ChainName::Service(ServiceChain::Ext, hash);
+        let fw_chain = ChainName::Service(ServiceChain::Fw, hash);
+        let proxy = &self.config.proxy;
+        let detector = proxy.cluster_cidr(&self.family());
+        let probs = &mut self.probs;
+
+        let cluster: Vec<_> = plan.cluster_endpoints().collect();
+        let local: Vec<_> = plan.local_endpoints().collect();
+        let has_endpoints = plan.selection.has_any;
+        let accessible = plan.externally_accessible(sp.node_port);
+        let internal_local = sp.internal_policy_local;
+        let external_local = sp.external_policy_local;
+        let uses_cluster = !internal_local || accessible;
+        let uses_local = internal_local || (external_local && accessible);
+        let uses_cluster_chain = !cluster.is_empty() && uses_cluster;
+        let uses_local_chain = !local.is_empty() && uses_local;
+
+        let (internal_chain, has_internal) = if internal_local {
+            (svl_chain, has_endpoints && !local.is_empty())
+        } else {
+            (svc_chain, has_endpoints)
+        };
+        let (external_policy_chain, has_external) = if external_local {
+            (svl_chain, has_endpoints && !local.is_empty())
+        } else {
+            (svc_chain, has_endpoints)
+        };
+        let uses_ext_chain = has_endpoints && accessible;
+        let uses_fw = has_endpoints
+            && !plan.load_balancer_ips.is_empty()
+            && !plan.load_balancer_source_ranges.is_empty();
+        let lb_chain = if uses_fw { fw_chain } else { ext_chain };
+
+        let (internal_filter, external_filter) = if !has_endpoints {
+            let c = Comment::Service(svc.clone(), Phrase::NoEndpoints);
+            (Some((Target::Reject, c.clone())), Some((Target::Reject, c)))
+        } else {
+            let no_local = Comment::Service(svc.clone(), Phrase::NoLocalEndpoints);
+            (
+                (!has_internal).then(|| (Target::Drop, no_local.clone())),
+                (!has_external).then_some((Target::Drop, no_local)),
+            )
+        };
+
+        let proto_m = Match::Protocol(proto);
+        let port_m = Match::DestPort(sp.port);
+        let to = |ip: IpAddr| Match::Destination(Addr::Ip(ip), false);
+        let mut filter = SegmentBuilder::default();
+        let mut top = SegmentBuilder::default();
+        let mut own = SegmentBuilder::default();
+
+        // Cluster IP.
+        if has_internal {
+            top.push(
+                KUBE_SERVICES,
+                Rule::to(jump(internal_chain))
+                    .comment(Comment::Service(svc.clone(), Phrase::ClusterIp))
+                    .when(proto_m.clone())
+                    .when(to(plan.cluster_ip))
+                    .when(port_m.clone()),
+                probs,
+            );
+        } else if let Some((target, comment)) = &internal_filter {
+            filter.push(
+                KUBE_SERVICES,
+                Rule::to(*target)
+                    .comment(comment.clone())
+                    .when(proto_m.clone())
+                    .when(to(plan.cluster_ip))
+                    .when(port_m.clone()),
+                probs,
+            );
+        }
+
+        // External IPs.
+        for &ip in &plan.external_ips {
+            if has_endpoints {
+                top.push(
+                    KUBE_SERVICES,
+                    Rule::to(jump(ext_chain))
+                        .comment(Comment::Service(svc.clone(), Phrase::ExternalIp))
+                        .when(proto_m.clone())
+                        .when(to(ip))
+                        .when(port_m.clone()),
+                    probs,
+                );
+            }
+            if let Some((target, comment)) = &external_filter {
+                filter.push(
+                    KUBE_EXTERNAL_SERVICES,
+                    Rule::to(*target)
+                        .comment(comment.clone())
+                        .when(proto_m.clone())
+                        .when(to(ip))
+                        .when(port_m.clone()),
+                    probs,
+                );
+            }
+        }
+
+        // Load-balancer ingress IPs.
+        for &ip in &plan.load_balancer_ips {
+            if has_endpoints {
+                top.push(
+                    KUBE_SERVICES,
+                    Rule::to(jump(lb_chain))
+                        .comment(Comment::Service(svc.clone(), Phrase::LoadBalancerIp))
+                        .when(proto_m.clone())
+                        .when(to(ip))
+                        .when(port_m.clone()),
+                    probs,
+                );
+            }
+            if uses_fw {
+                filter.push(
+                    KUBE_PROXY_FIREWALL,
+                    Rule::to(Target::Drop)
+                        .comment(Comment::NotAcceptedBy(svc.clone(), fw_chain))
+                        .when(proto_m.clone())
+                        .when(to(ip))
+                        .when(port_m.clone()),
+                    probs,
+                );
+            }
+        }
+        if let Some((target, comment)) = &external_filter {
+            for &ip in &plan.load_balancer_ips {
+                filter.push(
+                    KUBE_EXTERNAL_SERVICES,
+                    Rule::to(*target)
+                        .comment(comment.clone())
+                        .when(proto_m.clone())
+                        .when(to(ip))
+                        .when(port_m.clone()),
+                    probs,
+                );
+            }
+        }
+
+        // Node ports. (They are not subject to loadBalancerSourceRanges.)
+        if let Some(node_port) = sp.node_port {
+            if has_endpoints {
+                top.push(
+                    KUBE_NODEPORTS,
+                    Rule::to(jump(ext_chain))
+                        .comment(Comment::Service(svc.clone(), Phrase::Bare))
+                        .when(proto_m.clone())
+                        .when(Match::DestPort(node_port)),
+                    probs,
+                );
+            }
+            if let Some((target, comment)) = &external_filter {
+                filter.push(
+                    KUBE_EXTERNAL_SERVICES,
+                    Rule::to(*target)
+                        .comment(comment.clone())
+                        .when(Match::DstTypeLocal)
+                        .when(proto_m.clone())
+                        .when(Match::DestPort(node_port)),
+                    probs,
+                );
+            }
+        }
+
+        // Health-check node port: always accepted.
+        if let Some(hc) = sp.health_check_node_port {
+            filter.push(
+                KUBE_NODEPORTS,
+                Rule::to(Target::Accept)
+                    .comment(Comment::Service(svc.clone(), Phrase::HealthCheck))
+                    .when(Match::Protocol(L4::Tcp))
+                    .when(Match::DestPort(hc)),
+                probs,
+            );
+        }
+
+        let mut chains = Vec::new();
+
+        // Internal traffic: masquerade off-cluster (or all) traffic to the cluster IP.
+        if has_internal {
+            let base = Rule::to(jump(KUBE_MARK_MASQ))
+                .comment(Comment::Service(svc.clone(), Phrase::ClusterIp))
+                .when(proto_m.clone())
+                .when(to(plan.cluster_ip))
+                .when(port_m);
+            if proxy.masquerade_all {
+                own.push(internal_chain, base, probs);
+            } else if let Some(cidr) = detector {
+                own.push(
+                    internal_chain,
+                    base.when(Match::Source(Addr::Net(cidr), true)),
+                    probs,
+                );
+            }
+        }
+
+        // External traffic.
+        if uses_ext_chain {
+            chains.push(ext_chain);
+            if !external_local {
+                own.push(
+                    ext_chain,
+                    Rule::to(jump(KUBE_MARK_MASQ))
+                        .comment(Comment::Service(svc.clone(), Phrase::MasqueradeExternal)),
+                    probs,
+                );
+            } else {
+                if let Some(cidr) = detector {
+                    own.push(
+                        ext_chain,
+                        Rule::to(jump(svc_chain))
+                            .comment(Comment::Service(svc.clone(), Phrase::PodExternal))
+                            .when(Match::Source(Addr::Net(cidr), false)),
+                        probs,
+                    );
+                }
+                own.push(
+                    ext_chain,
+                    Rule::to(jump(KUBE_MARK_MASQ))
+                        .comment(Comment::Service(
+                            svc.clone(),
+                            Phrase::MasqueradeLocalExternal,
+                        ))
+                        .when(Match::SrcTypeLocal),
+                    probs,
+                );
+                own.push(
+                    ext_chain,
+                    Rule::to(jump(svc_chain))
+                        .comment(Comment::Service(svc.clone(), Phrase::RouteLocalExternal))
+                        .when(Match::SrcTypeLocal),
+                    probs,
+                );
+            }
+            if has_external {
+                own.push(ext_chain, Rule::to(jump(external_policy_chain)), probs);
+            }
+        }
+
+        // Load-balancer source ranges.
+        if uses_fw {
+            chains.push(fw_chain);
+            let comment = Comment::Service(svc.clone(), Phrase::LoadBalancerIp);
+            let mut allow_from_node = false;
+            for cidr in &plan.load_balancer_source_ranges {
+                own.push(
+                    fw_chain,
+                    Rule::to(jump(ext_chain))
+                        .comment(comment.clone())
+                        .when(Match::Source(Addr::Net(*cidr), false)),
+                    probs,
+                );
+                allow_from_node |= self.node_ip.is_some_and(|ip| cidr.contains(&ip));
+            }
+            // A node reaching its own LB VIP loops back with the VIP as source.
+            if allow_from_node {
+                for &ip in &plan.load_balancer_ips {
+                    own.push(
+                        fw_chain,
+                        Rule::to(jump(ext_chain))
+                            .comment(comment.clone())
+                            .when(Match::Source(Addr::Ip(ip), false)),
+                        probs,
+                    );
+                }
+            }
+            own.push(
+                fw_chain,
+                Rule {
+                    comment: Some(Comment::Service(svc.clone(), Phrase::OtherTrafficDropped)),
+                    matches: Default::default(),
+                    target: None,
+                },
+                probs,
+            );
+        }
+
+        let affinity = sp.session_affinity_timeout;
+        let sep = |ep: &SocketAddr| {
+            ChainName::Service(ServiceChain::Sep, endpoint_hash(&svc, proto_s, ep))
+        };
+        let dispatch = |chain: ChainName,
+                        eps: &[&service_core::snapshot::Endpoint],
+                        own: &mut SegmentBuilder,
+                        probs: &mut Probabilities| {
+            let comment = |ep: SocketAddr| (!large).then(|| Comment::Endpoint(svc.clone(), ep));
+            if let Some(seconds) = affinity {
+                for ep in eps {
+                    let addr = ep.addr();
+                    let c = sep(&addr);
+                    own.push(
+                        chain,
+                        Rule {
+                            comment: comment(addr),
+                            matches: [Match::RecentCheck(c, seconds)].into_iter().collect(),
+                            target: Some(jump(c)),
+                        },
+                        probs,
+                    );
+                }
+            }
+            let n = eps.len();
+            for (i, ep) in eps.iter().enumerate() {
+                let addr = ep.addr();
+                let mut rule = Rule {
+                    comment: comment(addr),
+                    matches: Default::default(),
+                    target: Some(jump(sep(&addr))),
+                };
+                if i + 1 < n {
+                    rule.matches
+                        .push(Match::Probability(u32::try_from(n - i).unwrap_or(u32::MAX)));
+                }
+                own.push(chain, rule, probs);
+            }
+        };
+        if uses_cluster_chain {
+            chains.push(svc_chain);
+            dispatch(svc_chain, &cluster, &mut own, probs);
+        }
+        if uses_local_chain {
+            chains.push(svl_chain);
+            dispatch(svl_chain, &local, &mut own, probs);
+        }
+
+        // Endpoint chains.
+        for ep in plan.reachable_endpoints() {
+            let addr = ep.addr();
+            let chain = sep(&addr);
+            chains.push(chain);
+            let comment = (!large).then(|| Comment::Service(svc.clone(), Phrase::Bare));
+            own.push(
+                chain,
+                Rule {
+                    comment: comment.clone(),
+                    matches: [Match::Source(Addr::Ip(ep.ip), false)]
+                        .into_iter()
+                        .collect(),
+                    target: Some(jump(KUBE_MARK_MASQ)),
+                },
+                probs,
+            );
+            let mut dnat = Rule {
+                comment,
+                matches: Default::default(),
+                target: Some(Target::Dnat(addr)),
+            };
+            if affinity.is_some() {
+                dnat.matches.push(Match::RecentSet(chain));
+            }
+            dnat.matches.push(proto_m.clone());
+            own.push(chain, dnat, probs);
+        }
+
+        let seg = |b: SegmentBuilder| (!b.is_empty()).then(|| b.finish());
+        Some(PortRender {
+            filter: seg(filter),
+            nat_top: seg(top),
+            chains,
+            own: seg(own),
+        })
+    }
+}

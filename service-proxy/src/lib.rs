@@ -1,0 +1,39 @@
+//! Service proxy backends: a [`service_core::snapshot::Snapshot`] in, kernel rules out.
+//!
+//! ```text
+//! Snapshot ──► <backend>::Renderer::full / ::partial ──► RuleSet ──► applier (kernel)
+//!                                                            └──► trace(packet) → verdict
+//! ```
+//!
+//! Rendering is pure: a renderer turns a snapshot into a rule set (a typed model with a
+//! `Display` impl in the kernel tool's own input format) and remembers what it rendered so
+//! that the next render after a small change can be partial. The [`SyncEngine`] decides
+//! between full and partial syncs from snapshot diffs. Appliers (feature `apply`) are thin
+//! IO layers that feed rule sets to the kernel; the tracer answers where a packet goes by
+//! evaluating the rendered rule model, without a kernel.
+//!
+//! # What this crate does not do
+//! It does not watch a Kubernetes API server or read manifests (see `service-core`), and
+//! rendering never touches the kernel: only the modules behind the `apply` feature do IO.
+//!
+//! # Crate features
+//! - `iptables` (default): render kube-proxy's iptables layout as `iptables-restore` input.
+//! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` on stdin, never through
+//!   a shell) and stale-conntrack cleanup over netlink.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use service_core as core;
+
+mod config;
+mod sync;
+pub mod trace;
+
+#[cfg(feature = "apply")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
+pub mod conntrack;
+#[cfg(feature = "iptables")]
+#[cfg_attr(docsrs, doc(cfg(feature = "iptables")))]
+pub mod iptables;
+
+pub use config::ProxyConfig;
+pub use sync::{SyncEngine, SyncKind, SyncPlan};

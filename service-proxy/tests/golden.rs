@@ -1,0 +1,54 @@
+//! Golden files: the rendered iptables-restore input for each fixture, reviewed by hand.
+//! A fixture's first line names the node: `# node: NAME IP[,IP] cluster-cidr CIDR[,CIDR]`.
+
+use service_proxy::ProxyConfig;
+use service_proxy::iptables::{IptablesConfig, Renderer};
+use service_testkit::fixtures;
+
+struct Node {
+    name: String,
+    ips: Vec<String>,
+    cidrs: Vec<String>,
+}
+
+fn node_line(yaml: &str) -> Node {
+    let line = yaml.lines().next().unwrap_or_default();
+    let words: Vec<&str> = line
+        .trim_start_matches("# node:")
+        .split_whitespace()
+        .collect();
+    assert!(
+        words.len() == 4 && words[2] == "cluster-cidr",
+        "bad node line: {line}"
+    );
+    Node {
+        name: words[0].to_owned(),
+        ips: words[1].split(',').map(str::to_owned).collect(),
+        cidrs: words[3].split(',').map(str::to_owned).collect(),
+    }
+}
+
+#[test]
+fn iptables_goldens() {
+    insta::glob!("fixtures/*.yaml", |path| {
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let node = node_line(&yaml);
+        let ips: Vec<&str> = node.ips.iter().map(String::as_str).collect();
+        let snapshot = fixtures::snapshot(&yaml, &node.name, &ips);
+        let mut proxy = ProxyConfig::default();
+        proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        let mut out = Renderer::new(IptablesConfig::new(proxy.clone()), false)
+            .full(&snapshot)
+            .to_restore_input();
+        if ips.iter().any(|ip| ip.contains(':')) {
+            out.push_str("# ---- ip6tables ----\n");
+            out.push_str(
+                &Renderer::new(IptablesConfig::new(proxy), true)
+                    .full(&snapshot)
+                    .to_restore_input(),
+            );
+        }
+        insta::assert_snapshot!("iptables", out);
+    });
+}

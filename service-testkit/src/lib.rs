@@ -1,0 +1,5 @@
+//! PRIVATE test support for this workspace: fixtures that turn YAML into snapshots, and
+//! (Linux, root) network namespaces with veth links for kernel end-to-end tests.
+
+pub mod fixtures;
+pub mod netns;
