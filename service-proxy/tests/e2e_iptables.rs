@@ -634,3 +634,78 @@ fn restore_accepts_every_fixture() {
         );
     }
 }
+
+/// `iptables-save` of our chains, per table and chain, rules in order, counters dropped.
+fn kube_state(node: &Netns) -> BTreeMap<(String, String), Vec<String>> {
+    let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for table in ["filter", "nat", "mangle"] {
+        for line in node.exec_text("iptables-save", &["-t", table]).lines() {
+            if let Some(rest) = line.strip_prefix(':') {
+                let name = rest.split_whitespace().next().unwrap_or_default();
+                out.entry((table.to_owned(), name.to_owned())).or_default();
+            } else if let Some(rest) = line.strip_prefix("-A ") {
+                let (chain, rule) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.entry((table.to_owned(), chain.to_owned()))
+                    .or_default()
+                    .push(rule.to_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn partial_syncs_match_a_full_restore_in_the_kernel() {
+    if require(
+        "partial_syncs_match_a_full_restore_in_the_kernel",
+        &["ip", "iptables-restore", "iptables-save"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let node = Netns::new("psync");
+    let mut proxier = Proxier::new(
+        Renderer::new(config(), false),
+        SystemRunner::in_netns(node.name()),
+        service_proxy::iptables::apply::NoConntrack,
+    );
+    let mut yaml = CLUSTER.to_owned();
+    let mut snap = snapshot_of(&yaml, None);
+    proxier.sync(&snap).unwrap();
+    let edits: [(&str, &str); 6] = [
+        (
+            "- {addresses: [10.244.2.12], nodeName: node-b}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky",
+            "---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky",
+        ),
+        (
+            "endpoints:\n- {addresses: [10.244.1.10], nodeName: node-a}\n- {addresses: [10.244.1.11], nodeName: node-a}\n---",
+            "endpoints:\n- {addresses: [10.244.1.10], nodeName: node-a}\n- {addresses: [10.244.1.11], nodeName: node-a}\n- {addresses: [10.244.2.13], nodeName: node-b}\n---",
+        ),
+        ("  sessionAffinity: ClientIP\n", ""),
+        ("  externalIPs: [192.0.2.10]\n", ""),
+        (
+            "metadata: {name: empty, namespace: e2e}",
+            "metadata: {name: empty2, namespace: e2e}",
+        ),
+        (
+            "  externalTrafficPolicy: Local\n  healthCheckNodePort: 30100\n",
+            "",
+        ),
+    ];
+    for (from, to) in edits {
+        assert!(yaml.contains(from), "edit does not apply: {from}");
+        yaml = yaml.replacen(from, to, 1);
+        let next = snapshot_of(&yaml, Some(&snap));
+        let report = proxier.sync(&next).unwrap();
+        assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
+        snap = next;
+    }
+    let fresh = Netns::new("psync-full");
+    let mut full = Proxier::new(
+        Renderer::new(config(), false),
+        SystemRunner::in_netns(fresh.name()),
+        service_proxy::iptables::apply::NoConntrack,
+    );
+    assert_eq!(full.sync(&snap).unwrap().kind, SyncKind::Full);
+    assert_eq!(kube_state(&node), kube_state(&fresh));
+}
