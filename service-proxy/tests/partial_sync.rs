@@ -41,12 +41,12 @@ fn restore(tables: &mut Tables, input: &str) -> Result<(), String> {
             let (chain, rule) = rest.split_once(' ').ok_or("bad rule")?;
             chains
                 .get_mut(chain)
-                .ok_or(format!("append to missing chain {chain}"))?
+                .ok_or_else(|| format!("append to missing chain {chain}"))?
                 .push(rule.to_owned());
         } else if let Some(chain) = line.strip_prefix("-X ") {
             let rules = chains
                 .get(chain)
-                .ok_or(format!("delete of missing chain {chain}"))?;
+                .ok_or_else(|| format!("delete of missing chain {chain}"))?;
             if !rules.is_empty() {
                 return Err(format!("delete of non-empty chain {chain}"));
             }
