@@ -277,10 +277,12 @@ enum From {
 fn check(env: &Env, rules: &RuleSet, from: From, dst: &str, tries: usize) -> BTreeSet<String> {
     let dst = sa(dst);
     let src = env.source_ip(from);
-    let verdict = rules.trace(
-        &Packet::new(src, dst.ip(), dst.port(), Protocol::Tcp),
-        &[ip("192.168.0.2")],
-    );
+    let verdict = rules
+        .trace(
+            &Packet::new(src, dst.ip(), dst.port(), Protocol::Tcp),
+            &[ip("192.168.0.2")],
+        )
+        .expect("our rules parse");
     let bind = match from {
         From::ClientAs(s) => Some(ip(s)),
         _ => None,

@@ -36,3 +36,66 @@ pub const KUBE_PROXY_CLUSTER: &str = include_str!("../fixtures/kube-proxy-cluste
 pub fn kube_proxy_snapshot() -> Snapshot {
     snapshot(KUBE_PROXY_CLUSTER, "test-node", &["192.168.0.2"])
 }
+
+/// A cluster at scale for benchmarks: `services` Services with `endpoints` endpoints each.
+/// Every Service is ClusterIP with one TCP port; every 10th is a NodePort, every 50th a
+/// LoadBalancer with an ingress IP; a tenth of the endpoints are on `node-a`.
+pub fn scale(
+    services: usize,
+    endpoints: usize,
+) -> (
+    Vec<service_core::valid::ValidService>,
+    Vec<service_core::model::EndpointSlice>,
+) {
+    use service_core::model::{
+        AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IntOrString,
+        LoadBalancerIngress, LoadBalancerStatus, Protocol, Service, ServicePort, ServiceStatus,
+        ServiceType,
+    };
+    let mut svcs = Vec::with_capacity(services);
+    let mut slices = Vec::with_capacity(services);
+    for i in 0..services {
+        let name = format!("svc-{i}");
+        let mut svc = Service::new("bench", &name);
+        svc.spec.cluster_ip = Some(format!("10.96.{}.{}", i / 250, i % 250 + 1));
+        let mut port = ServicePort::tcp("http", 80);
+        port.target_port = Some(IntOrString::Int(8080));
+        if i % 10 == 0 {
+            svc.spec.type_ = Some(ServiceType::NodePort);
+            port.node_port = Some(30000 + (i / 10 % 2700) as i32);
+        }
+        if i % 50 == 0 {
+            svc.spec.type_ = Some(ServiceType::LoadBalancer);
+            let mut ing = LoadBalancerIngress::default();
+            ing.ip = Some(format!("198.51.{}.{}", i / 250 % 250, i % 250 + 1));
+            let mut lb = LoadBalancerStatus::default();
+            lb.ingress = vec![ing];
+            let mut st = ServiceStatus::default();
+            st.load_balancer = Some(lb);
+            svc.status = Some(st);
+        }
+        svc.spec.ports.push(port);
+        service_core::defaults::service(&mut svc);
+        svcs.push(service_core::validation::validate_service(&svc).expect("valid bench service"));
+        let mut slice = EndpointSlice::new("bench", &format!("{name}-x"), &name, AddressType::Ipv4);
+        slice.ports = vec![EndpointPort::new("http", 8080, Protocol::Tcp)];
+        for e in 0..endpoints {
+            let n = i * endpoints + e;
+            let mut ep = Endpoint::new(&format!(
+                "10.{}.{}.{}",
+                128 + n / 65536 % 64,
+                n / 256 % 256,
+                n % 256
+            ));
+            ep.conditions = Some(EndpointConditions::new(true, true, false));
+            ep.node_name = Some(if n % 10 == 0 {
+                "node-a".into()
+            } else {
+                format!("node-{}", n % 97)
+            });
+            slice.endpoints.push(ep);
+        }
+        slices.push(slice);
+    }
+    (svcs, slices)
+}

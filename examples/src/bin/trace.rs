@@ -58,7 +58,13 @@ fn main() -> ExitCode {
         BackendArg::Iptables => {
             let rules = Renderer::new(IptablesConfig::new(config.clone()), args.dst.is_ipv6())
                 .full(&snapshot);
-            rules.trace(&packet, &config.local_addresses)
+            match rules.trace(&packet, &config.local_addresses) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
         }
     };
     println!(

@@ -98,11 +98,17 @@ impl ServicePortName {
     /// kube-proxy's spelling, `namespace/name:port` (no `:port` for an unnamed port), used in
     /// rule comments and chain-name hashes.
     pub fn proxy_name(&self) -> String {
-        if self.port.is_empty() {
-            self.service.to_string()
-        } else {
-            format!("{}:{}", self.service, self.port)
+        let key = &self.service;
+        let mut s =
+            String::with_capacity(key.namespace.len() + key.name.len() + self.port.len() + 2);
+        s.push_str(&key.namespace);
+        s.push('/');
+        s.push_str(&key.name);
+        if !self.port.is_empty() {
+            s.push(':');
+            s.push_str(&self.port);
         }
+        s
     }
 }
 

@@ -39,7 +39,7 @@ pub enum ApplyError {
         source: std::io::Error,
     },
     /// The program exited with an error.
-    #[error("{program} failed ({status}): {stderr}")]
+    #[error("{program} failed ({status}): {stderr}{}", if input.is_empty() { String::new() } else { format!("\ninput near the failure:\n{input}") })]
     Failed {
         /// The program and its arguments.
         program: String,
@@ -47,7 +47,7 @@ pub enum ApplyError {
         status: String,
         /// What it printed on stderr.
         stderr: String,
-        /// The input it was fed, for diagnosis.
+        /// The input lines around the one it reported (or the input's start).
         input: String,
     },
 }
@@ -58,7 +58,7 @@ pub trait Runner {
     ///
     /// # Errors
     /// The program failed.
-    fn restore(&mut self, ipv6: bool, input: &str) -> Result<(), ApplyError>;
+    fn restore(&mut self, ipv6: bool, input: &[u8]) -> Result<(), ApplyError>;
 
     /// Returns `iptables-save -t TABLE` (or `ip6tables-save`).
     ///
@@ -97,7 +97,12 @@ impl SystemRunner {
         }
     }
 
-    fn run(&self, program: &str, args: &[&str], input: Option<&str>) -> Result<String, ApplyError> {
+    fn run(
+        &self,
+        program: &str,
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> Result<String, ApplyError> {
         let mut cmd = self.command(program);
         cmd.args(args)
             .stdin(if input.is_some() {
@@ -114,7 +119,7 @@ impl SystemRunner {
         })?;
         if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
             // A failing write (the program died early) shows up in its exit status.
-            let _ = stdin.write_all(text.as_bytes());
+            let _ = stdin.write_all(text);
         }
         let out = child
             .wait_with_output()
@@ -123,19 +128,42 @@ impl SystemRunner {
                 source,
             })?;
         if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(ApplyError::Failed {
                 program: display,
                 status: out.status.to_string(),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-                input: input.unwrap_or_default().to_owned(),
+                input: excerpt(input.unwrap_or_default(), &stderr),
+                stderr,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
+/// The input lines around the line an `iptables-restore` error names ("line 12 failed"),
+/// or the first lines when it names none.
+fn excerpt(input: &[u8], stderr: &str) -> String {
+    let text = String::from_utf8_lossy(input);
+    let line: Option<usize> = stderr
+        .split("line ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
+    let (from, to) = match line {
+        Some(n) if n > 0 => (n.saturating_sub(3), n + 2),
+        _ => (0, 5),
+    };
+    text.lines()
+        .enumerate()
+        .skip(from)
+        .take(to - from)
+        .map(|(i, l)| format!("{:>6}: {l}", i + 1))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl Runner for SystemRunner {
-    fn restore(&mut self, ipv6: bool, input: &str) -> Result<(), ApplyError> {
+    fn restore(&mut self, ipv6: bool, input: &[u8]) -> Result<(), ApplyError> {
         let program = if ipv6 {
             "ip6tables-restore"
         } else {
@@ -172,15 +200,17 @@ pub struct FakeRunner {
 }
 
 impl Runner for FakeRunner {
-    fn restore(&mut self, _ipv6: bool, input: &str) -> Result<(), ApplyError> {
-        self.restores.push(input.to_owned());
+    fn restore(&mut self, _ipv6: bool, input: &[u8]) -> Result<(), ApplyError> {
+        self.restores
+            .push(String::from_utf8_lossy(input).into_owned());
         if self.fail_restores > 0 {
             self.fail_restores -= 1;
+            let stderr = "iptables-restore: line 1 failed".to_owned();
             return Err(ApplyError::Failed {
                 program: "iptables-restore".into(),
                 status: "exit status: 2".into(),
-                stderr: "iptables-restore: line 1 failed".into(),
-                input: input.to_owned(),
+                input: excerpt(input, &stderr),
+                stderr,
             });
         }
         Ok(())
@@ -247,6 +277,8 @@ pub struct Applier<R: Runner> {
     runner: R,
     ipv6: bool,
     localhost_nodeports: bool,
+    /// The restore input buffer, reused across syncs.
+    buf: Vec<u8>,
 }
 
 impl<R: Runner> Applier<R> {
@@ -256,6 +288,7 @@ impl<R: Runner> Applier<R> {
             runner,
             ipv6,
             localhost_nodeports,
+            buf: Vec::new(),
         }
     }
 
@@ -290,18 +323,20 @@ impl<R: Runner> Applier<R> {
     /// restore (iptables-restore commits each table atomically).
     pub fn apply(&mut self, rules: &RuleSet) -> Result<(), ApplyError> {
         if !rules.full {
-            return self.runner.restore(self.ipv6, &rules.to_restore_input());
+            rules.write_restore_input(&mut self.buf);
+            return self.runner.restore(self.ipv6, &self.buf);
         }
-        let mut input = String::new();
-        input.push_str("*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
+        let mut input = std::mem::take(&mut self.buf);
+        input.clear();
+        input.extend_from_slice(b"*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
         let jumps = self.jumps();
         for (table, t) in [(Table::Filter, &rules.filter), (Table::Nat, &rules.nat)] {
             let saved = parse_save(&self.runner.save(self.ipv6, table)?);
-            let mut text = String::new();
-            text.push('*');
-            text.push_str(table.as_str());
-            text.push('\n');
-            text.push_str(":KUBE-PROXY-CANARY - [0:0]\n");
+            let text = &mut input;
+            text.push(b'*');
+            text.extend_from_slice(table.as_str().as_bytes());
+            text.push(b'\n');
+            text.extend_from_slice(b":KUBE-PROXY-CANARY - [0:0]\n");
             let mut written: BTreeSet<String> = t
                 .chains
                 .iter()
@@ -310,9 +345,9 @@ impl<R: Runner> Applier<R> {
                 .collect();
             written.insert(CANARY.into());
             for c in t.chains.iter().chain(&t.deleted) {
-                text.push(':');
-                c.write_to(&mut text);
-                text.push_str(" - [0:0]\n");
+                text.push(b':');
+                c.write_to(text);
+                text.extend_from_slice(b" - [0:0]\n");
             }
             // Leftover service chains from an earlier run: flush and delete.
             let leftovers: Vec<&String> = saved
@@ -322,9 +357,9 @@ impl<R: Runner> Applier<R> {
                 .filter(|c| !written.contains(*c))
                 .collect();
             for c in &leftovers {
-                text.push(':');
-                text.push_str(c);
-                text.push_str(" - [0:0]\n");
+                text.push(b':');
+                text.extend_from_slice(c.as_bytes());
+                text.extend_from_slice(b" - [0:0]\n");
             }
             // Jump rules: if a built-in chain does not hold exactly ours, in order, at
             // the top, delete ours and insert them again in order.
@@ -369,23 +404,24 @@ impl<R: Runner> Applier<R> {
                 }
             }
             for s in &t.segments {
-                text.push_str(s.text());
+                text.extend_from_slice(s.bytes());
             }
-            text.push_str(&jump_text);
+            text.extend_from_slice(jump_text.as_bytes());
             for c in t
                 .deleted
                 .iter()
                 .map(ToString::to_string)
                 .chain(leftovers.iter().map(|c| (*c).clone()))
             {
-                text.push_str("-X ");
-                text.push_str(&c);
-                text.push('\n');
+                text.extend_from_slice(b"-X ");
+                text.extend_from_slice(c.as_bytes());
+                text.push(b'\n');
             }
-            text.push_str("COMMIT\n");
-            input.push_str(&text);
+            text.extend_from_slice(b"COMMIT\n");
         }
-        self.runner.restore(self.ipv6, &input)
+        let result = self.runner.restore(self.ipv6, &input);
+        self.buf = input;
+        result
     }
 
     /// Removes every jump rule and chain the proxy creates (fixed, per-service, canary),
@@ -451,7 +487,7 @@ impl<R: Runner> Applier<R> {
         if input.is_empty() {
             return Ok(());
         }
-        self.runner.restore(self.ipv6, &input)
+        self.runner.restore(self.ipv6, input.as_bytes())
     }
 }
 

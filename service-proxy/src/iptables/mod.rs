@@ -11,6 +11,7 @@
 
 mod hash;
 mod model;
+mod parse;
 mod render;
 mod trace;
 
@@ -23,6 +24,7 @@ pub use model::{
     Addr, ChainName, Comment, CtState, FixedChain, L4, Match, Phrase, Rule, RuleSet, Segment,
     ServiceChain, Table, TableRules, Target,
 };
+pub use parse::{ParseError, parse_rule};
 pub use render::{IptablesConfig, LARGE_CLUSTER_ENDPOINTS, Renderer};
 pub use trace::Tracer;
 
@@ -41,14 +43,16 @@ pub struct JumpRule {
 impl JumpRule {
     /// The rule's arguments after `-A CHAIN`/`-I CHAIN`/`-D CHAIN`, as iptables prints them.
     pub fn args(&self) -> String {
-        let mut line = String::new();
+        let mut line = Vec::new();
         self.rule.write(
             &ChainName::Fixed(self.from),
             &mut Default::default(),
             &mut line,
         );
         let prefix_len = "-A ".len() + self.from.as_str().len() + 1;
-        line[prefix_len..].trim_end().to_owned()
+        String::from_utf8_lossy(&line[prefix_len..])
+            .trim_end()
+            .to_owned()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The iptables rule model: typed chains, matches and targets, grouped in [`Segment`]s whose
 //! `iptables-restore` text is rendered once, and the [`RuleSet`] that assembles them.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -115,13 +115,12 @@ pub enum ChainName {
 
 impl ChainName {
     /// Writes the name.
-    pub fn write_to(&self, out: &mut String) {
+    pub fn write_to(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Fixed(c) => out.push_str(c.as_str()),
+            Self::Fixed(c) => out.extend_from_slice(c.as_str().as_bytes()),
             Self::Service(kind, hash) => {
-                out.push_str(kind.prefix());
-                // The hash is base32 (A-Z, 2-7): always ASCII.
-                out.push_str(std::str::from_utf8(hash).unwrap_or("????????????????"));
+                out.extend_from_slice(kind.prefix().as_bytes());
+                out.extend_from_slice(hash);
             }
         }
     }
@@ -170,9 +169,9 @@ impl ChainName {
 
 impl fmt::Display for ChainName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut s = String::with_capacity(25);
+        let mut s = Vec::with_capacity(25);
         self.write_to(&mut s);
-        f.write_str(&s)
+        f.write_str(&String::from_utf8_lossy(&s))
     }
 }
 
@@ -216,9 +215,9 @@ pub enum Comment {
 }
 
 impl Comment {
-    fn write_text(&self, out: &mut String) {
+    fn write_text(&self, out: &mut Vec<u8>) {
         match self {
-            Self::Static(s) => out.push_str(s),
+            Self::Static(s) => out.extend_from_slice(s.as_bytes()),
             Self::Service(svc, phrase) => {
                 let (before, after) = match phrase {
                     Phrase::Bare => ("", ""),
@@ -243,30 +242,41 @@ impl Comment {
                         " will be dropped by KUBE-PROXY-FIREWALL",
                     ),
                 };
-                out.push_str(before);
-                out.push_str(svc);
-                out.push_str(after);
+                out.extend_from_slice(before.as_bytes());
+                out.extend_from_slice(svc.as_bytes());
+                out.extend_from_slice(after.as_bytes());
             }
             Self::Endpoint(svc, ep) => {
-                out.push_str(svc);
-                out.push_str(" -> ");
+                out.extend_from_slice(svc.as_bytes());
+                out.extend_from_slice(b" -> ");
                 write_socket_addr(out, ep);
             }
             Self::NotAcceptedBy(svc, chain) => {
-                out.push_str(svc);
-                out.push_str(" traffic not accepted by ");
+                out.extend_from_slice(svc.as_bytes());
+                out.extend_from_slice(b" traffic not accepted by ");
                 chain.write_to(out);
             }
         }
     }
 
-    fn write(&self, out: &mut String) {
-        let start = out.len();
+    /// Whether the text has spaces (and so is quoted, as kube-proxy quotes it). Service
+    /// names never have spaces; every phrase does.
+    fn quoted(&self) -> bool {
+        match self {
+            Self::Static(s) => s.contains(' '),
+            Self::Service(_, Phrase::Bare) => false,
+            _ => true,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        let q = self.quoted();
+        if q {
+            out.push(b'"');
+        }
         self.write_text(out);
-        // Quote when the text has spaces, as kube-proxy does.
-        if out[start..].contains(' ') {
-            out.insert(start, '"');
-            out.push('"');
+        if q {
+            out.push(b'"');
         }
     }
 }
@@ -441,146 +451,138 @@ impl Probabilities {
     }
 }
 
-fn write_ip(out: &mut String, ip: &IpAddr) {
+fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let o = v4.octets();
-            let mut buf = itoa_buf();
-            for (i, b) in o.iter().enumerate() {
+            for (i, b) in v4.octets().iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
-                out.push_str(buf.format(*b));
+                write_u32(out, u32::from(*b));
             }
         }
         IpAddr::V6(v6) => {
+            use std::io::Write as _;
             let _ = write!(out, "{v6}");
         }
     }
 }
 
-fn write_socket_addr(out: &mut String, sa: &SocketAddr) {
+fn write_socket_addr(out: &mut Vec<u8>, sa: &SocketAddr) {
     if sa.is_ipv6() {
-        out.push('[');
+        out.push(b'[');
         write_ip(out, &sa.ip());
-        out.push(']');
+        out.push(b']');
     } else {
         write_ip(out, &sa.ip());
     }
-    out.push(':');
-    out.push_str(itoa_buf().format(sa.port()));
+    out.push(b':');
+    write_u32(out, u32::from(sa.port()));
 }
 
-/// A tiny integer formatter (no allocation).
-struct IntBuf([u8; 10]);
-
-fn itoa_buf() -> IntBuf {
-    IntBuf([0; 10])
-}
-
-impl IntBuf {
-    fn format<T: Into<u32>>(&mut self, v: T) -> &str {
-        let mut v: u32 = v.into();
-        let mut i = self.0.len();
-        loop {
-            i -= 1;
-            self.0[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
+/// Writes a decimal number without going through `fmt`.
+fn write_u32(out: &mut Vec<u8>, mut v: u32) {
+    let mut tmp = [0u8; 10];
+    let mut i = tmp.len();
+    loop {
+        i -= 1;
+        tmp[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
         }
-        // Only ASCII digits were written.
-        std::str::from_utf8(&self.0[i..]).unwrap_or("0")
     }
+    out.extend_from_slice(&tmp[i..]);
 }
 
 impl Rule {
     /// Writes `-A CHAIN ...` with a trailing newline.
-    pub(crate) fn write(&self, chain: &ChainName, probs: &mut Probabilities, out: &mut String) {
-        out.push_str("-A ");
+    pub(crate) fn write(&self, chain: &ChainName, probs: &mut Probabilities, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        out.extend_from_slice(b"-A ");
         chain.write_to(out);
         if let Some(c) = &self.comment {
-            out.push_str(" -m comment --comment ");
+            out.extend_from_slice(b" -m comment --comment ");
             c.write(out);
         }
-        let mut buf = itoa_buf();
         for m in &self.matches {
             match m {
                 Match::Protocol(p) => {
-                    out.push_str(" -m ");
-                    out.push_str(p.as_str());
-                    out.push_str(" -p ");
-                    out.push_str(p.as_str());
+                    out.extend_from_slice(b" -m ");
+                    out.extend_from_slice(p.as_str().as_bytes());
+                    out.extend_from_slice(b" -p ");
+                    out.extend_from_slice(p.as_str().as_bytes());
                 }
                 Match::Source(a, neg) | Match::Destination(a, neg) => {
-                    out.push_str(if *neg { " !" } else { "" });
-                    out.push_str(if matches!(m, Match::Source(..)) {
-                        " -s "
+                    if *neg {
+                        out.extend_from_slice(b" !");
+                    }
+                    out.extend_from_slice(if matches!(m, Match::Source(..)) {
+                        b" -s "
                     } else {
-                        " -d "
+                        b" -d "
                     });
                     match a {
                         Addr::Ip(ip) => write_ip(out, ip),
                         Addr::Net(n) => {
                             write_ip(out, &n.network());
-                            out.push('/');
-                            out.push_str(buf.format(n.prefix_len()));
+                            out.push(b'/');
+                            write_u32(out, u32::from(n.prefix_len()));
                         }
                     }
                 }
                 Match::DestPort(p) => {
-                    out.push_str(" --dport ");
-                    out.push_str(buf.format(*p));
+                    out.extend_from_slice(b" --dport ");
+                    write_u32(out, u32::from(*p));
                 }
-                Match::SrcTypeLocal => out.push_str(" -m addrtype --src-type LOCAL"),
-                Match::DstTypeLocal => out.push_str(" -m addrtype --dst-type LOCAL"),
+                Match::SrcTypeLocal => out.extend_from_slice(b" -m addrtype --src-type LOCAL"),
+                Match::DstTypeLocal => out.extend_from_slice(b" -m addrtype --dst-type LOCAL"),
                 Match::Probability(n) => {
-                    out.push_str(" -m statistic --mode random --probability ");
-                    out.push_str(probs.get(*n));
+                    out.extend_from_slice(b" -m statistic --mode random --probability ");
+                    out.extend_from_slice(probs.get(*n).as_bytes());
                 }
                 Match::RecentCheck(name, secs) => {
-                    out.push_str(" -m recent --name ");
+                    out.extend_from_slice(b" -m recent --name ");
                     name.write_to(out);
-                    out.push_str(" --rcheck --seconds ");
-                    out.push_str(buf.format(*secs));
-                    out.push_str(" --reap");
+                    out.extend_from_slice(b" --rcheck --seconds ");
+                    write_u32(out, *secs);
+                    out.extend_from_slice(b" --reap");
                 }
                 Match::RecentSet(name) => {
-                    out.push_str(" -m recent --name ");
+                    out.extend_from_slice(b" -m recent --name ");
                     name.write_to(out);
-                    out.push_str(" --set");
+                    out.extend_from_slice(b" --set");
                 }
                 Match::Mark(mark, neg) => {
-                    out.push_str(if *neg {
-                        " -m mark ! --mark "
+                    out.extend_from_slice(if *neg {
+                        b" -m mark ! --mark "
                     } else {
-                        " -m mark --mark "
+                        b" -m mark --mark "
                     });
                     let _ = write!(out, "{mark:#x}/{mark:#x}");
                 }
                 Match::CtState(s, neg) => {
-                    out.push_str(if *neg {
-                        " -m conntrack ! --ctstate "
+                    out.extend_from_slice(if *neg {
+                        b" -m conntrack ! --ctstate "
                     } else {
-                        " -m conntrack --ctstate "
+                        b" -m conntrack --ctstate "
                     });
-                    out.push_str(s.as_str());
+                    out.extend_from_slice(s.as_str().as_bytes());
                 }
             }
         }
         match &self.target {
             None => {}
             Some(t) => {
-                out.push_str(" -j ");
+                out.extend_from_slice(b" -j ");
                 match t {
                     Target::Jump(c) => c.write_to(out),
-                    Target::Accept => out.push_str("ACCEPT"),
-                    Target::Drop => out.push_str("DROP"),
-                    Target::Reject => out.push_str("REJECT"),
-                    Target::Return => out.push_str("RETURN"),
+                    Target::Accept => out.extend_from_slice(b"ACCEPT"),
+                    Target::Drop => out.extend_from_slice(b"DROP"),
+                    Target::Reject => out.extend_from_slice(b"REJECT"),
+                    Target::Return => out.extend_from_slice(b"RETURN"),
                     Target::Dnat(sa) => {
-                        out.push_str("DNAT --to-destination ");
+                        out.extend_from_slice(b"DNAT --to-destination ");
                         write_socket_addr(out, sa);
                     }
                     Target::MarkOr(m) => {
@@ -590,56 +592,82 @@ impl Rule {
                         let _ = write!(out, "MARK --xor-mark {m:#x}");
                     }
                     Target::Masquerade(random_fully) => {
-                        out.push_str("MASQUERADE");
+                        out.extend_from_slice(b"MASQUERADE");
                         if *random_fully {
-                            out.push_str(" --random-fully");
+                            out.extend_from_slice(b" --random-fully");
                         }
                     }
                 }
             }
         }
-        out.push('\n');
+        out.push(b'\n');
     }
 }
 
-/// Rules for one or more chains of one table, with their `iptables-restore` text rendered
-/// once when the segment is built.
+/// Rules for one or more chains of one table, as `iptables-restore` text (`-A` lines),
+/// rendered once when the segment is built. Read them back as values with
+/// [`Segment::rules`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Segment {
-    /// `(chain, rule)` in the order written.
-    pub rules: Vec<(ChainName, Rule)>,
-    text: String,
+    text: Vec<u8>,
+    rules: usize,
 }
 
 impl Segment {
-    /// The `-A` lines.
-    pub fn text(&self) -> &str {
+    /// The `-A` lines, as bytes.
+    pub fn bytes(&self) -> &[u8] {
         &self.text
+    }
+
+    /// The `-A` lines, as text (always ASCII apart from service names, which are too).
+    pub fn text(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.text)
+    }
+
+    /// The number of rules.
+    pub fn rule_count(&self) -> usize {
+        self.rules
+    }
+
+    /// The rules as values, parsed back from the text.
+    ///
+    /// # Errors
+    /// Never for segments this crate renders (tested); a [`super::ParseError`] otherwise.
+    pub fn rules(&self) -> Result<Vec<(ChainName, Rule)>, super::ParseError> {
+        self.text().lines().map(super::parse::parse_rule).collect()
     }
 }
 
-/// Builds a [`Segment`].
+/// Builds a [`Segment`]: each rule is written as it is pushed.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentBuilder {
-    rules: Vec<(ChainName, Rule)>,
-    text: String,
+    text: Vec<u8>,
+    rules: usize,
 }
 
 impl SegmentBuilder {
+    /// A builder expecting about `rules` rules.
+    pub(crate) fn with_capacity(rules: usize) -> Self {
+        Self {
+            text: Vec::with_capacity(rules * 128),
+            rules: 0,
+        }
+    }
+
     pub(crate) fn push(&mut self, chain: ChainName, rule: Rule, probs: &mut Probabilities) {
         rule.write(&chain, probs, &mut self.text);
-        self.rules.push((chain, rule));
+        self.rules += 1;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules == 0
     }
 
     pub(crate) fn finish(self) -> Arc<Segment> {
         Arc::new(Segment {
-            rules: self.rules,
             text: self.text,
+            rules: self.rules,
         })
     }
 }
@@ -657,34 +685,41 @@ pub struct TableRules {
 }
 
 impl TableRules {
-    /// Every rule with its chain, in order.
-    pub fn rules(&self) -> impl Iterator<Item = &(ChainName, Rule)> {
-        self.segments.iter().flat_map(|s| s.rules.iter())
+    /// Every rule with its chain, in order, parsed back from the text.
+    ///
+    /// # Errors
+    /// Never for rule sets this crate renders (tested).
+    pub fn rules(&self) -> Result<Vec<(ChainName, Rule)>, super::ParseError> {
+        let mut out = Vec::with_capacity(self.rule_count());
+        for s in &self.segments {
+            out.extend(s.rules()?);
+        }
+        Ok(out)
     }
 
     /// The number of rules.
     pub fn rule_count(&self) -> usize {
-        self.segments.iter().map(|s| s.rules.len()).sum()
+        self.segments.iter().map(|s| s.rules).sum()
     }
 
-    fn write(&self, table: Table, out: &mut String) {
-        out.push('*');
-        out.push_str(table.as_str());
-        out.push('\n');
+    fn write(&self, table: Table, out: &mut Vec<u8>) {
+        out.push(b'*');
+        out.extend_from_slice(table.as_str().as_bytes());
+        out.push(b'\n');
         for c in self.chains.iter().chain(&self.deleted) {
-            out.push(':');
+            out.push(b':');
             c.write_to(out);
-            out.push_str(" - [0:0]\n");
+            out.extend_from_slice(b" - [0:0]\n");
         }
         for s in &self.segments {
-            out.push_str(&s.text);
+            out.extend_from_slice(&s.text);
         }
         for c in &self.deleted {
-            out.push_str("-X ");
+            out.extend_from_slice(b"-X ");
             c.write_to(out);
-            out.push('\n');
+            out.push(b'\n');
         }
-        out.push_str("COMMIT\n");
+        out.extend_from_slice(b"COMMIT\n");
     }
 }
 
@@ -703,8 +738,17 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// The `iptables-restore` input.
+    /// The `iptables-restore` input as text.
     pub fn to_restore_input(&self) -> String {
+        let mut out = Vec::new();
+        self.write_restore_input(&mut out);
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    }
+
+    /// Writes the `iptables-restore` input into `out` (cleared first), reusing its buffer.
+    pub fn write_restore_input(&self, out: &mut Vec<u8>) {
+        out.clear();
         let size: usize = self
             .filter
             .segments
@@ -712,33 +756,33 @@ impl RuleSet {
             .chain(&self.nat.segments)
             .map(|s| s.text.len())
             .sum();
-        let mut out = String::with_capacity(size + 64 * (self.nat.chains.len() + 32));
-        self.filter.write(Table::Filter, &mut out);
-        self.nat.write(Table::Nat, &mut out);
-        out
+        let chains = self.filter.chains.len() + self.nat.chains.len() + self.nat.deleted.len() * 2;
+        out.reserve(size + 32 * chains + 64);
+        self.filter.write(Table::Filter, out);
+        self.nat.write(Table::Nat, out);
     }
 
     /// The restore input with the jump rules from the built-in chains appended to each
     /// table (see [`super::jump_rules`]): restored without `--noflush` on a host without
     /// other rules, it reproduces exactly what the proxy installs.
     pub fn to_restore_input_with_jumps(&self, localhost_nodeports: bool) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         let jumps = super::jump_rules(self.ipv6, localhost_nodeports);
         for (table, rules) in [(Table::Filter, &self.filter), (Table::Nat, &self.nat)] {
-            let mut t = String::new();
+            let mut t = Vec::new();
             rules.write(table, &mut t);
             let commit = t.len() - "COMMIT\n".len();
-            out.push_str(&t[..commit]);
+            out.extend_from_slice(&t[..commit]);
             for j in jumps.iter().filter(|j| j.table == table) {
-                out.push_str("-A ");
-                out.push_str(j.from.as_str());
-                out.push(' ');
-                out.push_str(&j.args());
-                out.push('\n');
+                out.extend_from_slice(b"-A ");
+                out.extend_from_slice(j.from.as_str().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(j.args().as_bytes());
+                out.push(b'\n');
             }
-            out.push_str("COMMIT\n");
+            out.extend_from_slice(b"COMMIT\n");
         }
-        out
+        String::from_utf8_lossy(&out).into_owned()
     }
 
     /// The rules of a table.
@@ -788,13 +832,13 @@ mod tests {
             false,
         ))
         .when(Match::DestPort(80));
-        let mut out = String::new();
+        let mut out = Vec::new();
         rule.write(&chain, &mut p, &mut out);
         assert_eq!(
-            out,
+            String::from_utf8_lossy(&out),
             "-A KUBE-SERVICES -m comment --comment \"ns4/svc4:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.44 --dport 80 -j KUBE-SVC-4SW47YFZTEDKD3PK\n"
         );
-        let mut out = String::new();
+        let mut out = Vec::new();
         Rule::to(Target::Jump(ChainName::Fixed(FixedChain::KubeMarkMasq)))
             .comment(Comment::Service(svc, Phrase::Bare))
             .when(Match::Source(
@@ -807,10 +851,10 @@ mod tests {
                 &mut out,
             );
         assert_eq!(
-            out,
+            String::from_utf8_lossy(&out),
             "-A KUBE-SEP-UKSFD7AGPMPPLUHC -m comment --comment ns4/svc4:p80 -s 10.180.0.4 -j KUBE-MARK-MASQ\n"
         );
-        let mut out = String::new();
+        let mut out = Vec::new();
         Rule::to(Target::Return)
             .when(Match::Mark(0x4000, true))
             .write(
@@ -819,15 +863,15 @@ mod tests {
                 &mut out,
             );
         assert_eq!(
-            out,
+            String::from_utf8_lossy(&out),
             "-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n"
         );
-        let mut out = String::new();
+        let mut out = Vec::new();
         Rule::to(Target::Dnat("[fd00::5]:8080".parse().unwrap()))
             .when(Match::Protocol(L4::Sctp))
             .write(&chain, &mut p, &mut out);
         assert_eq!(
-            out,
+            String::from_utf8_lossy(&out),
             "-A KUBE-SERVICES -m sctp -p sctp -j DNAT --to-destination [fd00::5]:8080\n"
         );
     }

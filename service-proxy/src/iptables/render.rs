@@ -2,7 +2,7 @@
 //! `pkg/proxy/iptables/proxier.go`), full or partial.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use service_core::model::{IpFamily, Protocol};
@@ -97,6 +97,10 @@ fn l4(p: &Protocol) -> Option<L4> {
     }
 }
 
+fn affinity_enabled(sp: &ServicePort) -> bool {
+    sp.session_affinity_timeout.is_some()
+}
+
 fn jump(c: ChainName) -> Target {
     Target::Jump(c)
 }
@@ -181,13 +185,17 @@ impl Renderer {
                 self.ports.insert(sp.name.clone(), r);
             }
         }
-        let live: BTreeSet<ChainName> = self.service_chains().copied().collect();
-        let stale: Vec<ChainName> = old
-            .values()
-            .flat_map(|p| p.chains.iter())
-            .filter(|c| !live.contains(c))
-            .copied()
-            .collect();
+        let stale: Vec<ChainName> = if old.is_empty() {
+            Vec::new()
+        } else {
+            let live: std::collections::HashSet<ChainName> =
+                self.service_chains().copied().collect();
+            old.values()
+                .flat_map(|p| p.chains.iter())
+                .filter(|c| !live.contains(c))
+                .copied()
+                .collect()
+        };
         self.assemble(true, None, stale)
     }
 
@@ -393,8 +401,8 @@ impl Renderer {
         let detector = proxy.cluster_cidr(&self.family());
         let probs = &mut self.probs;
 
-        let cluster: Vec<_> = plan.cluster_endpoints().collect();
-        let local: Vec<_> = plan.local_endpoints().collect();
+        let cluster = &plan.selection.cluster;
+        let local = &plan.selection.local;
         let has_endpoints = plan.selection.has_any;
         let accessible = plan.externally_accessible(sp.node_port);
         let internal_local = sp.internal_policy_local;
@@ -435,8 +443,11 @@ impl Renderer {
         let port_m = Match::DestPort(sp.port);
         let to = |ip: IpAddr| Match::Destination(Addr::Ip(ip), false);
         let mut filter = SegmentBuilder::default();
-        let mut top = SegmentBuilder::default();
-        let mut own = SegmentBuilder::default();
+        let mut top = SegmentBuilder::with_capacity(
+            2 + plan.external_ips.len() + plan.load_balancer_ips.len(),
+        );
+        let per_ep = if affinity_enabled(sp) { 4 } else { 3 };
+        let mut own = SegmentBuilder::with_capacity(6 + per_ep * plan.endpoints.len());
 
         // Cluster IP.
         if has_internal {
@@ -665,57 +676,70 @@ impl Renderer {
         }
 
         let affinity = sp.session_affinity_timeout;
-        let sep = |ep: &SocketAddr| {
-            ChainName::Service(ServiceChain::Sep, endpoint_hash(&svc, proto_s, ep))
+        // Each reachable endpoint's chain name, hashed once per render (SHA-256 is the
+        // largest single cost of a full render), indexed by the endpoint's position.
+        let mut sep_names: Vec<Option<ChainName>> = vec![None; plan.endpoints.len()];
+        for &i in &plan.selection.all_reachable {
+            let ep = &plan.endpoints[i as usize];
+            sep_names[i as usize] = Some(ChainName::Service(
+                ServiceChain::Sep,
+                endpoint_hash(&svc, proto_s, &ep.addr()),
+            ));
+        }
+        let sep = |i: u32| {
+            sep_names[i as usize].unwrap_or_else(|| {
+                let addr = plan.endpoints[i as usize].addr();
+                ChainName::Service(ServiceChain::Sep, endpoint_hash(&svc, proto_s, &addr))
+            })
         };
-        let dispatch = |chain: ChainName,
-                        eps: &[&service_core::snapshot::Endpoint],
-                        own: &mut SegmentBuilder,
-                        probs: &mut Probabilities| {
-            let comment = |ep: SocketAddr| (!large).then(|| Comment::Endpoint(svc.clone(), ep));
-            if let Some(seconds) = affinity {
-                for ep in eps {
-                    let addr = ep.addr();
-                    let c = sep(&addr);
-                    own.push(
-                        chain,
-                        Rule {
-                            comment: comment(addr),
-                            matches: [Match::RecentCheck(c, seconds)].into_iter().collect(),
-                            target: Some(jump(c)),
-                        },
-                        probs,
-                    );
-                }
-            }
-            let n = eps.len();
-            for (i, ep) in eps.iter().enumerate() {
-                let addr = ep.addr();
-                let mut rule = Rule {
-                    comment: comment(addr),
-                    matches: Default::default(),
-                    target: Some(jump(sep(&addr))),
+        let dispatch =
+            |chain: ChainName, eps: &[u32], own: &mut SegmentBuilder, probs: &mut Probabilities| {
+                let comment = |i: u32| {
+                    (!large)
+                        .then(|| Comment::Endpoint(svc.clone(), plan.endpoints[i as usize].addr()))
                 };
-                if i + 1 < n {
-                    rule.matches
-                        .push(Match::Probability(u32::try_from(n - i).unwrap_or(u32::MAX)));
+                if let Some(seconds) = affinity {
+                    for &i in eps {
+                        let c = sep(i);
+                        own.push(
+                            chain,
+                            Rule {
+                                comment: comment(i),
+                                matches: [Match::RecentCheck(c, seconds)].into_iter().collect(),
+                                target: Some(jump(c)),
+                            },
+                            probs,
+                        );
+                    }
                 }
-                own.push(chain, rule, probs);
-            }
-        };
+                let n = eps.len();
+                for (k, &i) in eps.iter().enumerate() {
+                    let mut rule = Rule {
+                        comment: comment(i),
+                        matches: Default::default(),
+                        target: Some(jump(sep(i))),
+                    };
+                    if k + 1 < n {
+                        rule.matches
+                            .push(Match::Probability(u32::try_from(n - k).unwrap_or(u32::MAX)));
+                    }
+                    own.push(chain, rule, probs);
+                }
+            };
         if uses_cluster_chain {
             chains.push(svc_chain);
-            dispatch(svc_chain, &cluster, &mut own, probs);
+            dispatch(svc_chain, &plan.selection.cluster, &mut own, probs);
         }
         if uses_local_chain {
             chains.push(svl_chain);
-            dispatch(svl_chain, &local, &mut own, probs);
+            dispatch(svl_chain, &plan.selection.local, &mut own, probs);
         }
 
         // Endpoint chains.
-        for ep in plan.reachable_endpoints() {
+        for &i in &plan.selection.all_reachable {
+            let ep = &plan.endpoints[i as usize];
             let addr = ep.addr();
-            let chain = sep(&addr);
+            let chain = sep(i);
             chains.push(chain);
             let comment = (!large).then(|| Comment::Service(svc.clone(), Phrase::Bare));
             own.push(

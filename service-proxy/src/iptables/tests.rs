@@ -132,7 +132,7 @@ fn check_jumps(rules: &RuleSet) {
     for t in [&rules.filter, &rules.nat] {
         let defined: BTreeSet<ChainName> = t.chains.iter().copied().collect();
         let mut used = BTreeSet::new();
-        for (_, rule) in t.rules() {
+        for (_, rule) in t.rules().unwrap() {
             if let Some(Target::Jump(c)) = rule.target {
                 assert!(defined.contains(&c), "jump to undefined chain {c}");
                 used.insert(c);
@@ -223,10 +223,12 @@ struct Flow {
 fn run_flows(rules: &RuleSet, flows: &[Flow]) {
     let local = [ip("192.168.0.2")];
     for f in flows {
-        let v = rules.trace(
-            &Packet::new(ip(f.src), ip(f.dst), f.port, Protocol::Tcp),
-            &local,
-        );
+        let v = rules
+            .trace(
+                &Packet::new(ip(f.src), ip(f.dst), f.port, Protocol::Tcp),
+                &local,
+            )
+            .unwrap();
         let got = match &v {
             Verdict::Endpoints(_) => v
                 .endpoints()
@@ -618,7 +620,10 @@ endpoints: [{addresses: ['fd00:10::5'], nodeName: test-node}]
         &Packet::new(ip("fd00:10::9"), ip("fd00:30::10"), 80, Protocol::Tcp),
         &[ip("fd00::2")],
     );
-    assert_eq!(v.endpoints(), vec!["[fd00:10::5]:8080".parse().unwrap()]);
+    assert_eq!(
+        v.unwrap().endpoints(),
+        vec!["[fd00:10::5]:8080".parse().unwrap()]
+    );
     // The IPv4 side has no endpoints for this port: rejected.
     let v4 = Renderer::new(cfg, false).full(&snap);
     assert!(v4.to_restore_input().contains(
@@ -696,4 +701,137 @@ fn jump_rule_text() {
     assert!(args.contains(&"-m comment --comment \"kubernetes service portals\" -m conntrack --ctstate NEW -j KUBE-SERVICES".to_string()));
     assert!(args.contains(&"-j KUBE-FIREWALL".to_string()));
     assert_eq!(jump_rules(true, true).len(), rules.len() - 2);
+}
+
+mod roundtrip {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::super::model::Probabilities;
+    use super::super::*;
+
+    fn chain() -> impl Strategy<Value = ChainName> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                FixedChain::KubeServices,
+                FixedChain::KubeNodePorts,
+                FixedChain::KubeMarkMasq,
+                FixedChain::KubeFirewall,
+                FixedChain::Input,
+            ])
+            .prop_map(ChainName::Fixed),
+            (
+                proptest::sample::select(vec![
+                    ServiceChain::Svc,
+                    ServiceChain::Svl,
+                    ServiceChain::Ext,
+                    ServiceChain::Fw,
+                    ServiceChain::Sep
+                ]),
+                "[A-Z2-7]{16}",
+            )
+                .prop_map(|(k, h)| ChainName::Service(k, h.as_bytes().try_into().unwrap())),
+        ]
+    }
+
+    fn addr() -> impl Strategy<Value = Addr> {
+        prop_oneof![
+            any::<std::net::IpAddr>().prop_map(Addr::Ip),
+            (any::<std::net::Ipv4Addr>(), 0u8..=32)
+                .prop_map(|(ip, l)| Addr::Net(ipnet::Ipv4Net::new(ip, l).unwrap().trunc().into())),
+            (any::<std::net::Ipv6Addr>(), 0u8..=128)
+                .prop_map(|(ip, l)| Addr::Net(ipnet::Ipv6Net::new(ip, l).unwrap().trunc().into())),
+        ]
+    }
+
+    fn matcher() -> impl Strategy<Value = Match> {
+        prop_oneof![
+            proptest::sample::select(vec![L4::Tcp, L4::Udp, L4::Sctp]).prop_map(Match::Protocol),
+            (addr(), any::<bool>()).prop_map(|(a, n)| Match::Source(a, n)),
+            (addr(), any::<bool>()).prop_map(|(a, n)| Match::Destination(a, n)),
+            any::<u16>().prop_map(Match::DestPort),
+            Just(Match::SrcTypeLocal),
+            Just(Match::DstTypeLocal),
+            (2u32..20000).prop_map(Match::Probability),
+            (chain(), any::<u32>()).prop_map(|(c, s)| Match::RecentCheck(c, s)),
+            chain().prop_map(Match::RecentSet),
+            (any::<u32>(), any::<bool>()).prop_map(|(m, n)| Match::Mark(m, n)),
+            (
+                proptest::sample::select(vec![
+                    CtState::New,
+                    CtState::Invalid,
+                    CtState::RelatedEstablished,
+                    CtState::RelatedEstablishedDnat
+                ]),
+                any::<bool>(),
+            )
+                .prop_map(|(s, n)| Match::CtState(s, n)),
+        ]
+    }
+
+    fn target() -> impl Strategy<Value = Target> {
+        prop_oneof![
+            chain().prop_map(Target::Jump),
+            Just(Target::Accept),
+            Just(Target::Drop),
+            Just(Target::Reject),
+            Just(Target::Return),
+            any::<SocketAddr>().prop_map(|sa| Target::Dnat(match sa {
+                SocketAddr::V6(v6) => SocketAddr::new(std::net::IpAddr::V6(*v6.ip()), v6.port()),
+                v4 => v4,
+            })),
+            any::<u32>().prop_map(Target::MarkOr),
+            any::<u32>().prop_map(Target::MarkXor),
+            any::<bool>().prop_map(Target::Masquerade),
+        ]
+    }
+
+    fn comment() -> impl Strategy<Value = Comment> {
+        let svc = "[a-z0-9-]{1,10}/[a-z0-9-]{1,10}(:[a-z0-9-]{1,8})?"
+            .prop_map(|s| Arc::<str>::from(s.as_str()));
+        prop_oneof![
+            Just(Comment::Static("kubernetes forwarding rules")),
+            (
+                svc.clone(),
+                proptest::sample::select(vec![
+                    Phrase::Bare,
+                    Phrase::ClusterIp,
+                    Phrase::ExternalIp,
+                    Phrase::LoadBalancerIp,
+                    Phrase::NoEndpoints,
+                    Phrase::NoLocalEndpoints,
+                    Phrase::HealthCheck,
+                    Phrase::MasqueradeExternal,
+                    Phrase::PodExternal,
+                    Phrase::MasqueradeLocalExternal,
+                    Phrase::RouteLocalExternal,
+                    Phrase::OtherTrafficDropped,
+                ])
+            )
+                .prop_map(|(s, p)| Comment::Service(s, p)),
+            (svc.clone(), any::<std::net::SocketAddrV4>())
+                .prop_map(|(s, sa)| Comment::Endpoint(s, SocketAddr::V4(sa))),
+            (svc, chain()).prop_map(|(s, c)| Comment::NotAcceptedBy(s, c)),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn parse_of_write_is_identity(
+            c in chain(),
+            comment in proptest::option::of(comment()),
+            matches in proptest::collection::vec(matcher(), 0..4),
+            target in proptest::option::of(target()),
+        ) {
+            let rule = Rule { comment, matches: matches.into_iter().collect(), target };
+            let mut text = Vec::new();
+            rule.write(&c, &mut Probabilities::default(), &mut text);
+            let text = String::from_utf8(text).unwrap();
+            let (pc, parsed) = parse_rule(text.trim_end()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(pc, c);
+            prop_assert_eq!(parsed, rule);
+        }
+    }
 }

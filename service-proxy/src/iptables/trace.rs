@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{Addr, ChainName, CtState, FixedChain, L4, Match, Rule, RuleSet, Table, Target};
+use super::parse::ParseError;
 use crate::trace::{Destination, Packet, Verdict};
 use service_core::model::Protocol;
 
@@ -38,29 +39,32 @@ struct State {
 
 /// A rule set indexed by (table, chain), ready to trace packets.
 #[derive(Debug)]
-pub struct Tracer<'a> {
-    chains: HashMap<(Table, ChainName), Vec<&'a Rule>>,
+pub struct Tracer {
+    chains: HashMap<(Table, ChainName), Vec<Rule>>,
     local: Vec<IpAddr>,
     ipv6: bool,
 }
 
 const MAX_DEPTH: usize = 16;
 
-impl<'a> Tracer<'a> {
+impl Tracer {
     /// Indexes a full rule set. `local_addresses` are the node's addresses (loopback is
     /// always local).
-    pub fn new(rules: &'a RuleSet, local_addresses: &[IpAddr]) -> Self {
-        let mut chains: HashMap<(Table, ChainName), Vec<&'a Rule>> = HashMap::new();
+    ///
+    /// # Errors
+    /// The rule text does not parse (never for rule sets this crate renders).
+    pub fn new(rules: &RuleSet, local_addresses: &[IpAddr]) -> Result<Self, ParseError> {
+        let mut chains: HashMap<(Table, ChainName), Vec<Rule>> = HashMap::new();
         for (table, t) in [(Table::Filter, &rules.filter), (Table::Nat, &rules.nat)] {
-            for (chain, rule) in t.rules() {
-                chains.entry((table, *chain)).or_default().push(rule);
+            for (chain, rule) in t.rules()? {
+                chains.entry((table, chain)).or_default().push(rule);
             }
         }
-        Self {
+        Ok(Self {
             chains,
             local: local_addresses.to_vec(),
             ipv6: rules.ipv6,
-        }
+        })
     }
 
     fn is_local(&self, ip: &IpAddr) -> bool {
@@ -314,7 +318,14 @@ fn contains(a: &Addr, ip: &IpAddr) -> bool {
 
 impl RuleSet {
     /// Traces a packet through this (full) rule set; see [`Tracer`].
-    pub fn trace(&self, packet: &Packet, local_addresses: &[IpAddr]) -> Verdict {
-        Tracer::new(self, local_addresses).trace(packet)
+    ///
+    /// # Errors
+    /// The rule text does not parse (never for rule sets this crate renders).
+    pub fn trace(
+        &self,
+        packet: &Packet,
+        local_addresses: &[IpAddr],
+    ) -> Result<Verdict, ParseError> {
+        Ok(Tracer::new(self, local_addresses)?.trace(packet))
     }
 }

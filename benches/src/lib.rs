@@ -1,0 +1,39 @@
+//! Shared setup of the benchmarks.
+
+use service_core::snapshot::{NodeInfo, Snapshot};
+
+/// The node the benchmarks render for.
+pub fn node() -> NodeInfo {
+    NodeInfo::new("node-a", vec!["192.168.0.2".parse().expect("node IP")])
+}
+
+/// A snapshot of `services` Services with `endpoints` endpoints each.
+pub fn snapshot(services: usize, endpoints: usize) -> Snapshot {
+    let (svcs, slices) = service_testkit::fixtures::scale(services, endpoints);
+    Snapshot::build(node(), &svcs, &slices, &[]).expect("bench snapshot")
+}
+
+/// The same cluster with one endpoint of one Service changed: (before, after, changed).
+pub fn one_change(
+    services: usize,
+    endpoints: usize,
+) -> (
+    Snapshot,
+    Snapshot,
+    Vec<service_core::snapshot::ServicePortName>,
+) {
+    let (svcs, mut slices) = service_testkit::fixtures::scale(services, endpoints);
+    let before = Snapshot::build(node(), &svcs, &slices, &[]).expect("bench snapshot");
+    let middle = services / 2;
+    slices[middle].endpoints[0].addresses[0] = "10.250.0.1".into();
+    let after = before
+        .rebuild(node(), &svcs, &slices, &[])
+        .expect("bench snapshot");
+    let changed = after
+        .diff(&before)
+        .ports
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    (before, after, changed)
+}
