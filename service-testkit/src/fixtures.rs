@@ -88,7 +88,7 @@ pub fn scale(
                 n % 256
             ));
             ep.conditions = Some(EndpointConditions::new(true, true, false));
-            ep.node_name = Some(if n % 10 == 0 {
+            ep.node_name = Some(if n.is_multiple_of(10) {
                 "node-a".into()
             } else {
                 format!("node-{}", n % 97)

@@ -92,15 +92,15 @@ fn comment(text: &str) -> Comment {
             return Comment::Service(svc(mid), phrase);
         }
     }
-    if let Some((name, chain)) = text.split_once(" traffic not accepted by ") {
-        if let Some(c) = ChainName::parse(chain) {
-            return Comment::NotAcceptedBy(svc(name), c);
-        }
+    if let Some((name, chain)) = text.split_once(" traffic not accepted by ")
+        && let Some(c) = ChainName::parse(chain)
+    {
+        return Comment::NotAcceptedBy(svc(name), c);
     }
-    if let Some((name, ep)) = text.split_once(" -> ") {
-        if let Ok(sa) = ep.parse::<SocketAddr>() {
-            return Comment::Endpoint(svc(name), sa);
-        }
+    if let Some((name, ep)) = text.split_once(" -> ")
+        && let Ok(sa) = ep.parse::<SocketAddr>()
+    {
+        return Comment::Endpoint(svc(name), sa);
     }
     let suffixed: [(&str, Phrase); 6] = [
         (" cluster IP", Phrase::ClusterIp),
