@@ -58,7 +58,9 @@ pub trait Runner {
     ///
     /// # Errors
     /// The program failed.
-    fn restore(&mut self, ipv6: bool, input: &[u8]) -> Result<(), ApplyError>;
+    /// The input is given as chunks written in order (the rule text is not copied into one
+    /// buffer; a 10k-service rule set is ~30 MB).
+    fn restore(&mut self, ipv6: bool, input: &[&[u8]]) -> Result<(), ApplyError>;
 
     /// Returns `iptables-save -t TABLE` (or `ip6tables-save`).
     ///
@@ -101,7 +103,7 @@ impl SystemRunner {
         &self,
         program: &str,
         args: &[&str],
-        input: Option<&[u8]>,
+        input: Option<&[&[u8]]>,
     ) -> Result<String, ApplyError> {
         let mut cmd = self.command(program);
         cmd.args(args)
@@ -117,22 +119,31 @@ impl SystemRunner {
             program: display.clone(),
             source,
         })?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            // A failing write (the program died early) shows up in its exit status.
-            let _ = stdin.write_all(text);
-        }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| ApplyError::Spawn {
-                program: display.clone(),
-                source,
-            })?;
+        // Write stdin from another thread while this one drains stdout and stderr, so a
+        // large input cannot deadlock against a full output pipe.
+        let out = std::thread::scope(|scope| {
+            if let (Some(chunks), Some(mut stdin)) = (input, child.stdin.take()) {
+                scope.spawn(move || {
+                    for c in chunks {
+                        // A failing write (the program died early) shows in its exit status.
+                        if stdin.write_all(c).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            child.wait_with_output()
+        });
+        let out = out.map_err(|source| ApplyError::Spawn {
+            program: display.clone(),
+            source,
+        })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
             return Err(ApplyError::Failed {
                 program: display,
                 status: out.status.to_string(),
-                input: excerpt(input.unwrap_or_default(), &stderr),
+                input: excerpt(&input.unwrap_or_default().concat(), &stderr),
                 stderr,
             });
         }
@@ -163,7 +174,7 @@ fn excerpt(input: &[u8], stderr: &str) -> String {
 }
 
 impl Runner for SystemRunner {
-    fn restore(&mut self, ipv6: bool, input: &[u8]) -> Result<(), ApplyError> {
+    fn restore(&mut self, ipv6: bool, input: &[&[u8]]) -> Result<(), ApplyError> {
         let program = if ipv6 {
             "ip6tables-restore"
         } else {
@@ -200,16 +211,17 @@ pub struct FakeRunner {
 }
 
 impl Runner for FakeRunner {
-    fn restore(&mut self, _ipv6: bool, input: &[u8]) -> Result<(), ApplyError> {
+    fn restore(&mut self, _ipv6: bool, input: &[&[u8]]) -> Result<(), ApplyError> {
+        let input = input.concat();
         self.restores
-            .push(String::from_utf8_lossy(input).into_owned());
+            .push(String::from_utf8_lossy(&input).into_owned());
         if self.fail_restores > 0 {
             self.fail_restores -= 1;
             let stderr = "iptables-restore: line 1 failed".to_owned();
             return Err(ApplyError::Failed {
                 program: "iptables-restore".into(),
                 status: "exit status: 2".into(),
-                input: excerpt(input, &stderr),
+                input: excerpt(&input, &stderr),
                 stderr,
             });
         }
@@ -277,8 +289,8 @@ pub struct Applier<R: Runner> {
     runner: R,
     ipv6: bool,
     localhost_nodeports: bool,
-    /// The restore input buffer, reused across syncs.
-    buf: Vec<u8>,
+    /// Buffers for the chain lines of partial restores, reused across syncs.
+    scratch: [Vec<u8>; 4],
 }
 
 impl<R: Runner> Applier<R> {
@@ -288,7 +300,7 @@ impl<R: Runner> Applier<R> {
             runner,
             ipv6,
             localhost_nodeports,
-            buf: Vec::new(),
+            scratch: Default::default(),
         }
     }
 
@@ -323,16 +335,20 @@ impl<R: Runner> Applier<R> {
     /// restore (iptables-restore commits each table atomically).
     pub fn apply(&mut self, rules: &RuleSet) -> Result<(), ApplyError> {
         if !rules.full {
-            rules.write_restore_input(&mut self.buf);
-            return self.runner.restore(self.ipv6, &self.buf);
+            let chunks = rules.restore_chunks(&mut self.scratch);
+            return self.runner.restore(self.ipv6, &chunks);
         }
-        let mut input = std::mem::take(&mut self.buf);
-        input.clear();
-        input.extend_from_slice(b"*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
+        // head and tail of each table around its borrowed segments.
+        let mut heads: [Vec<u8>; 2] = Default::default();
+        let mut tails: [Vec<u8>; 2] = Default::default();
+        heads[0].extend_from_slice(b"*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n");
         let jumps = self.jumps();
-        for (table, t) in [(Table::Filter, &rules.filter), (Table::Nat, &rules.nat)] {
+        for (k, (table, t)) in [(Table::Filter, &rules.filter), (Table::Nat, &rules.nat)]
+            .into_iter()
+            .enumerate()
+        {
             let saved = parse_save(&self.runner.save(self.ipv6, table)?);
-            let text = &mut input;
+            let text = &mut heads[k];
             text.push(b'*');
             text.extend_from_slice(table.as_str().as_bytes());
             text.push(b'\n');
@@ -403,9 +419,7 @@ impl<R: Runner> Applier<R> {
                     jump_text.push_str(&format!("-I {} {} {}\n", from.as_str(), i + 1, j.args()));
                 }
             }
-            for s in &t.segments {
-                text.extend_from_slice(s.bytes());
-            }
+            let text = &mut tails[k];
             text.extend_from_slice(jump_text.as_bytes());
             for c in t
                 .deleted
@@ -419,9 +433,13 @@ impl<R: Runner> Applier<R> {
             }
             text.extend_from_slice(b"COMMIT\n");
         }
-        let result = self.runner.restore(self.ipv6, &input);
-        self.buf = input;
-        result
+        let mut chunks: Vec<&[u8]> = Vec::new();
+        for (k, t) in [&rules.filter, &rules.nat].into_iter().enumerate() {
+            chunks.push(&heads[k]);
+            chunks.extend(t.segments.iter().map(|s| s.bytes()));
+            chunks.push(&tails[k]);
+        }
+        self.runner.restore(self.ipv6, &chunks)
     }
 
     /// Removes every jump rule and chain the proxy creates (fixed, per-service, canary),
@@ -487,7 +505,7 @@ impl<R: Runner> Applier<R> {
         if input.is_empty() {
             return Ok(());
         }
-        self.runner.restore(self.ipv6, input.as_bytes())
+        self.runner.restore(self.ipv6, &[input.as_bytes()])
     }
 }
 

@@ -4,13 +4,25 @@ use std::net::SocketAddr;
 
 use sha2::{Digest, Sha256};
 
-/// `base32(sha256(parts...))[:16]`: 16 base32 characters need exactly 10 bytes.
+/// `base32(sha256(parts...))[:16]`: 16 base32 characters need exactly 10 bytes. The parts
+/// are joined on the stack so the digest runs in one call.
 fn hash16(parts: &[&[u8]]) -> [u8; 16] {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p);
-    }
-    let digest = h.finalize();
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut stack = [0u8; 256];
+    let digest = if len <= stack.len() {
+        let mut n = 0;
+        for p in parts {
+            stack[n..n + p.len()].copy_from_slice(p);
+            n += p.len();
+        }
+        Sha256::digest(&stack[..n])
+    } else {
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update(p);
+        }
+        h.finalize()
+    };
     let mut out = [0u8; 16];
     data_encoding::BASE32_NOPAD.encode_mut(&digest[..10], &mut out);
     out

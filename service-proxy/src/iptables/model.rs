@@ -269,7 +269,7 @@ impl Comment {
         }
     }
 
-    fn write(&self, out: &mut Vec<u8>) {
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
         let q = self.quoted();
         if q {
             out.push(b'"');
@@ -454,11 +454,18 @@ impl Probabilities {
 fn write_ip(out: &mut Vec<u8>, ip: &IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, b) in v4.octets().iter().enumerate() {
+            out.reserve(15);
+            for (i, &b) in v4.octets().iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
                 }
-                write_u32(out, u32::from(*b));
+                if b >= 100 {
+                    out.push(b'0' + b / 100);
+                }
+                if b >= 10 {
+                    out.push(b'0' + b / 10 % 10);
+                }
+                out.push(b'0' + b % 10);
             }
         }
         IpAddr::V6(v6) => {
@@ -480,19 +487,25 @@ fn write_socket_addr(out: &mut Vec<u8>, sa: &SocketAddr) {
     write_u32(out, u32::from(sa.port()));
 }
 
-/// Writes a decimal number without going through `fmt`.
-fn write_u32(out: &mut Vec<u8>, mut v: u32) {
+/// Writes a decimal number without going through `fmt` (digit by digit: the numbers are
+/// short, and a copy call per number costs more than the pushes).
+#[inline]
+fn write_u32(out: &mut Vec<u8>, v: u32) {
+    if v < 10 {
+        out.push(b'0' + v as u8);
+        return;
+    }
     let mut tmp = [0u8; 10];
     let mut i = tmp.len();
-    loop {
+    let mut v = v;
+    while v > 0 {
         i -= 1;
         tmp[i] = b'0' + (v % 10) as u8;
         v /= 10;
-        if v == 0 {
-            break;
-        }
     }
-    out.extend_from_slice(&tmp[i..]);
+    for &d in &tmp[i..] {
+        out.push(d);
+    }
 }
 
 impl Rule {
@@ -664,6 +677,70 @@ impl SegmentBuilder {
         self.rules == 0
     }
 
+    fn start(&mut self, chain: &ChainName, comment: Option<&Comment>) {
+        self.text.extend_from_slice(b"-A ");
+        chain.write_to(&mut self.text);
+        if let Some(c) = comment {
+            self.text.extend_from_slice(b" -m comment --comment ");
+            c.write(&mut self.text);
+        }
+        self.rules += 1;
+    }
+
+    /// Fast path for a dispatch rule: `[comment] [probability 1/n] -j TARGET`; writes
+    /// exactly what [`Rule::write`] writes for the same rule.
+    pub(crate) fn push_dispatch(
+        &mut self,
+        chain: ChainName,
+        comment: Option<&Comment>,
+        probability: Option<u32>,
+        target: ChainName,
+        probs: &mut Probabilities,
+    ) {
+        self.start(&chain, comment);
+        if let Some(n) = probability {
+            self.text
+                .extend_from_slice(b" -m statistic --mode random --probability ");
+            self.text.extend_from_slice(probs.get(n).as_bytes());
+        }
+        self.text.extend_from_slice(b" -j ");
+        target.write_to(&mut self.text);
+        self.text.push(b'\n');
+    }
+
+    /// Fast path for an endpoint chain's hairpin rule: `[comment] -s IP -j KUBE-MARK-MASQ`.
+    pub(crate) fn push_hairpin(&mut self, chain: ChainName, comment: Option<&Comment>, ip: IpAddr) {
+        self.start(&chain, comment);
+        self.text.extend_from_slice(b" -s ");
+        write_ip(&mut self.text, &ip);
+        self.text.extend_from_slice(b" -j KUBE-MARK-MASQ\n");
+    }
+
+    /// Fast path for an endpoint chain's DNAT rule:
+    /// `[comment] [-m recent --name CHAIN --set] -m P -p P -j DNAT --to-destination ADDR`.
+    pub(crate) fn push_dnat(
+        &mut self,
+        chain: ChainName,
+        comment: Option<&Comment>,
+        recent_set: bool,
+        proto: L4,
+        to: SocketAddr,
+    ) {
+        self.start(&chain, comment);
+        if recent_set {
+            self.text.extend_from_slice(b" -m recent --name ");
+            chain.write_to(&mut self.text);
+            self.text.extend_from_slice(b" --set");
+        }
+        self.text.extend_from_slice(b" -m ");
+        self.text.extend_from_slice(proto.as_str().as_bytes());
+        self.text.extend_from_slice(b" -p ");
+        self.text.extend_from_slice(proto.as_str().as_bytes());
+        self.text.extend_from_slice(b" -j DNAT --to-destination ");
+        write_socket_addr(&mut self.text, &to);
+        self.text.push(b'\n');
+    }
+
     pub(crate) fn finish(self) -> Arc<Segment> {
         Arc::new(Segment {
             text: self.text,
@@ -700,6 +777,28 @@ impl TableRules {
     /// The number of rules.
     pub fn rule_count(&self) -> usize {
         self.segments.iter().map(|s| s.rules).sum()
+    }
+
+    /// `*table` and the chain lines.
+    pub(crate) fn write_head(&self, table: Table, out: &mut Vec<u8>) {
+        out.push(b'*');
+        out.extend_from_slice(table.as_str().as_bytes());
+        out.push(b'\n');
+        for c in self.chains.iter().chain(&self.deleted) {
+            out.push(b':');
+            c.write_to(out);
+            out.extend_from_slice(b" - [0:0]\n");
+        }
+    }
+
+    /// The `-X` lines and `COMMIT`.
+    pub(crate) fn write_tail(&self, out: &mut Vec<u8>) {
+        for c in &self.deleted {
+            out.extend_from_slice(b"-X ");
+            c.write_to(out);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"COMMIT\n");
     }
 
     fn write(&self, table: Table, out: &mut Vec<u8>) {
@@ -783,6 +882,28 @@ impl RuleSet {
             out.extend_from_slice(b"COMMIT\n");
         }
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// The restore input as a list of chunks to write in order, without copying the rule
+    /// text: the segments are borrowed, and the chain lines and `COMMIT`s are written into
+    /// `scratch` (reused across calls).
+    pub fn restore_chunks<'a>(&'a self, scratch: &'a mut [Vec<u8>; 4]) -> Vec<&'a [u8]> {
+        let [fh, ft, nh, nt] = scratch;
+        for b in [&mut *fh, &mut *ft, &mut *nh, &mut *nt] {
+            b.clear();
+        }
+        self.filter.write_head(Table::Filter, fh);
+        self.filter.write_tail(ft);
+        self.nat.write_head(Table::Nat, nh);
+        self.nat.write_tail(nt);
+        let mut out = Vec::with_capacity(self.filter.segments.len() + self.nat.segments.len() + 4);
+        out.push(&fh[..]);
+        out.extend(self.filter.segments.iter().map(|s| s.bytes()));
+        out.push(&ft[..]);
+        out.push(&nh[..]);
+        out.extend(self.nat.segments.iter().map(|s| s.bytes()));
+        out.push(&nt[..]);
+        out
     }
 
     /// The rules of a table.

@@ -54,6 +54,37 @@ impl IptablesConfig {
     }
 }
 
+/// A cache key: the snapshot's own service port, ordered and looked up by name, so that
+/// keeping it costs a reference count rather than a copy of its name.
+#[derive(Clone, Debug)]
+struct PortKey(Arc<ServicePort>);
+
+impl PartialEq for PortKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for PortKey {}
+
+impl PartialOrd for PortKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PortKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
+impl std::borrow::Borrow<ServicePortName> for PortKey {
+    fn borrow(&self) -> &ServicePortName {
+        &self.0.name
+    }
+}
+
 /// What a service port contributed to the last render.
 #[derive(Clone, Debug)]
 struct PortRender {
@@ -64,6 +95,10 @@ struct PortRender {
     /// The port's own nat chains and their rules.
     chains: Vec<ChainName>,
     own: Option<Arc<Segment>>,
+    /// Endpoints of this family (for the large-cluster threshold).
+    endpoints: usize,
+    /// Rendered by the current partial render (its own chains are written).
+    fresh: bool,
 }
 
 /// Renders rule sets for one IP family and remembers what it rendered, so that the next
@@ -83,9 +118,13 @@ pub struct Renderer {
     config: IptablesConfig,
     ipv6: bool,
     probs: Probabilities,
-    ports: BTreeMap<ServicePortName, PortRender>,
+    ports: BTreeMap<PortKey, PortRender>,
+    /// Scratch space for endpoint chain names, reused across ports.
+    sep_scratch: Vec<Option<ChainName>>,
     large_cluster: Option<bool>,
     node_ip: Option<IpAddr>,
+    /// Endpoints of this family across the rendered ports.
+    endpoints_total: usize,
 }
 
 fn l4(p: &Protocol) -> Option<L4> {
@@ -95,6 +134,30 @@ fn l4(p: &Protocol) -> Option<L4> {
         Protocol::Sctp => Some(L4::Sctp),
         _ => None,
     }
+}
+
+/// `ns/svc[:port]` as an `Arc<str>` with a single allocation (names are short).
+fn proxy_name_arc(name: &ServicePortName) -> Arc<str> {
+    let key = &name.service;
+    let parts: [&str; 5] = [
+        &key.namespace,
+        "/",
+        &key.name,
+        if name.port.is_empty() { "" } else { ":" },
+        &name.port,
+    ];
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    let mut buf = [0u8; 512];
+    if len > buf.len() {
+        return Arc::from(name.proxy_name());
+    }
+    let mut n = 0;
+    for p in parts {
+        buf[n..n + p.len()].copy_from_slice(p.as_bytes());
+        n += p.len();
+    }
+    // Concatenated from `&str`s: valid UTF-8.
+    Arc::from(std::str::from_utf8(&buf[..n]).unwrap_or_default())
 }
 
 fn affinity_enabled(sp: &ServicePort) -> bool {
@@ -126,8 +189,10 @@ impl Renderer {
             ipv6,
             probs: Probabilities::default(),
             ports: BTreeMap::new(),
+            sep_scratch: Vec::new(),
             large_cluster: None,
             node_ip: None,
+            endpoints_total: 0,
         }
     }
 
@@ -171,6 +236,7 @@ impl Renderer {
         self.ports.clear();
         self.large_cluster = None;
         self.node_ip = None;
+        self.endpoints_total = 0;
     }
 
     /// Renders every chain. Chains rendered before and now gone are deleted.
@@ -180,11 +246,12 @@ impl Renderer {
         let old = std::mem::take(&mut self.ports);
         self.large_cluster = Some(large);
         self.node_ip = node_ip;
-        for sp in snapshot.service_ports() {
-            if let Some(r) = self.render_port(sp, large) {
-                self.ports.insert(sp.name.clone(), r);
-            }
-        }
+        // Snapshot order is key order: collecting builds the map in bulk.
+        let rendered: Vec<(PortKey, PortRender)> = snapshot
+            .service_ports()
+            .filter_map(|sp| Some((PortKey(sp.clone()), self.render_port(sp, large)?)))
+            .collect();
+        self.ports = rendered.into_iter().collect();
         let stale: Vec<ChainName> = if old.is_empty() {
             Vec::new()
         } else {
@@ -196,20 +263,35 @@ impl Renderer {
                 .copied()
                 .collect()
         };
-        self.assemble(true, None, stale)
+        self.endpoints_total = self.ports.values().map(|r| r.endpoints).sum();
+        self.assemble(true, stale)
     }
 
     /// Renders the top-level chains in full plus the chains of the `changed` service ports,
     /// and deletes the chains those ports no longer have. Falls back to [`Renderer::full`]
     /// when nothing was rendered before, or when the node or the large-cluster mode changed.
     pub fn partial(&mut self, snapshot: &Snapshot, changed: &[ServicePortName]) -> RuleSet {
-        let large = self.endpoint_total(snapshot) > self.config.large_cluster_threshold;
         let node_ip = snapshot.node.primary_ip(&self.family());
-        if self.large_cluster != Some(large) || self.node_ip != node_ip {
+        if self.large_cluster.is_none() || self.node_ip != node_ip {
             return self.full(snapshot);
         }
+        // The endpoint total, adjusted by the changed ports only.
+        let count = |sp: Option<&Arc<ServicePort>>| {
+            sp.and_then(|sp| self.plan(sp))
+                .map_or(0, |p| p.endpoints.len())
+        };
+        let mut total = self.endpoints_total;
+        for name in changed {
+            total -= self.ports.get(name).map_or(0, |r| r.endpoints);
+            total += count(snapshot.ports.get(name));
+        }
+        let large = total > self.config.large_cluster_threshold;
+        if self.large_cluster != Some(large) {
+            return self.full(snapshot);
+        }
+        self.endpoints_total = total;
         let mut stale = Vec::new();
-        let mut rewritten = BTreeSet::new();
+        let mut rewritten = Vec::new();
         for name in changed {
             let old = self.ports.remove(name);
             let new = snapshot
@@ -220,22 +302,24 @@ impl Renderer {
                 let keep: BTreeSet<&ChainName> = new.iter().flat_map(|n| n.chains.iter()).collect();
                 stale.extend(old.chains.iter().filter(|c| !keep.contains(c)).copied());
             }
-            if let Some(new) = new {
-                rewritten.insert(name.clone());
-                self.ports.insert(name.clone(), new);
+            if let (Some(mut new), Some(sp)) = (new, snapshot.ports.get(name)) {
+                new.fresh = true;
+                rewritten.push(name);
+                self.ports.insert(PortKey(sp.clone()), new);
             }
         }
-        self.assemble(false, Some(&rewritten), stale)
+        let rules = self.assemble(false, stale);
+        for name in rewritten {
+            if let Some(r) = self.ports.get_mut(name) {
+                r.fresh = false;
+            }
+        }
+        rules
     }
 
-    /// Assembles the rule set from the per-port renders. `rewritten == None` writes every
-    /// port's own chains (full); otherwise only those listed.
-    fn assemble(
-        &mut self,
-        full: bool,
-        rewritten: Option<&BTreeSet<ServicePortName>>,
-        stale: Vec<ChainName>,
-    ) -> RuleSet {
+    /// Assembles the rule set from the per-port renders: a full set writes every port's
+    /// own chains, a partial one only those of ports marked fresh.
+    fn assemble(&mut self, full: bool, stale: Vec<ChainName>) -> RuleSet {
         let proxy = &self.config.proxy;
         let mark = proxy.masquerade_mark();
         let localhost_firewall = !self.ipv6 && proxy.localhost_nodeports;
@@ -300,14 +384,14 @@ impl Renderer {
             filter.segments.push(fw.finish());
         }
 
-        for (name, r) in &self.ports {
+        for r in self.ports.values() {
             if let Some(s) = &r.filter {
                 filter.segments.push(s.clone());
             }
             if let Some(s) = &r.nat_top {
                 nat.segments.push(s.clone());
             }
-            let write_own = rewritten.is_none_or(|set| set.contains(name));
+            let write_own = full || r.fresh;
             if write_own {
                 nat.chains.extend(r.chains.iter().copied());
                 if let Some(s) = &r.own {
@@ -390,7 +474,7 @@ impl Renderer {
     fn render_port(&mut self, sp: &ServicePort, large: bool) -> Option<PortRender> {
         let plan = sp.family(&self.family())?;
         let proto = l4(sp.protocol())?;
-        let svc: Arc<str> = Arc::from(sp.name.proxy_name());
+        let svc: Arc<str> = proxy_name_arc(&sp.name);
         let proto_s = proto.as_str();
         let hash = port_hash(&svc, proto_s);
         let svc_chain = ChainName::Service(ServiceChain::Svc, hash);
@@ -678,7 +762,9 @@ impl Renderer {
         let affinity = sp.session_affinity_timeout;
         // Each reachable endpoint's chain name, hashed once per render (SHA-256 is the
         // largest single cost of a full render), indexed by the endpoint's position.
-        let mut sep_names: Vec<Option<ChainName>> = vec![None; plan.endpoints.len()];
+        let mut sep_names = std::mem::take(&mut self.sep_scratch);
+        sep_names.clear();
+        sep_names.resize(plan.endpoints.len(), None);
         for &i in &plan.selection.all_reachable {
             let ep = &plan.endpoints[i as usize];
             sep_names[i as usize] = Some(ChainName::Service(
@@ -705,7 +791,7 @@ impl Renderer {
                             chain,
                             Rule {
                                 comment: comment(i),
-                                matches: [Match::RecentCheck(c, seconds)].into_iter().collect(),
+                                matches: smallvec::smallvec![Match::RecentCheck(c, seconds)],
                                 target: Some(jump(c)),
                             },
                             probs,
@@ -714,16 +800,8 @@ impl Renderer {
                 }
                 let n = eps.len();
                 for (k, &i) in eps.iter().enumerate() {
-                    let mut rule = Rule {
-                        comment: comment(i),
-                        matches: Default::default(),
-                        target: Some(jump(sep(i))),
-                    };
-                    if k + 1 < n {
-                        rule.matches
-                            .push(Match::Probability(u32::try_from(n - k).unwrap_or(u32::MAX)));
-                    }
-                    own.push(chain, rule, probs);
+                    let probability = (k + 1 < n).then(|| u32::try_from(n - k).unwrap_or(u32::MAX));
+                    own.push_dispatch(chain, comment(i).as_ref(), probability, sep(i), probs);
                 }
             };
         if uses_cluster_chain {
@@ -736,41 +814,24 @@ impl Renderer {
         }
 
         // Endpoint chains.
+        let bare = (!large).then(|| Comment::Service(svc.clone(), Phrase::Bare));
         for &i in &plan.selection.all_reachable {
             let ep = &plan.endpoints[i as usize];
-            let addr = ep.addr();
             let chain = sep(i);
             chains.push(chain);
-            let comment = (!large).then(|| Comment::Service(svc.clone(), Phrase::Bare));
-            own.push(
-                chain,
-                Rule {
-                    comment: comment.clone(),
-                    matches: [Match::Source(Addr::Ip(ep.ip), false)]
-                        .into_iter()
-                        .collect(),
-                    target: Some(jump(KUBE_MARK_MASQ)),
-                },
-                probs,
-            );
-            let mut dnat = Rule {
-                comment,
-                matches: Default::default(),
-                target: Some(Target::Dnat(addr)),
-            };
-            if affinity.is_some() {
-                dnat.matches.push(Match::RecentSet(chain));
-            }
-            dnat.matches.push(proto_m.clone());
-            own.push(chain, dnat, probs);
+            own.push_hairpin(chain, bare.as_ref(), ep.ip);
+            own.push_dnat(chain, bare.as_ref(), affinity.is_some(), proto, ep.addr());
         }
 
+        self.sep_scratch = sep_names;
         let seg = |b: SegmentBuilder| (!b.is_empty()).then(|| b.finish());
         Some(PortRender {
             filter: seg(filter),
             nat_top: seg(top),
             chains,
             own: seg(own),
+            endpoints: plan.endpoints.len(),
+            fresh: false,
         })
     }
 }

@@ -835,3 +835,69 @@ mod roundtrip {
         }
     }
 }
+
+mod fast_paths {
+    use std::net::{IpAddr, SocketAddr};
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+
+    use super::super::model::{Probabilities, SegmentBuilder};
+    use super::super::*;
+
+    fn sep() -> impl Strategy<Value = ChainName> {
+        "[A-Z2-7]{16}"
+            .prop_map(|h| ChainName::Service(ServiceChain::Sep, h.as_bytes().try_into().unwrap()))
+    }
+
+    fn comment() -> impl Strategy<Value = Option<Comment>> {
+        proptest::option::of(prop_oneof![
+            (
+                "[a-z]{1,5}/[a-z]{1,5}:[a-z]{1,3}",
+                any::<std::net::SocketAddrV4>()
+            )
+                .prop_map(|(s, a)| Comment::Endpoint(Arc::from(s.as_str()), SocketAddr::V4(a))),
+            "[a-z]{1,5}/[a-z]{1,5}"
+                .prop_map(|s| Comment::Service(Arc::from(s.as_str()), Phrase::Bare)),
+        ])
+    }
+
+    fn text(b: SegmentBuilder) -> String {
+        b.finish().text().into_owned()
+    }
+
+    proptest! {
+        /// The per-endpoint writers produce exactly what `Rule::write` produces.
+        #[test]
+        fn fast_paths_match_rule_write(
+            chain in sep(), target in sep(), c in comment(), n in proptest::option::of(2u32..500),
+            ip in any::<IpAddr>(), port in any::<u16>(), set in any::<bool>(),
+            proto in proptest::sample::select(vec![L4::Tcp, L4::Udp, L4::Sctp]),
+        ) {
+            let mut p = Probabilities::default();
+            let mut fast = SegmentBuilder::default();
+            fast.push_dispatch(chain, c.as_ref(), n, target, &mut p);
+            fast.push_hairpin(chain, c.as_ref(), ip);
+            fast.push_dnat(chain, c.as_ref(), set, proto, SocketAddr::new(ip, port));
+            let mut slow = SegmentBuilder::default();
+            let mut dispatch = Rule::to(Target::Jump(target));
+            dispatch.comment = c.clone();
+            if let Some(n) = n {
+                dispatch.matches.push(Match::Probability(n));
+            }
+            slow.push(chain, dispatch, &mut p);
+            let mut hairpin = Rule::to(Target::Jump(ChainName::Fixed(FixedChain::KubeMarkMasq)))
+                .when(Match::Source(Addr::Ip(ip), false));
+            hairpin.comment = c.clone();
+            slow.push(chain, hairpin, &mut p);
+            let mut dnat = Rule::to(Target::Dnat(SocketAddr::new(ip, port)));
+            dnat.comment = c;
+            if set {
+                dnat.matches.push(Match::RecentSet(chain));
+            }
+            dnat.matches.push(Match::Protocol(proto));
+            slow.push(chain, dnat, &mut p);
+            prop_assert_eq!(text(fast), text(slow));
+        }
+    }
+}
