@@ -664,7 +664,7 @@ impl Renderer {
         if has_internal {
             let base = Rule::to(jump(KUBE_MARK_MASQ))
                 .comment(Comment::Service(svc.clone(), Phrase::ClusterIp))
-                .when(proto_m.clone())
+                .when(proto_m)
                 .when(to(plan.cluster_ip))
                 .when(port_m);
             if proxy.masquerade_all {
