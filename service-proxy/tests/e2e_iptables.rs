@@ -15,7 +15,7 @@ use service_core::snapshot::{NodeInfo, Snapshot};
 use service_proxy::ProxyConfig;
 use service_proxy::SyncKind;
 use service_proxy::conntrack::Conntrack;
-use service_proxy::iptables::apply::{Proxier, SystemRunner};
+use service_proxy::iptables::apply::{Flavor, Proxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer, RuleSet};
 use service_proxy::trace::{Packet, Verdict};
 use service_testkit::fixtures;
@@ -328,10 +328,10 @@ fn names(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
-fn save_all(node: &Netns) -> String {
+fn save_all(node: &Netns, save: &str) -> String {
     let mut out = String::new();
     for table in ["filter", "nat", "mangle"] {
-        let text = node.exec_text("iptables-save", &["-t", table]);
+        let text = node.exec_text(save, &["-t", table]);
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             // Counters change with traffic; compare rules and chains only.
             let line = match line.find(" [") {
@@ -346,24 +346,40 @@ fn save_all(node: &Netns) -> String {
 }
 
 #[test]
-fn iptables_end_to_end() {
+fn iptables_end_to_end_nft() {
     if require(
-        "iptables_end_to_end",
+        "iptables_end_to_end_nft",
         &["ip", "iptables-restore", "iptables-save"],
     ) == E2e::Skip
     {
         return;
     }
+    end_to_end(Flavor::System, "iptables", "iptables-save");
+}
+
+#[test]
+fn iptables_end_to_end_legacy() {
+    if require(
+        "iptables_end_to_end_legacy",
+        &["ip", "iptables-legacy-restore", "iptables-legacy-save"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    end_to_end(Flavor::Legacy, "iptables-legacy", "iptables-legacy-save");
+}
+
+fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
     let env = Env::new();
     let node = &env.topo.node;
     // Somebody else's rules, which must survive everything the proxy does.
-    node.exec("iptables", &["-N", "OTHER-CHAIN"]);
+    node.exec(iptables, &["-N", "OTHER-CHAIN"]);
     node.exec(
-        "iptables",
+        iptables,
         &["-A", "INPUT", "-s", "198.18.0.1", "-j", "OTHER-CHAIN"],
     );
     node.exec(
-        "iptables",
+        iptables,
         &[
             "-t",
             "nat",
@@ -375,13 +391,13 @@ fn iptables_end_to_end() {
             "RETURN",
         ],
     );
-    let pristine = save_all(node);
+    let pristine = save_all(node, save);
 
     let conntrack =
         Conntrack::in_netns(&node.path()).expect("conntrack socket in the node namespace");
     let mut proxier = Proxier::new(
         Renderer::new(config(), false),
-        SystemRunner::in_netns(node.name()),
+        SystemRunner::in_netns(node.name()).with_flavor(flavor),
         conntrack,
     );
     let snap = snapshot_of(CLUSTER, None);
@@ -548,11 +564,11 @@ fn iptables_end_to_end() {
     }
 
     // Someone flushes nat and deletes the canary: the next sync is full and repairs it.
-    node.exec("iptables", &["-t", "nat", "-F"]);
-    node.exec("iptables", &["-t", "mangle", "-X", "KUBE-PROXY-CANARY"]);
+    node.exec(iptables, &["-t", "nat", "-F"]);
+    node.exec(iptables, &["-t", "mangle", "-X", "KUBE-PROXY-CANARY"]);
     // (The other owner puts its own rule back, as firewalld would.)
     node.exec(
-        "iptables",
+        iptables,
         &[
             "-t",
             "nat",
@@ -582,10 +598,10 @@ fn iptables_end_to_end() {
 
     // Cleanup leaves the tables as they were.
     proxier.cleanup().expect("cleanup");
-    assert_eq!(save_all(node), pristine);
+    assert_eq!(save_all(node, save), pristine);
     // And a second cleanup is a no-op.
     proxier.cleanup().expect("second cleanup");
-    assert_eq!(save_all(node), pristine);
+    assert_eq!(save_all(node, save), pristine);
 }
 
 #[test]
