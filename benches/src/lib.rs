@@ -37,3 +37,15 @@ pub fn one_change(
         .collect();
     (before, after, changed)
 }
+
+/// A snapshot with `in_bench` Services (one endpoint each) in namespace `bench` and
+/// `elsewhere` more spread over 50 other namespaces.
+pub fn snapshot_with_other_namespaces(in_bench: usize, elsewhere: usize) -> Snapshot {
+    let (mut svcs, mut slices) = service_testkit::fixtures::scale(in_bench + elsewhere, 1);
+    for (i, (svc, slice)) in svcs.iter_mut().zip(&mut slices).enumerate().skip(in_bench) {
+        let namespace = format!("ns-{}", i % 50);
+        svc.key.namespace.clone_from(&namespace);
+        slice.metadata.namespace = Some(namespace);
+    }
+    Snapshot::build(node(), &svcs, &slices, &[]).expect("bench snapshot")
+}

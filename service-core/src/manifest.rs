@@ -440,6 +440,22 @@ ports: [{name: '', port: 8080, protocol: TCP}]
         );
     }
 
+    /// Kubernetes reads YAML with go-yaml v2 (`sigs.k8s.io/yaml`), a YAML 1.1 parser: an
+    /// unquoted `n`, `no`, `off` or `y` is a boolean, so `name: n` is rejected by kubectl
+    /// too ("cannot unmarshal bool into Go struct field ObjectMeta.metadata.name").
+    #[test]
+    fn yaml_1_1_booleans_are_not_names() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: n}\nspec: {ports: [{port: 1}]}\n";
+        let err = load_str("x", text).unwrap_err().to_string();
+        assert!(
+            err.contains("metadata.name") && err.contains("boolean"),
+            "{err}"
+        );
+        let quoted = text.replace("name: n", "name: 'n'");
+        assert_eq!(load_str("x", &quoted).unwrap().objects.len(), 1);
+    }
+
     #[test]
     fn syntax_errors_and_non_objects() {
         assert!(load_str("x", "kind: [unclosed").is_err());

@@ -360,6 +360,7 @@ impl Snapshot {
                     key: svc.key.clone(),
                     type_: svc.type_.clone(),
                     cluster_ips: svc.cluster_ips.clone(),
+                    cluster_ip_text: svc.object.spec.cluster_ip.clone().unwrap_or_default(),
                     external_name: svc.external_name.clone(),
                     ports: svc.ports.clone(),
                     endpoints: service_endpoints(&views),

@@ -288,6 +288,9 @@ pub struct ServiceInfo {
     pub type_: ServiceType,
     /// Cluster IPs.
     pub cluster_ips: ClusterIps,
+    /// `spec.clusterIP` as written (`None`, empty, or an address in its original spelling,
+    /// e.g. `2001:DB8::`): kubelet puts it in environment variables verbatim.
+    pub cluster_ip_text: String,
     /// `ExternalName` target.
     pub external_name: Option<String>,
     /// Ports in spec order.

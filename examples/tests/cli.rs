@@ -1,0 +1,156 @@
+//! The command-line contracts of DESIGN.md, run as a user runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn demo() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo.yaml").to_owned()
+}
+
+fn run(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("spawn example")
+}
+
+fn stdout(o: &Output) -> String {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+/// A manifest written to a temporary file that is removed on drop.
+struct TempManifest(PathBuf);
+
+impl TempManifest {
+    fn new(name: &str, text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}-{name}.yaml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        Self(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempManifest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn readme_render_command_prints_a_restore_input() {
+    let out = stdout(&run(
+        env!("CARGO_BIN_EXE_render"),
+        &[
+            "--backend",
+            "iptables",
+            "--node-name",
+            "node-a",
+            "--node-ip",
+            "192.168.0.2",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            &demo(),
+        ],
+    ));
+    assert!(out.starts_with("*filter\n"), "{out}");
+    assert!(out.contains("-A KUBE-SERVICES -m comment --comment \"shop/web:http cluster IP\""));
+    assert!(out.trim_end().ends_with("COMMIT"));
+}
+
+#[test]
+fn invalid_input_exits_2_and_names_the_field() {
+    let bad = TempManifest::new(
+        "bad",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}]}\n",
+    );
+    for bin in [
+        env!("CARGO_BIN_EXE_validate"),
+        env!("CARGO_BIN_EXE_envvars"),
+    ] {
+        let out = run(bin, &[bad.path()]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("spec.ports[0].port"), "{err}");
+    }
+}
+
+#[test]
+fn envvars_for_a_namespace() {
+    let out = stdout(&run(
+        env!("CARGO_BIN_EXE_envvars"),
+        &["--namespace", "shop", &demo()],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"WEB_SERVICE_HOST=10.96.10.20"));
+    assert!(lines.contains(&"WEB_SERVICE_PORT_METRICS=9090"));
+    assert!(lines.contains(&"WEB_PORT_9090_TCP=tcp://10.96.10.20:9090"));
+    assert!(lines.contains(&"KUBERNETES_SERVICE_HOST=10.96.0.1"));
+    // Headless and ExternalName services have no variables; other namespaces neither.
+    assert!(!out.contains("DB_SERVICE_HOST"), "{out}");
+    assert!(!out.contains("PAYMENTS_"), "{out}");
+    assert!(!out.contains("KUBE_DNS_"), "{out}");
+
+    let out = stdout(&run(
+        env!("CARGO_BIN_EXE_envvars"),
+        &["--namespace", "shop", "--no-service-links", &demo()],
+    ));
+    assert!(out.lines().all(|l| l.starts_with("KUBERNETES_")), "{out}");
+    assert_eq!(out.lines().count(), 8);
+}
+
+#[test]
+fn envvars_for_a_pod() {
+    let pod = TempManifest::new(
+        "pod",
+        r"apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: shop}
+spec:
+  containers:
+  - name: app
+    image: busybox
+    env:
+    - {name: WEB_SERVICE_HOST, value: override}
+    - {name: URL, value: 'http://$(WEB_SERVICE_HOST):$(WEB_SERVICE_PORT)/$(MISSING)'}
+    - name: NS
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+",
+    );
+    let out = stdout(&run(
+        env!("CARGO_BIN_EXE_envvars"),
+        &[
+            "--namespace",
+            "shop",
+            "--pod",
+            "client",
+            &demo(),
+            pod.path(),
+        ],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..3],
+        [
+            "WEB_SERVICE_HOST=override",
+            "URL=http://override:80/$(MISSING)",
+            "NS=shop"
+        ]
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.starts_with("WEB_SERVICE_HOST="))
+            .count(),
+        1
+    );
+    assert!(lines.contains(&"WEB_SERVICE_PORT=80"));
+
+    let out = run(
+        env!("CARGO_BIN_EXE_envvars"),
+        &["--namespace", "shop", "--pod", "nobody", &demo()],
+    );
+    assert_eq!(out.status.code(), Some(2));
+}
