@@ -2,7 +2,8 @@
 //!
 //! `service-core` holds the API objects ([`model`]), their defaulting ([`defaults`]) and
 //! validation ([`validation`]) with the API server's rules and messages, manifest loading
-//! ([`manifest`]), the endpoints controller ([`controller`]) and the proxy [`snapshot`]: the
+//! ([`manifest`]), the ClusterIP and NodePort allocators ([`alloc`]) and the Service
+//! [`registry`] that uses them, the endpoints controller ([`controller`]) and the proxy [`snapshot`]: the
 //! one contract between the control-plane side and every consumer (service environment
 //! variables, cluster DNS, the service proxy backends).
 //!
@@ -10,6 +11,8 @@
 //! manifests ──manifest::load──► model::{Service, EndpointSlice, Pod, ...}
 //!     │ defaults + validation
 //!     ▼
+//! registry (create/update/delete: alloc + Store with compare-and-swap)
+//!     │
 //! valid::ValidService ──controller──► EndpointSlices
 //!     │
 //!     ▼
@@ -28,6 +31,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(clippy::exhaustive_enums, clippy::exhaustive_structs)]
 
+pub mod alloc;
 pub mod cluster;
 pub mod controller;
 pub mod defaults;
@@ -36,6 +40,7 @@ pub mod model;
 #[cfg(feature = "k8s-openapi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "k8s-openapi")))]
 pub mod openapi;
+pub mod registry;
 pub mod snapshot;
 pub mod valid;
 pub mod validation;

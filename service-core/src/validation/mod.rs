@@ -14,6 +14,7 @@ pub use endpoints::{
     endpoint_slice_errors, endpoints_errors, validate_endpoint_slice, validate_endpoints,
 };
 pub use field::{BadValue, ErrorKind, FieldError, Path, ValidationError};
+pub(crate) use service::cluster_ips_related;
 pub use service::{service_errors, validate_service, validate_service_update};
 
 #[cfg(test)]
