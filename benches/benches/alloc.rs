@@ -86,5 +86,50 @@ fn registry_creates(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, allocate_next, snapshot_restore, registry_creates);
+/// The same on a real etcd (skipped when the `etcd` program is missing): every create is
+/// three compare-and-swap round trips (IP range, Service) and a delete two.
+fn registry_creates_etcd(c: &mut Criterion) {
+    if std::process::Command::new("etcd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipping registry_create_delete_etcd: no `etcd` program");
+        return;
+    }
+    let server = service_testkit::etcd::EtcdServer::start();
+    let store = service_etcd::EtcdStore::connect(
+        &[server.endpoint()],
+        service_etcd::EtcdOptions::default(),
+    )
+    .unwrap();
+    let config = RegistryConfig::new(
+        &["10.96.0.0/16".parse().unwrap()],
+        PortRange::DEFAULT_NODE_PORTS,
+    )
+    .unwrap();
+    let mut r = Registry::new(config, store, StdRng::seed_from_u64(4)).unwrap();
+    let mut g = c.benchmark_group("registry_create_delete_etcd");
+    g.sample_size(20);
+    let mut i = 0u64;
+    g.bench_function("10.96.0.0/16", |b| {
+        b.iter(|| {
+            i += 1;
+            let name = format!("s{i}");
+            let mut s = Service::new("default", &name);
+            s.spec.ports = vec![ServicePort::tcp("http", 80)];
+            r.create(s).unwrap();
+            r.delete("default", &name).unwrap();
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    allocate_next,
+    snapshot_restore,
+    registry_creates,
+    registry_creates_etcd
+);
 criterion_main!(benches);

@@ -154,3 +154,63 @@ spec:
     );
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn allocate_prints_what_each_service_got_or_its_error() {
+    let m = TempManifest::new(
+        "alloc",
+        r"apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {type: NodePort, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {clusterIP: 10.0.0.10, ports: [{port: 80, nodePort: 30007}], type: NodePort}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c}
+spec: {clusterIP: 10.0.0.10, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: d}
+spec: {ports: [{port: 80}]}
+",
+    );
+    let out = run(
+        env!("CARGO_BIN_EXE_allocate"),
+        &[
+            "--service-cidr",
+            "10.0.0.0/28",
+            "--node-port-range",
+            "30000-30009",
+            "--seed",
+            "7",
+            m.path(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("default/a: clusterIPs=10.0.0."),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        "default/b: clusterIPs=10.0.0.10 ipFamilies=IPv4 nodePorts=80/TCP=30007"
+    );
+    assert!(
+        lines[2].ends_with(r#"Service "c" is invalid: spec.clusterIPs: Invalid value: []string{"10.0.0.10"}: failed to allocate IP 10.0.0.10: provided IP is already allocated"#),
+        "{text}"
+    );
+    assert!(lines[2].starts_with("default/c: error 422"), "{text}");
+    assert!(
+        lines[3].starts_with("default/d: clusterIPs=10.0.0."),
+        "{text}"
+    );
+}

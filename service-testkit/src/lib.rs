@@ -1,5 +1,6 @@
 //! PRIVATE test support for this workspace: fixtures that turn YAML into snapshots, and
 //! (Linux, root) network namespaces with veth links for kernel end-to-end tests.
 
+pub mod etcd;
 pub mod fixtures;
 pub mod netns;

@@ -33,10 +33,21 @@ fn have(program: &str) -> bool {
 /// prints one line saying what is skipped and why, and returns [`E2e::Skip`] — or panics
 /// when `SERVICE_E2E=require` (CI) is set.
 pub fn require(test: &str, programs: &[&str]) -> E2e {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces)".to_owned());
-    }
+    let root = nix::unistd::geteuid().is_root();
+    check(
+        test,
+        programs,
+        (!root).then_some("root (CAP_NET_ADMIN and CAP_SYS_ADMIN for network namespaces)"),
+    )
+}
+
+/// As [`require`], for tests that need the programs but not root (a real etcd, `dig`).
+pub fn require_programs(test: &str, programs: &[&str]) -> E2e {
+    check(test, programs, None)
+}
+
+fn check(test: &str, programs: &[&str], lacking: Option<&str>) -> E2e {
+    let mut missing: Vec<String> = lacking.map(str::to_owned).into_iter().collect();
     for p in programs {
         if !have(p) {
             missing.push(format!("the `{p}` program"));
@@ -46,7 +57,7 @@ pub fn require(test: &str, programs: &[&str]) -> E2e {
         return E2e::Run;
     }
     let why = format!(
-        "skipping kernel end-to-end test {test}: needs {}",
+        "skipping end-to-end test {test}: needs {}",
         missing.join(", ")
     );
     if std::env::var("SERVICE_E2E").as_deref() == Ok("require") {

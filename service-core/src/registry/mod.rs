@@ -16,8 +16,9 @@
 //!   Kubernetes does.
 //! - Allocations are made eagerly and released late: a failed call releases what it took,
 //!   an update releases what the Service no longer uses only after the Service is written.
-//!   A process that dies between the two leaks (never double-allocates); [`Registry::repair`]
-//!   frees leaks after three consecutive passes that find them unused.
+//!   A process that dies between the two, or a Service write whose outcome is unknown (the
+//!   store failed after the request was sent), leaks instead: never double-allocates.
+//!   [`Registry::repair`] frees leaks after three consecutive passes that find them unused.
 //! - Errors are the API's: 422 `Invalid` with field errors (explicit values that cannot be
 //!   allocated, validation), 500 `InternalError` (`failed to allocate a serviceIP: range is
 //!   full`), 404, 409.
@@ -701,10 +702,9 @@ impl<S: Store, R: RngCore> Registry<S, R> {
                 self.revert(txn);
                 Err(ApiError::already_exists(&name))
             }
-            Err(e) => {
-                self.revert(txn);
-                Err(ApiError::internal(e))
-            }
+            // The write may have happened (a lost answer): keep what we allocated
+            // rather than risk handing it out twice; repair frees it if it leaked.
+            Err(e) => Err(ApiError::internal(e)),
         }
     }
 
@@ -985,10 +985,9 @@ impl<S: Store, R: RngCore> Registry<S, R> {
                 self.revert(txn);
                 Ok(None)
             }
-            Err(e) => {
-                self.revert(txn);
-                Err(ApiError::internal(e))
-            }
+            // The write may have happened (a lost answer): keep what we allocated
+            // rather than risk handing it out twice; repair frees it if it leaked.
+            Err(e) => Err(ApiError::internal(e)),
         }
     }
 

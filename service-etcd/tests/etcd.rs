@@ -1,0 +1,315 @@
+//! The registry on a real etcd (Debian `etcd-server`), started by the tests on loopback.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use service_core::model::{Service, ServicePort, ServiceType};
+use service_core::registry::{
+    Precondition, Registry, RegistryConfig, Store, StoreError, Versioned,
+};
+use service_etcd::{EtcdOptions, EtcdStore};
+use service_testkit::etcd::EtcdServer;
+use service_testkit::netns::{E2e, require_programs};
+
+fn etcd_or_skip(test: &str) -> Option<EtcdServer> {
+    (require_programs(test, &["etcd"]) == E2e::Run).then(EtcdServer::start)
+}
+
+fn connect(server: &EtcdServer, timeout: Duration) -> EtcdStore {
+    let mut options = EtcdOptions::default();
+    options.request_timeout = timeout;
+    options.page_size = 7;
+    EtcdStore::connect(&[server.endpoint()], options).expect("connect to etcd")
+}
+
+fn config(cidr: &str, ports: &str) -> RegistryConfig {
+    RegistryConfig::new(&[cidr.parse().unwrap()], ports.parse().unwrap()).unwrap()
+}
+
+fn node_port_service(name: &str) -> Service {
+    let mut s = Service::new("default", name);
+    s.spec.type_ = Some(ServiceType::NodePort);
+    s.spec.ports = vec![ServicePort::tcp("http", 80)];
+    s
+}
+
+fn node_port(s: &Service) -> i32 {
+    s.spec.ports[0].node_port.unwrap_or(0)
+}
+
+/// Every Service has distinct values, and the stored bitmaps hold exactly those.
+fn assert_consistent<S: Store>(r: &Registry<S, StdRng>) -> usize {
+    let services = r.list().unwrap();
+    let mut ips = HashSet::new();
+    let mut ports = HashSet::new();
+    for s in &services {
+        assert!(
+            ips.insert(s.spec.cluster_ip.clone().unwrap()),
+            "duplicate IP in {}",
+            s.metadata.name()
+        );
+        assert!(
+            ports.insert(node_port(s)),
+            "duplicate node port in {}",
+            s.metadata.name()
+        );
+    }
+    let (ip_allocs, port_alloc) = r.allocations().unwrap();
+    let stored_ips: BTreeSet<String> = ip_allocs[0].iter().map(|ip| ip.to_string()).collect();
+    let stored_ports: BTreeSet<i32> = port_alloc.iter().map(i32::from).collect();
+    assert_eq!(stored_ips, ips.into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(stored_ports, ports.into_iter().collect::<BTreeSet<_>>());
+    services.len()
+}
+
+#[test]
+fn the_store_contract_holds_on_etcd() {
+    let Some(server) = etcd_or_skip("the_store_contract_holds_on_etcd") else {
+        return;
+    };
+    let s = connect(&server, Duration::from_secs(5));
+    assert_eq!(s.get("/k").unwrap(), None);
+    assert_eq!(s.put("/k", b"1", Precondition::Version(1)).unwrap(), None);
+    let v1 = s.put("/k", b"1", Precondition::Absent).unwrap().unwrap();
+    assert_eq!(
+        s.get("/k").unwrap(),
+        Some(Versioned::new(b"1".to_vec(), v1))
+    );
+    assert_eq!(s.put("/k", b"2", Precondition::Absent).unwrap(), None);
+    let v2 = s
+        .put("/k", b"2", Precondition::Version(v1))
+        .unwrap()
+        .unwrap();
+    assert!(v2 > v1);
+    assert_eq!(s.put("/k", b"3", Precondition::Version(v1)).unwrap(), None);
+    assert!(!s.delete("/k", v1).unwrap());
+    assert!(s.delete("/k", v2).unwrap());
+    assert_eq!(s.get("/k").unwrap(), None);
+    // Listing pages through (page size 7) and stays inside the prefix.
+    for i in 0..30 {
+        s.put(&format!("/list/{i:02}"), b"x", Precondition::Absent)
+            .unwrap();
+    }
+    s.put("/lisu", b"outside", Precondition::Absent).unwrap();
+    let keys: Vec<String> = s
+        .list("/list/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        keys,
+        (0..30).map(|i| format!("/list/{i:02}")).collect::<Vec<_>>()
+    );
+}
+
+/// Several API server replicas, each with its own connection, create and delete
+/// Services concurrently on a small range.
+#[test]
+fn replicas_share_the_ranges_without_duplicates() {
+    let Some(server) = etcd_or_skip("replicas_share_the_ranges_without_duplicates") else {
+        return;
+    };
+    let cfg = config("10.0.0.0/26", "30000-30059");
+    let full = Arc::new(AtomicUsize::new(0));
+    let created = Arc::new(AtomicUsize::new(0));
+    let endpoint = server.endpoint();
+    let replicas: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (cfg, full, created, endpoint) =
+                (cfg.clone(), full.clone(), created.clone(), endpoint.clone());
+            std::thread::spawn(move || {
+                let store = EtcdStore::connect(&[endpoint], EtcdOptions::default()).unwrap();
+                let mut r = Registry::new(cfg, store, StdRng::seed_from_u64(t)).unwrap();
+                // Keep creating; when a range runs out, give back the oldest of our own.
+                let mut live = std::collections::VecDeque::new();
+                for i in 0..600 {
+                    let name = format!("r{t}-{i}");
+                    match r.create(node_port_service(&name)) {
+                        Ok(_) => {
+                            created.fetch_add(1, Ordering::Relaxed);
+                            live.push_back(name);
+                            if i % 3 == 0 && live.len() > 5 {
+                                r.delete("default", &live.pop_front().unwrap()).unwrap();
+                            }
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code, 500, "{e}");
+                            assert!(e.message.ends_with("range is full"), "{e}");
+                            full.fetch_add(1, Ordering::Relaxed);
+                            if let Some(oldest) = live.pop_front() {
+                                r.delete("default", &oldest).unwrap();
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for r in replicas {
+        r.join().unwrap();
+    }
+    assert!(
+        full.load(Ordering::Relaxed) > 0,
+        "the ranges should have run out"
+    );
+    assert!(created.load(Ordering::Relaxed) > 1000, "{created:?}");
+    let r = Registry::new(
+        cfg,
+        connect(&server, Duration::from_secs(5)),
+        StdRng::seed_from_u64(9),
+    )
+    .unwrap();
+    assert_consistent(&r);
+}
+
+/// A store that stops writing after `budget` writes, as if the replica died.
+struct Dying<S> {
+    inner: S,
+    budget: AtomicUsize,
+}
+
+impl<S: Store> Store for Dying<S> {
+    fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        self.inner.get(key)
+    }
+    fn put(&self, key: &str, value: &[u8], p: Precondition) -> Result<Option<u64>, StoreError> {
+        if self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_err()
+        {
+            return Err(StoreError::new("replica died"));
+        }
+        self.inner.put(key, value, p)
+    }
+    fn delete(&self, key: &str, version: u64) -> Result<bool, StoreError> {
+        self.inner.delete(key, version)
+    }
+    fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        self.inner.list(prefix)
+    }
+}
+
+#[test]
+fn a_replica_dropped_mid_transaction_leaks_and_repair_frees_it() {
+    let Some(server) = etcd_or_skip("a_replica_dropped_mid_transaction_leaks_and_repair_frees_it")
+    else {
+        return;
+    };
+    let cfg = config("10.0.0.0/28", "30000-30009");
+    let mut healthy = Registry::new(
+        cfg.clone(),
+        connect(&server, Duration::from_secs(5)),
+        StdRng::seed_from_u64(1),
+    )
+    .unwrap();
+    healthy.create(node_port_service("keep")).unwrap();
+    // Two initialisation writes, the IP and the node port; then it is gone.
+    let dying = Dying {
+        inner: connect(&server, Duration::from_secs(5)),
+        budget: AtomicUsize::new(4),
+    };
+    let mut doomed = Registry::new(cfg, dying, StdRng::seed_from_u64(2)).unwrap();
+    assert_eq!(
+        doomed.create(node_port_service("lost")).unwrap_err().code,
+        500
+    );
+    drop(doomed);
+    let (ips, ports) = healthy.allocations().unwrap();
+    assert_eq!((ips[0].used(), ports.used()), (2, 2));
+    let mut freed = 0;
+    for _ in 0..3 {
+        let report = healthy.repair().unwrap();
+        assert_eq!(
+            report.count("ClusterIPAlreadyAllocated") + report.count("PortAlreadyAllocated"),
+            0
+        );
+        freed += report.freed;
+    }
+    assert_eq!(freed, 2);
+    assert_eq!(assert_consistent(&healthy), 1);
+}
+
+/// etcd killed (no graceful shutdown) and restarted under load: everything acknowledged is
+/// there afterwards, and after repair the bitmaps match the Services exactly.
+#[test]
+fn etcd_restarts_lose_nothing_acknowledged() {
+    let Some(mut server) = etcd_or_skip("etcd_restarts_lose_nothing_acknowledged") else {
+        return;
+    };
+    let cfg = config("10.0.0.0/24", "30000-30999");
+    let stop = Arc::new(AtomicBool::new(false));
+    let endpoint = server.endpoint();
+    let worker = {
+        let (cfg, stop) = (cfg.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut options = EtcdOptions::default();
+            options.request_timeout = Duration::from_secs(1);
+            let store = EtcdStore::connect(&[endpoint], options).unwrap();
+            let mut r = Registry::new(cfg, store, StdRng::seed_from_u64(5)).unwrap();
+            let (mut acked, mut deleted, mut failures) = (BTreeSet::new(), BTreeSet::new(), 0);
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && i < 2000 {
+                let name = format!("s{i}");
+                match r.create(node_port_service(&name)) {
+                    Ok(_) => {
+                        acked.insert(name.clone());
+                        if i % 4 == 0 && r.delete("default", &name).is_ok() {
+                            deleted.insert(name);
+                        }
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code, 500, "{e}");
+                        failures += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+                i += 1;
+            }
+            (acked, deleted, failures)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    server.kill();
+    std::thread::sleep(Duration::from_millis(700));
+    server.restart();
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    let (acked, deleted, failures) = worker.join().unwrap();
+    assert!(failures > 0, "the outage should have been noticed");
+    assert!(acked.len() > 20, "only {} creates succeeded", acked.len());
+
+    let mut r = Registry::new(
+        cfg,
+        connect(&server, Duration::from_secs(5)),
+        StdRng::seed_from_u64(6),
+    )
+    .unwrap();
+    let stored: BTreeSet<String> = r
+        .list()
+        .unwrap()
+        .iter()
+        .map(|s| s.metadata.name().to_owned())
+        .collect();
+    for name in acked.difference(&deleted) {
+        assert!(stored.contains(name), "acknowledged Service {name} is gone");
+    }
+    for name in &deleted {
+        assert!(!stored.contains(name), "deleted Service {name} is back");
+    }
+    // Writes whose answers were lost may have leaked values; three passes free them.
+    for _ in 0..3 {
+        let report = r.repair().unwrap();
+        assert_eq!(
+            report.count("ClusterIPAlreadyAllocated") + report.count("PortAlreadyAllocated"),
+            0,
+            "{report:?}"
+        );
+    }
+    assert_consistent(&r);
+}
