@@ -10,7 +10,7 @@
 //! ```
 //!
 //! - State lives in a [`Store`] (compare-and-swap on a version per key): one key per
-//!   allocator holding its [`RangeAllocation`](crate::alloc::RangeAllocation), one key per
+//!   allocator holding its [`RangeAllocation`], one key per
 //!   Service. Several registries (API server replicas) may share a store: every allocation
 //!   is a read-modify-compare-and-swap of the allocator key, retried on conflict, as
 //!   Kubernetes does.
