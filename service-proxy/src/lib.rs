@@ -18,6 +18,8 @@
 //!
 //! # Crate features
 //! - `iptables` (default): render kube-proxy's iptables layout as `iptables-restore` input.
+//! - `nftables` (default): render kube-proxy's nftables layout as typed transactions, printed
+//!   as `nft -f` scripts or encoded as nf_tables netlink batches.
 //! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` on stdin, never through
 //!   a shell) and stale-conntrack cleanup over netlink.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -34,6 +36,9 @@ pub mod conntrack;
 #[cfg(feature = "iptables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "iptables")))]
 pub mod iptables;
+#[cfg(feature = "nftables")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nftables")))]
+pub mod nftables;
 
 pub use config::ProxyConfig;
 pub use sync::{SyncEngine, SyncKind, SyncPlan};

@@ -52,3 +52,31 @@ fn iptables_goldens() {
         insta::assert_snapshot!("iptables", out);
     });
 }
+
+#[test]
+fn nftables_goldens() {
+    use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
+    insta::glob!("fixtures/*.yaml", |path| {
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let node = node_line(&yaml);
+        let ips: Vec<&str> = node.ips.iter().map(String::as_str).collect();
+        let snapshot = fixtures::snapshot(&yaml, &node.name, &ips);
+        let mut proxy = ProxyConfig::default();
+        proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        let mut out = NftRenderer::new(NftablesConfig::new(proxy.clone()), false)
+            .render(&snapshot)
+            .create_one()
+            .to_string();
+        if ips.iter().any(|ip| ip.contains(':')) {
+            out.push_str("# ---- ip6 ----\n");
+            out.push_str(
+                &NftRenderer::new(NftablesConfig::new(proxy), true)
+                    .render(&snapshot)
+                    .create_one()
+                    .to_string(),
+            );
+        }
+        insta::assert_snapshot!("nftables", out);
+    });
+}

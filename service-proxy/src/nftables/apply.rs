@@ -1,0 +1,446 @@
+//! Applying nftables transactions to the kernel over netlink, and the incremental proxier.
+//!
+//! - [`NftSocket`] sends encoded batches on a `NETLINK_NETFILTER` socket and reads the
+//!   kernel's answer: one acknowledgement for the batch's last message on success, the
+//!   failing messages' errors otherwise (the kernel then applies nothing).
+//! - [`NftProxier`] keeps the committed [`Ruleset`] in memory and sends only the changes.
+//!   A cold start (or the first sync after a failure) rebuilds the table in bounded
+//!   transactions; stale chains are deleted once a delay has passed; cleanup deletes only
+//!   our table.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use service_core::snapshot::Snapshot;
+
+use super::model::Family;
+use super::render::{Renderer, Ruleset, StaleChain};
+use super::transaction::{Op, Transaction};
+use super::wire::{Batch, EncodedBatch};
+use crate::conntrack::{Conntrack, stale_filters};
+use crate::{SyncEngine, SyncKind};
+
+const NLMSG_ERROR: u16 = 2;
+
+/// Why applying failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The socket failed.
+    #[error("nf_tables netlink socket: {0}")]
+    Io(#[from] io::Error),
+    /// The kernel rejected the batch: nothing of it was applied.
+    #[error(
+        "the kernel rejected an nf_tables batch ({messages} messages): message {index} failed with {error}{}",
+        describe(.op)
+    )]
+    Rejected {
+        /// The first failing message's position in the batch (1-based, after batch begin).
+        index: u32,
+        /// The error.
+        error: io::Error,
+        /// The number of messages in the batch.
+        messages: usize,
+        /// What the failing message did, when known.
+        op: Option<String>,
+    },
+}
+
+fn describe(op: &Option<String>) -> String {
+    op.as_ref().map(|o| format!(" ({o})")).unwrap_or_default()
+}
+
+/// A netlink socket for nf_tables batches.
+#[derive(Debug)]
+pub struct NftSocket {
+    socket: Socket,
+    seq: u32,
+}
+
+impl NftSocket {
+    /// Opens a socket in the current network namespace.
+    ///
+    /// # Errors
+    /// Socket creation or binding failed.
+    pub fn new() -> io::Result<Self> {
+        let mut socket = Socket::new(NETLINK_NETFILTER)?;
+        socket.bind_auto()?;
+        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        // Errors echo only the failing message's header, with the kernel's explanation.
+        socket.set_cap_ack(true)?;
+        socket.set_ext_ack(true)?;
+        let fd = socket.as_fd();
+        // Large batches go out in one sendmsg (root may exceed wmem_max; others keep
+        // the default and rely on bounded transactions).
+        let _ =
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBufForce, &(64 << 20));
+        let _ =
+            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
+        nix::sys::socket::setsockopt(
+            &fd,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(30, 0),
+        )
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        Ok(Self { socket, seq: 1 })
+    }
+
+    /// Opens a socket inside the network namespace at `path` (e.g. `/run/netns/NAME`); the
+    /// socket stays there, the calling thread does not move.
+    ///
+    /// # Errors
+    /// The namespace cannot be entered or the socket not opened.
+    pub fn in_netns(path: &Path) -> io::Result<Self> {
+        let path = path.to_owned();
+        // A short-lived thread enters the namespace so that the caller's does not.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::spawn(move || -> io::Result<Self> {
+            let ns = std::fs::File::open(&path)?;
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+            Self::new()
+        })
+        .join()
+        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+    }
+
+    /// Sends transactions as one atomic batch.
+    ///
+    /// # Errors
+    /// The socket failed or the kernel rejected the batch.
+    pub fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError> {
+        let mut batch = Batch::new(self.seq);
+        for tx in txs {
+            batch.push(tx);
+        }
+        let encoded = batch.finish();
+        self.seq = encoded
+            .first_seq
+            .wrapping_add(u32::try_from(encoded.messages).unwrap_or(0))
+            .wrapping_add(2);
+        let stats = BatchStats {
+            messages: encoded.messages,
+            bytes: encoded.bytes.len(),
+        };
+        self.send(&encoded, txs)?;
+        Ok(stats)
+    }
+
+    fn send(&self, batch: &EncodedBatch, txs: &[&Transaction]) -> Result<(), ApplyError> {
+        let Some(acked) = batch.acked_seq else {
+            return Ok(());
+        };
+        let sent = self.socket.send(&batch.bytes, 0)?;
+        if sent != batch.bytes.len() {
+            return Err(io::Error::other("short netlink send").into());
+        }
+        // The kernel processes the batch inside sendmsg: its answers are already queued.
+        let mut first_error: Option<(u32, i32)> = None;
+        let mut acknowledged = false;
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        loop {
+            buf.clear();
+            match self.socket.recv_from(&mut buf, nix::libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+            let mut rest = &buf[..];
+            while rest.len() >= 16 {
+                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+                if len < 16 || len > rest.len() {
+                    break;
+                }
+                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+                let body = &rest[16..len];
+                if kind == NLMSG_ERROR && body.len() >= 20 {
+                    let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
+                    // The echoed header's sequence number says which message this is.
+                    let seq = u32::from_ne_bytes([body[12], body[13], body[14], body[15]]);
+                    if errno != 0 {
+                        if first_error.is_none_or(|(s, _)| seq < s) {
+                            first_error = Some((seq, errno));
+                        }
+                    } else if seq == acked {
+                        acknowledged = true;
+                    }
+                }
+                rest = &rest[((len + 3) & !3).min(rest.len())..];
+            }
+        }
+        if first_error.is_none() && !acknowledged {
+            return Err(
+                io::Error::other("the kernel did not acknowledge the nf_tables batch").into(),
+            );
+        }
+        self.outcome(first_error, batch, txs)
+    }
+
+    fn outcome(
+        &self,
+        first_error: Option<(u32, i32)>,
+        batch: &EncodedBatch,
+        txs: &[&Transaction],
+    ) -> Result<(), ApplyError> {
+        match first_error {
+            None => Ok(()),
+            Some((seq, errno)) => {
+                let index = seq.wrapping_sub(batch.first_seq);
+                Err(ApplyError::Rejected {
+                    index,
+                    error: io::Error::from_raw_os_error(-errno),
+                    messages: batch.messages,
+                    op: describe_message(txs, index),
+                })
+            }
+        }
+    }
+}
+
+/// Names the operation behind the `index`th message, for error reports (best effort:
+/// element operations share messages, rules with `numgen` take several).
+fn describe_message(txs: &[&Transaction], index: u32) -> Option<String> {
+    let mut n = 0u32;
+    for tx in txs {
+        for op in &tx.ops {
+            let count = match op {
+                Op::DeleteTable => 2,
+                Op::AddRules(c) => u32::try_from(c.rules.len()).unwrap_or(0),
+                _ => 1,
+            };
+            if index > n && index <= n + count {
+                let one = Transaction {
+                    family: tx.family,
+                    ops: vec![op.clone()],
+                };
+                let text = one.to_string();
+                let line = text.lines().nth((index - n - 1) as usize).unwrap_or("");
+                return Some(line.trim().to_owned());
+            }
+            n += count;
+        }
+    }
+    None
+}
+
+/// The size of a batch sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BatchStats {
+    /// nf_tables messages.
+    pub messages: usize,
+    /// Bytes.
+    pub bytes: usize,
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SyncReport {
+    /// Full (table rebuilt or every port compared) or partial.
+    pub kind: SyncKind,
+    /// Service ports whose objects changed.
+    pub changed: usize,
+    /// Transactions sent.
+    pub transactions: usize,
+    /// Netlink messages sent.
+    pub messages: usize,
+    /// Bytes sent.
+    pub bytes: usize,
+    /// Stale chains deleted by this sync.
+    pub chains_deleted: usize,
+    /// Conntrack entries removed for endpoints that went away.
+    pub conntrack_deleted: usize,
+    /// Time spent rendering, encoding and applying.
+    pub duration: Duration,
+}
+
+/// Keeps one family's table in sync with snapshots, incrementally.
+#[derive(Debug)]
+pub struct NftProxier {
+    renderer: Renderer,
+    socket: NftSocket,
+    conntrack: Option<Conntrack>,
+    engine: SyncEngine,
+    committed: Option<Ruleset>,
+    pending: Vec<(StaleChain, Instant)>,
+    /// How long a flushed chain waits before it is deleted (default one second).
+    pub chain_delete_delay: Duration,
+    /// The largest transaction of a rebuild, in operations (default 20 000).
+    pub max_ops: usize,
+}
+
+impl NftProxier {
+    /// A proxier that applies `renderer`'s rules through `socket`.
+    pub fn new(renderer: Renderer, socket: NftSocket) -> Self {
+        Self {
+            renderer,
+            socket,
+            conntrack: None,
+            engine: SyncEngine::new(),
+            committed: None,
+            pending: Vec::new(),
+            chain_delete_delay: Duration::from_secs(1),
+            max_ops: 20_000,
+        }
+    }
+
+    /// Also removes conntrack entries of UDP flows to endpoints that went away.
+    pub fn with_conntrack(mut self, conntrack: Conntrack) -> Self {
+        self.conntrack = Some(conntrack);
+        self
+    }
+
+    /// The ruleset the kernel holds, after a successful sync.
+    pub fn rules(&self) -> Option<&Ruleset> {
+        self.committed.as_ref()
+    }
+
+    /// The renderer.
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    /// Forces the next sync to compare every service port (not to rebuild the table).
+    pub fn force_full(&mut self) {
+        self.engine.force_full();
+    }
+
+    /// Stale chains waiting to be deleted.
+    pub fn pending_chain_deletes(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Brings the kernel to `snapshot`.
+    ///
+    /// # Errors
+    /// The kernel rejected a transaction or the socket failed. The next sync then
+    /// rebuilds the table from scratch.
+    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
+        let start = Instant::now();
+        let previous = self.engine.last().cloned();
+        let mut report = match self.committed.take() {
+            None => self.rebuild(snapshot)?,
+            Some(mut rules) => {
+                let plan = self.engine.plan(snapshot);
+                let update = match plan.kind {
+                    SyncKind::Partial => {
+                        self.renderer
+                            .update(&mut rules, snapshot, Some(&plan.changed))
+                    }
+                    _ => self.renderer.update(&mut rules, snapshot, None),
+                };
+                let mut tx = update.transaction;
+                let now = Instant::now();
+                let mut deleted = 0;
+                let delay = self.chain_delete_delay;
+                let mut keep = Vec::new();
+                for (stale, since) in std::mem::take(&mut self.pending) {
+                    if rules.port_has_chain(&stale.port, &stale.name) {
+                        continue;
+                    }
+                    if now.duration_since(since) >= delay {
+                        tx.ops.push(Op::DeleteChain(stale.name.clone()));
+                        deleted += 1;
+                    } else {
+                        keep.push((stale, since));
+                    }
+                }
+                let stats = if tx.is_empty() {
+                    BatchStats::default()
+                } else {
+                    match self.socket.apply(&[&tx]) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            // The kernel state is unknown to us now: rebuild next time.
+                            self.engine.failed();
+                            self.pending.clear();
+                            return Err(e);
+                        }
+                    }
+                };
+                for s in update.stale {
+                    keep.retain(|(p, _)| p.name != s.name);
+                    keep.push((s, now));
+                }
+                self.pending = keep;
+                self.committed = Some(rules);
+                SyncReport {
+                    kind: if plan.kind == SyncKind::Partial {
+                        SyncKind::Partial
+                    } else {
+                        SyncKind::Full
+                    },
+                    changed: update.changed,
+                    transactions: usize::from(!tx.is_empty()),
+                    messages: stats.messages,
+                    bytes: stats.bytes,
+                    chains_deleted: deleted,
+                    conntrack_deleted: 0,
+                    duration: Duration::ZERO,
+                }
+            }
+        };
+        self.engine.committed(snapshot.clone());
+        if let Some(ct) = self.conntrack.as_mut() {
+            let family = match self.renderer.family() {
+                Family::Ip => service_core::model::IpFamily::Ipv4,
+                Family::Ip6 => service_core::model::IpFamily::Ipv6,
+            };
+            let filters = stale_filters(previous.as_ref(), snapshot, &family);
+            if !filters.is_empty() {
+                report.conntrack_deleted = ct.delete_matching(&family, &filters)?;
+            }
+        }
+        report.duration = start.elapsed();
+        Ok(report)
+    }
+
+    /// Builds the table from nothing, in bounded transactions.
+    fn rebuild(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
+        let rules = self.renderer.render(snapshot);
+        let txs = rules.create(self.max_ops);
+        let mut report = SyncReport {
+            kind: SyncKind::Full,
+            changed: rules.ports.len(),
+            transactions: 0,
+            messages: 0,
+            bytes: 0,
+            chains_deleted: 0,
+            conntrack_deleted: 0,
+            duration: Duration::ZERO,
+        };
+        for tx in &txs {
+            match self.socket.apply(&[tx]) {
+                Ok(s) => {
+                    report.transactions += 1;
+                    report.messages += s.messages;
+                    report.bytes += s.bytes;
+                }
+                Err(e) => {
+                    self.engine.failed();
+                    return Err(e);
+                }
+            }
+        }
+        self.pending.clear();
+        self.committed = Some(rules);
+        Ok(report)
+    }
+
+    /// Deletes our table (and nothing else).
+    ///
+    /// # Errors
+    /// The kernel rejected the deletion or the socket failed.
+    pub fn cleanup(&mut self) -> Result<(), ApplyError> {
+        let mut tx = Transaction::new(self.renderer.family());
+        tx.ops.push(Op::DeleteTable);
+        self.socket.apply(&[&tx])?;
+        self.committed = None;
+        self.pending.clear();
+        self.engine = SyncEngine::new();
+        Ok(())
+    }
+}

@@ -1,0 +1,976 @@
+//! Rendering a snapshot into kube-proxy's nftables layout (`syncProxyRules` in
+//! `pkg/proxy/nftables/proxier.go`), and the incremental diff between two renders.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use smallvec::SmallVec;
+
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{ServicePort, ServicePortName, Snapshot};
+
+use super::model::{
+    AffinitySet, BaseHook, Chain, Dir, Element, Family, FixedSet, Hook, Key, L4, Name, Rule, Stmt,
+    Verdict,
+};
+use super::names::{endpoint_base, hash_and_truncate, service_base_name};
+use super::transaction::{Op, SetDecl, Transaction};
+use crate::ProxyConfig;
+
+/// Settings of the nftables backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NftablesConfig {
+    /// Node-level settings shared by every backend. Unlike the iptables backend, node
+    /// ports are never accepted on loopback addresses (kube-proxy's nftables mode does not
+    /// use `route_localnet`), so `localhost_nodeports` is ignored.
+    pub proxy: ProxyConfig,
+    /// `masquerade fully-random`.
+    pub fully_random: bool,
+}
+
+impl Default for NftablesConfig {
+    fn default() -> Self {
+        Self {
+            proxy: ProxyConfig::default(),
+            fully_random: true,
+        }
+    }
+}
+
+impl NftablesConfig {
+    /// A configuration around shared proxy settings.
+    pub fn new(proxy: ProxyConfig) -> Self {
+        Self {
+            proxy,
+            ..Self::default()
+        }
+    }
+}
+
+/// Everything one service port puts in the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortObjects {
+    /// Its chains (service, local, external, firewall, endpoint chains).
+    pub chains: Vec<Arc<Chain>>,
+    /// Its affinity sets (one per endpoint, with ClientIP affinity).
+    pub affinity: Vec<AffinitySet>,
+    /// Its elements in the fixed sets and maps.
+    pub elements: Vec<Element>,
+}
+
+type ElemKey = (FixedSet, Key);
+
+/// The owners of a set element, in service-port order: when two service ports claim the
+/// same key (two Services sharing an external IP and port), the first one's value wins.
+type Owners = SmallVec<[(Arc<ServicePortName>, Option<Verdict>); 1]>;
+
+/// The rendered state of one family's table: the fixed chains and elements and every
+/// service port's objects.
+#[derive(Clone, Debug)]
+pub struct Ruleset {
+    /// The family.
+    pub family: Family,
+    /// The base and helper chains, with their rules.
+    pub fixed: Vec<Arc<Chain>>,
+    /// Elements that do not belong to a service port (`nodeport-ips`).
+    pub fixed_elements: Vec<Element>,
+    /// Every service port's objects.
+    pub ports: BTreeMap<Arc<ServicePortName>, Arc<PortObjects>>,
+    owners: HashMap<ElemKey, Owners>,
+}
+
+impl Ruleset {
+    /// The value of a set element as the kernel should hold it (`None` when absent; a set
+    /// element without value is `Some(None)`).
+    pub fn element(&self, set: FixedSet, key: &Key) -> Option<Option<&Verdict>> {
+        if let Some(e) = self
+            .fixed_elements
+            .iter()
+            .find(|e| e.set == set && e.key == *key)
+        {
+            return Some(e.verdict.as_ref());
+        }
+        self.owners
+            .get(&(set, *key))
+            .and_then(|o| o.first())
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// Every element in effect, with fixed elements first.
+    pub fn elements(&self) -> impl Iterator<Item = Element> + '_ {
+        let owned = self.ports.iter().flat_map(move |(name, objs)| {
+            objs.elements
+                .iter()
+                .filter(move |e| self.owns(name, e))
+                .cloned()
+        });
+        self.fixed_elements.iter().cloned().chain(owned)
+    }
+
+    fn owns(&self, name: &ServicePortName, e: &Element) -> bool {
+        self.owners
+            .get(&(e.set, e.key))
+            .and_then(|o| o.first())
+            .is_some_and(|(n, _)| **n == *name)
+    }
+
+    /// A chain by name (fixed or a service port's); linear in the number of chains.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.fixed
+            .iter()
+            .chain(self.ports.values().flat_map(|p| p.chains.iter()))
+            .find(|c| &*c.name == name)
+            .map(|c| &**c)
+    }
+
+    /// Whether a service port still has a chain of this name.
+    pub fn port_has_chain(&self, port: &ServicePortName, chain: &str) -> bool {
+        self.ports
+            .get(port)
+            .is_some_and(|p| p.chains.iter().any(|c| &*c.name == chain))
+    }
+
+    /// The transactions that create the whole table from nothing (after deleting any old
+    /// one), split so that none holds more than about `max_ops` operations: the first
+    /// holds the table, its sets and fixed chains, each further one whole service ports.
+    pub fn create(&self, max_ops: usize) -> Vec<Transaction> {
+        let mut first = Transaction::new(self.family);
+        first.ops.push(Op::DeleteTable);
+        first.ops.push(Op::AddTable);
+        for set in FixedSet::ALL {
+            first.ops.push(Op::AddSet(SetDecl::Fixed(set)));
+        }
+        for c in &self.fixed {
+            first.ops.push(Op::AddChain(c.clone()));
+        }
+        for c in &self.fixed {
+            first.ops.push(Op::AddRules(c.clone()));
+        }
+        for e in &self.fixed_elements {
+            first.ops.push(Op::AddElement(e.clone()));
+        }
+        let mut out = vec![first];
+        let mut current = Transaction::new(self.family);
+        for (name, objs) in &self.ports {
+            if !current.ops.is_empty() && current.ops.len() >= max_ops {
+                out.push(std::mem::replace(
+                    &mut current,
+                    Transaction::new(self.family),
+                ));
+            }
+            for s in &objs.affinity {
+                current.ops.push(Op::AddSet(SetDecl::Affinity(s.clone())));
+            }
+            for c in &objs.chains {
+                current.ops.push(Op::AddChain(c.clone()));
+            }
+            for c in &objs.chains {
+                current.ops.push(Op::AddRules(c.clone()));
+            }
+            for e in objs.elements.iter().filter(|e| self.owns(name, e)) {
+                current.ops.push(Op::AddElement(e.clone()));
+            }
+        }
+        if !current.ops.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    /// The whole table as one transaction (what `render` prints).
+    pub fn create_one(&self) -> Transaction {
+        let mut all = Transaction::new(self.family);
+        for t in self.create(usize::MAX) {
+            all.ops.extend(t.ops);
+        }
+        all
+    }
+}
+
+/// A chain that left the table: flushed at once, deleted by a later transaction (kernels
+/// before 6.2 may still count a reference from a map element deleted in the same
+/// transaction; kube-proxy waits a second).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleChain {
+    /// The service port it belonged to.
+    pub port: Arc<ServicePortName>,
+    /// The chain.
+    pub name: Name,
+}
+
+/// The result of an incremental render: the transaction and the chains it flushed that
+/// should be deleted later.
+#[derive(Clone, Debug)]
+pub struct Update {
+    /// The operations, in an order the kernel accepts in one transaction.
+    pub transaction: Transaction,
+    /// Chains emptied by this transaction, to delete once no map element refers to them.
+    pub stale: Vec<StaleChain>,
+    /// Service ports re-rendered.
+    pub changed: usize,
+}
+
+/// Renders one family's table from snapshots and computes incremental updates.
+///
+/// ```
+/// use service_proxy::nftables::{NftablesConfig, Renderer};
+/// use service_proxy::core::snapshot::{NodeInfo, Snapshot};
+///
+/// let snapshot = Snapshot::build(NodeInfo::new("node-a", vec![]), &[], &[], &[]).unwrap();
+/// let renderer = Renderer::new(NftablesConfig::default(), false);
+/// let script = renderer.render(&snapshot).create_one().to_string();
+/// assert!(script.contains("add chain ip kube-proxy services"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Renderer {
+    config: NftablesConfig,
+    family: Family,
+}
+
+fn l4(p: &Protocol) -> Option<L4> {
+    match p {
+        Protocol::Tcp => Some(L4::Tcp),
+        Protocol::Udp => Some(L4::Udp),
+        Protocol::Sctp => Some(L4::Sctp),
+        _ => None,
+    }
+}
+
+fn name(prefix: &str, base: &str) -> Name {
+    let mut s = String::with_capacity(prefix.len() + base.len());
+    s.push_str(prefix);
+    s.push_str(base);
+    Name::from(s)
+}
+
+fn goto(c: &Name) -> Stmt {
+    Stmt::Verdict(Verdict::Goto(c.clone()))
+}
+
+fn jump(c: &str) -> Stmt {
+    Stmt::Verdict(Verdict::Jump(Name::from(c)))
+}
+
+fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const REJECT_CHAIN: &str = "reject-chain";
+
+impl Renderer {
+    /// A renderer for IPv4 (`ipv6 == false`) or IPv6.
+    pub fn new(config: NftablesConfig, ipv6: bool) -> Self {
+        Self {
+            config,
+            family: if ipv6 { Family::Ip6 } else { Family::Ip },
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NftablesConfig {
+        &self.config
+    }
+
+    /// The family it renders.
+    pub fn family(&self) -> Family {
+        self.family
+    }
+
+    fn ip_family(&self) -> IpFamily {
+        match self.family {
+            Family::Ip => IpFamily::Ipv4,
+            Family::Ip6 => IpFamily::Ipv6,
+        }
+    }
+
+    /// Renders the whole table.
+    pub fn render(&self, snapshot: &Snapshot) -> Ruleset {
+        let (fixed, fixed_elements) = self.fixed(snapshot);
+        let mut ports = BTreeMap::new();
+        let mut owners: HashMap<ElemKey, Owners> = HashMap::new();
+        for sp in snapshot.ports.values() {
+            if let Some(objs) = self.render_port(snapshot, sp) {
+                let name = Arc::new(sp.name.clone());
+                for e in &objs.elements {
+                    // Ports come in name order: pushing keeps each owner list sorted.
+                    owners
+                        .entry((e.set, e.key))
+                        .or_default()
+                        .push((name.clone(), e.verdict.clone()));
+                }
+                ports.insert(name, Arc::new(objs));
+            }
+        }
+        Ruleset {
+            family: self.family,
+            fixed,
+            fixed_elements,
+            ports,
+            owners,
+        }
+    }
+
+    /// Brings `rules` up to date with `snapshot` and returns the transaction that does the
+    /// same to a kernel holding `rules`. With `changed`, only those service ports are
+    /// re-rendered (their names from a snapshot diff); without, every port is, and only
+    /// those whose objects differ are sent.
+    pub fn update(
+        &self,
+        rules: &mut Ruleset,
+        snapshot: &Snapshot,
+        changed: Option<&[ServicePortName]>,
+    ) -> Update {
+        let mut tx = Transaction::new(self.family);
+        let mut stale = Vec::new();
+        // Fixed chains and elements.
+        let (fixed, fixed_elements) = self.fixed(snapshot);
+        let mut fixed_ops = Vec::new();
+        for (old, new) in rules.fixed.iter().zip(&fixed) {
+            if old != new {
+                fixed_ops.push(Op::FlushChain(new.name.clone()));
+                fixed_ops.push(Op::AddRules(new.clone()));
+            }
+        }
+        let mut elem_del = Vec::new();
+        let mut elem_add = Vec::new();
+        for e in &rules.fixed_elements {
+            if !fixed_elements.contains(e) {
+                elem_del.push(e.clone());
+            }
+        }
+        for e in &fixed_elements {
+            if !rules.fixed_elements.contains(e) {
+                elem_add.push(e.clone());
+            }
+        }
+        rules.fixed = fixed;
+        rules.fixed_elements = fixed_elements;
+
+        // Which ports to look at.
+        let names: Vec<ServicePortName> = match changed {
+            Some(c) => c.to_vec(),
+            None => {
+                let mut all: Vec<ServicePortName> =
+                    rules.ports.keys().map(|k| (**k).clone()).collect();
+                all.extend(
+                    snapshot
+                        .ports
+                        .keys()
+                        .filter(|k| !rules.ports.contains_key(*k))
+                        .cloned(),
+                );
+                all
+            }
+        };
+
+        let mut sets_add = Vec::new();
+        let mut sets_del = Vec::new();
+        let mut chains_add = Vec::new();
+        let mut rules_ops = Vec::new();
+        // Each touched key's value before this update (what the kernel holds).
+        let mut before: HashMap<ElemKey, Option<Option<Verdict>>> = HashMap::new();
+        let mut n_changed = 0;
+        for pname in names {
+            let new = snapshot
+                .ports
+                .get(&pname)
+                .and_then(|sp| self.render_port(snapshot, sp));
+            let old = rules.ports.get(&pname).cloned();
+            if let (Some(o), Some(n)) = (&old, &new)
+                && **o == *n
+            {
+                continue;
+            }
+            n_changed += 1;
+            let key: Arc<ServicePortName> = match rules.ports.get_key_value(&pname) {
+                Some((k, _)) => k.clone(),
+                None => Arc::new(pname.clone()),
+            };
+            let empty = PortObjects {
+                chains: Vec::new(),
+                affinity: Vec::new(),
+                elements: Vec::new(),
+            };
+            let o = old.as_deref().unwrap_or(&empty);
+            let n = new.as_ref().unwrap_or(&empty);
+            // Affinity sets.
+            for s in &n.affinity {
+                if !o.affinity.contains(s) {
+                    sets_add.push(Op::AddSet(SetDecl::Affinity(s.clone())));
+                }
+            }
+            for s in &o.affinity {
+                if !n.affinity.iter().any(|x| x.name == s.name) {
+                    sets_del.push(Op::DeleteSet(s.name.clone()));
+                }
+            }
+            // Chains.
+            for c in &n.chains {
+                match o.chains.iter().find(|x| x.name == c.name) {
+                    Some(prev) if prev == c => {}
+                    Some(_) => {
+                        rules_ops.push(Op::FlushChain(c.name.clone()));
+                        rules_ops.push(Op::AddRules(c.clone()));
+                    }
+                    None => {
+                        chains_add.push(Op::AddChain(c.clone()));
+                        rules_ops.push(Op::AddRules(c.clone()));
+                    }
+                }
+            }
+            for c in &o.chains {
+                if !n.chains.iter().any(|x| x.name == c.name) {
+                    stale.push(StaleChain {
+                        port: key.clone(),
+                        name: c.name.clone(),
+                    });
+                }
+            }
+            // Element ownership.
+            for e in o.elements.iter().chain(&n.elements) {
+                let k = (e.set, e.key);
+                before.entry(k).or_insert_with(|| {
+                    rules
+                        .owners
+                        .get(&k)
+                        .and_then(|o| o.first())
+                        .map(|(_, v)| v.clone())
+                });
+            }
+            for e in &o.elements {
+                let k = (e.set, e.key);
+                if let Some(list) = rules.owners.get_mut(&k) {
+                    list.retain(|(n, _)| **n != pname);
+                    if list.is_empty() {
+                        rules.owners.remove(&k);
+                    }
+                }
+            }
+            for e in &n.elements {
+                let k = (e.set, e.key);
+                let list = rules.owners.entry(k).or_default();
+                let at = list.partition_point(|(n, _)| **n < pname);
+                list.insert(at, (key.clone(), e.verdict.clone()));
+            }
+            match new {
+                Some(n) => {
+                    rules.ports.insert(key, Arc::new(n));
+                }
+                None => {
+                    rules.ports.remove(&pname);
+                }
+            }
+        }
+        tx.ops.extend(sets_add);
+        tx.ops.extend(chains_add);
+        tx.ops.extend(fixed_ops);
+        tx.ops.extend(rules_ops);
+        let mut touched: Vec<(ElemKey, Option<Option<Verdict>>)> = before.into_iter().collect();
+        touched.sort_unstable_by_key(|t| t.0);
+        for (k, was) in touched {
+            let now = rules.owners.get(&k).and_then(|o| o.first()).map(|(_, v)| v);
+            let elem = |verdict: Option<Verdict>| Element {
+                set: k.0,
+                key: k.1,
+                verdict,
+            };
+            match (was, now) {
+                (Some(b), Some(n)) if b == *n => {}
+                (Some(_), Some(n)) => {
+                    elem_del.push(elem(None));
+                    elem_add.push(elem(n.clone()));
+                }
+                (Some(_), None) => elem_del.push(elem(None)),
+                (None, Some(n)) => elem_add.push(elem(n.clone())),
+                (None, None) => {}
+            }
+        }
+        tx.ops.extend(elem_del.into_iter().map(Op::DeleteElement));
+        tx.ops.extend(elem_add.into_iter().map(Op::AddElement));
+        for s in &stale {
+            tx.ops.push(Op::FlushChain(s.name.clone()));
+        }
+        tx.ops.extend(sets_del);
+        Update {
+            transaction: tx,
+            stale,
+            changed: n_changed,
+        }
+    }
+
+    /// The base and helper chains, and the `nodeport-ips` elements.
+    fn fixed(&self, snapshot: &Snapshot) -> (Vec<Arc<Chain>>, Vec<Element>) {
+        let proxy = &self.config.proxy;
+        let mark = proxy.masquerade_mark();
+        let family = self.ip_family();
+        let base = |name: &str, nat: bool, hook: Hook, priority: i32, rules: Vec<Rule>| Chain {
+            name: Name::from(name),
+            hook: Some(BaseHook {
+                nat,
+                hook,
+                priority,
+            }),
+            rules,
+        };
+        let new_jump = |c: &str| Rule::new([Stmt::CtStateNew, jump(c)]);
+        let helper = |name: &str, rules: Vec<Rule>| Chain {
+            name: Name::from(name),
+            hook: None,
+            rules,
+        };
+        let nodeport_ips = proxy.nodeport_ips(&family);
+        let loopback: IpNet = match self.family {
+            Family::Ip => "127.0.0.0/8".parse().unwrap_or_default(),
+            Family::Ip6 => "::1/128".parse().unwrap_or_default(),
+        };
+        let nodeport_match = |map: FixedSet| -> Rule {
+            match nodeport_ips {
+                Some(_) => Rule::new([
+                    Stmt::AddrInSet {
+                        dir: Dir::Daddr,
+                        set: Name::from(FixedSet::NodeportIps.name()),
+                    },
+                    Stmt::VmapProtoPort(map),
+                ]),
+                None => Rule::new([
+                    Stmt::FibLocal(Dir::Daddr),
+                    Stmt::Addr {
+                        dir: Dir::Daddr,
+                        ne: true,
+                        net: loopback,
+                    },
+                    Stmt::VmapProtoPort(map),
+                ]),
+            }
+        };
+        let mut cluster_ips_check = vec![
+            Rule::new([
+                Stmt::AddrInSet {
+                    dir: Dir::Daddr,
+                    set: Name::from(FixedSet::ClusterIps.name()),
+                },
+                Stmt::Reject,
+            ])
+            .comment("Reject traffic to invalid ports of ClusterIPs"),
+        ];
+        for cidr in proxy
+            .service_cidrs
+            .iter()
+            .filter(|n| IpFamily::of(&n.addr()) == family)
+        {
+            cluster_ips_check.push(
+                Rule::new([
+                    Stmt::Addr {
+                        dir: Dir::Daddr,
+                        ne: false,
+                        net: cidr.trunc(),
+                    },
+                    Stmt::Verdict(Verdict::Drop),
+                ])
+                .comment("Drop traffic to unallocated ClusterIPs"),
+            );
+        }
+        let chains = vec![
+            base(
+                "filter-prerouting-pre-dnat",
+                false,
+                Hook::Prerouting,
+                -110,
+                vec![new_jump("firewall-check")],
+            ),
+            base(
+                "filter-output-pre-dnat",
+                false,
+                Hook::Output,
+                -110,
+                vec![new_jump("firewall-check")],
+            ),
+            base(
+                "filter-forward",
+                false,
+                Hook::Forward,
+                0,
+                vec![
+                    new_jump("service-endpoints-check"),
+                    new_jump("cluster-ips-check"),
+                ],
+            ),
+            base(
+                "filter-input",
+                false,
+                Hook::Input,
+                0,
+                vec![
+                    new_jump("nodeport-endpoints-check"),
+                    new_jump("service-endpoints-check"),
+                ],
+            ),
+            base(
+                "filter-output",
+                false,
+                Hook::Output,
+                0,
+                vec![
+                    new_jump("service-endpoints-check"),
+                    new_jump("cluster-ips-check"),
+                ],
+            ),
+            base(
+                "nat-prerouting",
+                true,
+                Hook::Prerouting,
+                -100,
+                vec![Rule::new([jump("services")])],
+            ),
+            base(
+                "nat-output",
+                true,
+                Hook::Output,
+                -100,
+                vec![Rule::new([jump("services")])],
+            ),
+            base(
+                "nat-postrouting",
+                true,
+                Hook::Postrouting,
+                100,
+                vec![Rule::new([jump("masquerading")])],
+            ),
+            helper(
+                "firewall-check",
+                vec![Rule::new([Stmt::VmapAddrProtoPort(FixedSet::FirewallIps)])],
+            ),
+            helper(
+                "services",
+                vec![
+                    Rule::new([Stmt::VmapAddrProtoPort(FixedSet::ServiceIps)]),
+                    nodeport_match(FixedSet::ServiceNodeports),
+                ],
+            ),
+            helper(
+                "service-endpoints-check",
+                vec![Rule::new([Stmt::VmapAddrProtoPort(
+                    FixedSet::NoEndpointServices,
+                )])],
+            ),
+            helper(
+                "nodeport-endpoints-check",
+                vec![nodeport_match(FixedSet::NoEndpointNodeports)],
+            ),
+            helper("cluster-ips-check", cluster_ips_check),
+            helper(REJECT_CHAIN, vec![Rule::new([Stmt::Reject])]),
+            helper(MARK_FOR_MASQUERADE, vec![Rule::new([Stmt::MarkOr(mark)])]),
+            helper(
+                "masquerading",
+                vec![
+                    Rule::new([Stmt::MarkClear(mark), Stmt::Verdict(Verdict::Return)]),
+                    Rule::new([Stmt::MarkXor(mark)]),
+                    Rule::new([Stmt::Masquerade {
+                        fully_random: self.config.fully_random,
+                    }]),
+                ],
+            ),
+        ];
+        let elements = nodeport_ips
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|ip| !ip.is_loopback())
+            .map(|ip| Element {
+                set: FixedSet::NodeportIps,
+                key: Key::Addr(ip),
+                verdict: None,
+            })
+            .collect();
+        let _ = snapshot;
+        (chains.into_iter().map(Arc::new).collect(), elements)
+    }
+
+    /// Renders one service port for this family.
+    fn render_port(&self, snapshot: &Snapshot, sp: &ServicePort) -> Option<PortObjects> {
+        let family = self.ip_family();
+        let plan = sp.family(&family)?;
+        let proto = l4(sp.protocol())?;
+        let proxy = &self.config.proxy;
+        let detector = proxy.cluster_cidr(&family);
+        let node_ip = snapshot.node.primary_ip(&family);
+
+        let base_name = service_base_name(&sp.name);
+        let base = hash_and_truncate(&base_name);
+        let cluster_chain = name("service-", &base);
+        let local_chain = name("local-", &base);
+        let external_chain = name("external-", &base);
+        let firewall_chain = name("firewall-", &base);
+
+        let cluster = &plan.selection.cluster;
+        let local = &plan.selection.local;
+        let has_endpoints = plan.selection.has_any;
+        let accessible = plan.externally_accessible(sp.node_port);
+        let internal_local = sp.internal_policy_local;
+        let external_local = sp.external_policy_local;
+        let uses_cluster = !internal_local || accessible;
+        let uses_local = internal_local || (external_local && accessible);
+        let uses_cluster_chain = !cluster.is_empty() && uses_cluster;
+        let uses_local_chain = !local.is_empty() && uses_local;
+
+        let (internal_chain, has_internal) = if internal_local {
+            (&local_chain, has_endpoints && !local.is_empty())
+        } else {
+            (&cluster_chain, has_endpoints)
+        };
+        let (external_policy_chain, has_external) = if external_local {
+            (&local_chain, has_endpoints && !local.is_empty())
+        } else {
+            (&cluster_chain, has_endpoints)
+        };
+        let uses_external_chain = has_endpoints && accessible;
+        let uses_firewall =
+            !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty();
+
+        let reject = Verdict::Goto(Name::from(REJECT_CHAIN));
+        let (internal_filter, external_filter) = if !has_endpoints {
+            (Some(reject.clone()), Some(reject))
+        } else {
+            (
+                (!has_internal).then_some(Verdict::Drop),
+                (!has_external).then_some(Verdict::Drop),
+            )
+        };
+
+        let mut elements = Vec::new();
+        let mut el = |set: FixedSet, key: Key, verdict: Option<Verdict>| {
+            elements.push(Element { set, key, verdict })
+        };
+        let app = |ip: IpAddr| Key::AddrProtoPort(ip, proto, sp.port);
+
+        // Cluster IP.
+        el(FixedSet::ClusterIps, Key::Addr(plan.cluster_ip), None);
+        if has_internal {
+            el(
+                FixedSet::ServiceIps,
+                app(plan.cluster_ip),
+                Some(Verdict::Goto(internal_chain.clone())),
+            );
+        } else if let Some(v) = &internal_filter {
+            el(
+                FixedSet::NoEndpointServices,
+                app(plan.cluster_ip),
+                Some(v.clone()),
+            );
+        }
+        // External and load-balancer IPs.
+        let mut external_ips: Vec<IpAddr> = plan.external_ips.clone();
+        external_ips.extend(plan.load_balancer_ips.iter().copied());
+        for &ip in &external_ips {
+            if uses_external_chain {
+                el(
+                    FixedSet::ServiceIps,
+                    app(ip),
+                    Some(Verdict::Goto(external_chain.clone())),
+                );
+            }
+            if let Some(v) = &external_filter {
+                el(FixedSet::NoEndpointServices, app(ip), Some(v.clone()));
+            }
+        }
+        if uses_firewall {
+            for &ip in &plan.load_balancer_ips {
+                el(
+                    FixedSet::FirewallIps,
+                    app(ip),
+                    Some(Verdict::Goto(firewall_chain.clone())),
+                );
+            }
+        }
+        // Node port.
+        if let Some(np) = sp.node_port {
+            if uses_external_chain {
+                el(
+                    FixedSet::ServiceNodeports,
+                    Key::ProtoPort(proto, np),
+                    Some(Verdict::Goto(external_chain.clone())),
+                );
+            }
+            if let Some(v) = &external_filter {
+                el(
+                    FixedSet::NoEndpointNodeports,
+                    Key::ProtoPort(proto, np),
+                    Some(v.clone()),
+                );
+            }
+        }
+
+        let mut chains: Vec<Chain> = Vec::new();
+        let to_masq = || jump(MARK_FOR_MASQUERADE);
+
+        // Firewall chain: allowed sources return, the rest is dropped (kube-proxy writes
+        // one `ip saddr != { ranges } drop`; a rule per range behaves the same and needs
+        // no anonymous interval set).
+        if uses_firewall {
+            let mut fw = Chain::new(firewall_chain);
+            let mut allow_from_node = false;
+            for cidr in &plan.load_balancer_source_ranges {
+                fw.rules.push(Rule::new([
+                    Stmt::Addr {
+                        dir: Dir::Saddr,
+                        ne: false,
+                        net: cidr.trunc(),
+                    },
+                    Stmt::Verdict(Verdict::Return),
+                ]));
+                allow_from_node |= node_ip.is_some_and(|ip| cidr.contains(&ip));
+            }
+            // A node reaching its own load balancer may loop back with the VIP as source.
+            if allow_from_node {
+                for &ip in &plan.load_balancer_ips {
+                    fw.rules.push(Rule::new([
+                        Stmt::Addr {
+                            dir: Dir::Saddr,
+                            ne: false,
+                            net: host(ip),
+                        },
+                        Stmt::Verdict(Verdict::Return),
+                    ]));
+                }
+            }
+            fw.rules.push(Rule::new([Stmt::Verdict(Verdict::Drop)]));
+            chains.push(fw);
+        }
+
+        // External chain.
+        if uses_external_chain {
+            let mut ext = Chain::new(external_chain);
+            if !external_local {
+                ext.rules.push(
+                    Rule::new([to_masq()]).comment("masquerade traffic from outside the cluster"),
+                );
+            } else {
+                if let Some(cidr) = detector {
+                    ext.rules.push(
+                        Rule::new([
+                            Stmt::Addr {
+                                dir: Dir::Saddr,
+                                ne: false,
+                                net: cidr.trunc(),
+                            },
+                            goto(&cluster_chain),
+                        ])
+                        .comment("short-circuit pod traffic"),
+                    );
+                }
+                ext.rules.push(
+                    Rule::new([Stmt::FibLocal(Dir::Saddr), to_masq()])
+                        .comment("masquerade local traffic"),
+                );
+                ext.rules.push(
+                    Rule::new([Stmt::FibLocal(Dir::Saddr), goto(&cluster_chain)])
+                        .comment("short-circuit local traffic"),
+                );
+            }
+            if has_external {
+                ext.rules.push(Rule::new([goto(external_policy_chain)]));
+            }
+            chains.push(ext);
+        }
+
+        // Endpoint names, computed once.
+        let eps: Vec<(usize, Name, Name)> = plan
+            .selection
+            .all_reachable
+            .iter()
+            .map(|&i| {
+                let b = endpoint_base(&base_name, &plan.endpoints[i as usize].addr());
+                (i as usize, name("endpoint-", &b), name("affinity-", &b))
+            })
+            .collect();
+        let find = |i: u32| eps.iter().find(|(j, _, _)| *j == i as usize);
+        let affinity = sp.session_affinity_timeout;
+
+        let dispatch = |chain_name: &Name, list: &[u32], masq_cluster_ip: bool| -> Chain {
+            let mut c = Chain::new(chain_name.clone());
+            if masq_cluster_ip {
+                let daddr = Stmt::Addr {
+                    dir: Dir::Daddr,
+                    ne: false,
+                    net: host(plan.cluster_ip),
+                };
+                if proxy.masquerade_all {
+                    c.rules.push(Rule::new([daddr, to_masq()]));
+                } else if let Some(cidr) = detector {
+                    c.rules.push(Rule::new([
+                        daddr,
+                        Stmt::Addr {
+                            dir: Dir::Saddr,
+                            ne: true,
+                            net: cidr.trunc(),
+                        },
+                        to_masq(),
+                    ]));
+                }
+            }
+            if affinity.is_some() {
+                for &i in list {
+                    if let Some((_, ep, aff)) = find(i) {
+                        c.rules.push(Rule::new([
+                            Stmt::AddrInSet {
+                                dir: Dir::Saddr,
+                                set: aff.clone(),
+                            },
+                            goto(ep),
+                        ]));
+                    }
+                }
+            }
+            let targets: Vec<Name> = list
+                .iter()
+                .filter_map(|&i| find(i).map(|(_, ep, _)| ep.clone()))
+                .collect();
+            if !targets.is_empty() {
+                c.rules.push(Rule::new([Stmt::NumgenVmap(targets)]));
+            }
+            c
+        };
+        if uses_cluster_chain {
+            let masq = has_internal && *internal_chain == cluster_chain;
+            chains.push(dispatch(&cluster_chain, cluster, masq));
+        }
+        if uses_local_chain {
+            let masq = has_internal && *internal_chain == local_chain;
+            chains.push(dispatch(&local_chain, local, masq));
+        }
+
+        // Endpoint chains and affinity sets.
+        let mut affinity_sets = Vec::new();
+        for (i, ep_chain, aff) in &eps {
+            let ep = &plan.endpoints[*i];
+            let mut c = Chain::new(ep_chain.clone());
+            c.rules.push(Rule::new([
+                Stmt::Addr {
+                    dir: Dir::Saddr,
+                    ne: false,
+                    net: host(ep.ip),
+                },
+                to_masq(),
+            ]));
+            if let Some(timeout) = affinity {
+                affinity_sets.push(AffinitySet {
+                    name: aff.clone(),
+                    timeout,
+                });
+                c.rules.push(Rule::new([Stmt::UpdateSaddr(aff.clone())]));
+            }
+            c.rules
+                .push(Rule::new([Stmt::L4Proto(proto), Stmt::Dnat(ep.addr())]));
+            chains.push(c);
+        }
+
+        Some(PortObjects {
+            chains: chains.into_iter().map(Arc::new).collect(),
+            affinity: affinity_sets,
+            elements,
+        })
+    }
+}

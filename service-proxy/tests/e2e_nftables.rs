@@ -1,0 +1,278 @@
+//! Kernel end-to-end tests of the nftables backend: the table is sent over netlink into a
+//! node network namespace, and real TCP and UDP connections from an external client and
+//! from pod namespaces must reach the expected endpoints. The flow table is the one the
+//! iptables backend passes (`common::flows`), with the differences kube-proxy's nftables
+//! mode has by design; for every flow the tracer must agree with the kernel.
+//!
+//! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{
+    Backend, CLUSTER, Env, From, NODE_IP, TIMEOUT, check, ip, names, run_flows, sa, snapshot_of,
+};
+use service_proxy::ProxyConfig;
+use service_proxy::SyncKind;
+use service_proxy::conntrack::Conntrack;
+use service_proxy::nftables::apply::{NftProxier, NftSocket};
+use service_proxy::nftables::{NftablesConfig, Renderer};
+use service_proxy::trace::Packet;
+use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
+
+fn config() -> NftablesConfig {
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    proxy.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
+    proxy.local_addresses = vec![ip(NODE_IP)];
+    NftablesConfig::new(proxy)
+}
+
+fn proxier(node: &Netns) -> NftProxier {
+    let socket = NftSocket::in_netns(&node.path()).expect("netlink socket in the node namespace");
+    let conntrack = Conntrack::in_netns(&node.path()).expect("conntrack socket");
+    NftProxier::new(Renderer::new(config(), false), socket).with_conntrack(conntrack)
+}
+
+/// The web Service's slice, with these endpoint lines.
+const WEB_SLICE: &str = "metadata: {name: web-1, namespace: e2e, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.1.10], nodeName: node-a}\n- {addresses: [10.244.1.11], nodeName: node-a}\n- {addresses: [10.244.2.12], nodeName: node-b}\n";
+
+/// [`CLUSTER`] with the web Service's endpoints restricted to these pod IPs.
+fn with_web_endpoints(ips: &[&str]) -> String {
+    let kept: String = WEB_SLICE
+        .lines()
+        .filter(|l| !l.starts_with("- {addresses") || ips.iter().any(|ip| l.contains(ip)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(CLUSTER.contains(WEB_SLICE));
+    CLUSTER.replace(WEB_SLICE, &kept)
+}
+
+fn ruleset(node: &Netns) -> String {
+    node.exec_text("nft", &["list", "ruleset"])
+}
+
+#[test]
+fn nftables_end_to_end() {
+    if require("nftables_end_to_end", &["ip", "nft"]) == E2e::Skip {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    // Somebody else's table, which must survive everything the proxy does.
+    node.exec("nft", &["add", "table", "ip", "other"]);
+    node.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "other",
+            "input",
+            "{ type filter hook input priority 10 ; }",
+        ],
+    );
+    node.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "other",
+            "input",
+            "ip saddr 198.18.0.1 counter",
+        ],
+    );
+    let pristine = ruleset(node);
+
+    let mut proxier = proxier(node);
+    let snap = snapshot_of(CLUSTER, None);
+    let report = proxier.sync(&snap).expect("first sync");
+    assert_eq!(report.kind, SyncKind::Full);
+    assert!(report.transactions >= 2, "{report:?}");
+    let rules = proxier.rules().unwrap().clone();
+    let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
+    run_flows(&env, &trace, Backend::Nftables);
+    // nftables mode drops traffic to service addresses no Service has.
+    assert_eq!(
+        check(&env, &trace, From::ClientPod, "10.96.0.99:80", 1),
+        names(&["Timeout"])
+    );
+
+    // UDP: a client keeps its flow on one endpoint (conntrack) until that endpoint goes.
+    let resolver = UdpClient::new(&env.topo.pods[env.client_pod].ns);
+    let first = match resolver.ask(sa("10.96.0.53:53"), TIMEOUT) {
+        Reached::Server(name, _) => name,
+        other => panic!("UDP service: {other:?}"),
+    };
+    for _ in 0..5 {
+        assert_eq!(
+            resolver.ask(sa("10.96.0.53:53"), TIMEOUT),
+            Reached::Server(first.clone(), ip("10.244.1.50"))
+        );
+    }
+    let gone_ip = env.topo.pod(&first).ip.to_string();
+    let dns_old = "ports: [{name: dns, port: 5353, protocol: UDP}]\nendpoints:\n- {addresses: [10.244.1.10], nodeName: node-a}\n- {addresses: [10.244.1.11], nodeName: node-a}\n- {addresses: [10.244.2.12], nodeName: node-b}\n";
+    let dns_new: String = dns_old
+        .lines()
+        .filter(|l| !l.contains(&gone_ip))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let yaml = with_web_endpoints(&["10.244.1.10", "10.244.1.11"]).replace(dns_old, &dns_new);
+    let next = snapshot_of(&yaml, Some(&snap));
+    let report = proxier.sync(&next).expect("partial sync");
+    assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
+    assert_eq!(report.changed, 2, "{report:?}");
+    assert_eq!(report.transactions, 1);
+    assert!(report.conntrack_deleted >= 1, "{report:?}");
+    let rules = proxier.rules().unwrap().clone();
+    let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
+    assert_eq!(
+        check(&env, &trace, From::ClientPod, "10.96.0.10:80", 30),
+        names(&["web-0", "web-1"])
+    );
+    match resolver.ask(sa("10.96.0.53:53"), TIMEOUT) {
+        Reached::Server(name, _) => assert_ne!(name, first, "the UDP flow moved off"),
+        other => panic!("UDP after the endpoint left: {other:?}"),
+    }
+    // A sync without changes sends nothing.
+    let report = proxier.sync(&next).expect("no-op sync");
+    assert_eq!((report.transactions, report.messages), (0, 0), "{report:?}");
+
+    // Someone deletes our table: the next change fails, and the sync after it rebuilds.
+    node.exec("nft", &["delete", "table", "ip", "kube-proxy"]);
+    let again = snapshot_of(CLUSTER, Some(&next));
+    assert!(
+        proxier.sync(&again).is_err(),
+        "a transaction on a missing table fails"
+    );
+    let report = proxier.sync(&again).expect("rebuild");
+    assert_eq!(report.kind, SyncKind::Full);
+    let rules = proxier.rules().unwrap().clone();
+    let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
+    assert_eq!(
+        check(&env, &trace, From::ClientPod, "10.96.0.10:80", 40),
+        names(&["web-0", "web-1", "web-2"])
+    );
+
+    // Cleanup leaves the other table as it was, and a second cleanup is a no-op.
+    proxier.cleanup().expect("cleanup");
+    assert_eq!(ruleset(node), pristine);
+    proxier.cleanup().expect("second cleanup");
+    assert_eq!(ruleset(node), pristine);
+}
+
+#[test]
+fn endpoints_change_under_traffic_without_misrouting() {
+    if require(
+        "endpoints_change_under_traffic_without_misrouting",
+        &["ip", "nft"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let env = Arc::new(Env::new());
+    let node = &env.topo.node;
+    let mut proxier = proxier(node);
+    proxier.chain_delete_delay = Duration::from_millis(300);
+    let steps: [&[&str]; 7] = [
+        &["10.244.1.10", "10.244.1.11", "10.244.2.12"],
+        &["10.244.1.10", "10.244.1.11"],
+        &["10.244.2.12"],
+        &["10.244.1.10", "10.244.2.12"],
+        &["10.244.1.11"],
+        &["10.244.1.10", "10.244.1.11", "10.244.2.12"],
+        &["10.244.1.10"],
+    ];
+    let pod_names = |ips: &[&str]| -> BTreeSet<String> {
+        ips.iter()
+            .map(|i| {
+                env.topo
+                    .pods
+                    .iter()
+                    .find(|p| p.ip == ip(i))
+                    .unwrap()
+                    .name
+                    .clone()
+            })
+            .collect()
+    };
+    let expected: Vec<BTreeSet<String>> = steps.iter().map(|s| pod_names(s)).collect();
+    let mut snap = snapshot_of(&with_web_endpoints(steps[0]), None);
+    proxier.sync(&snap).expect("first sync");
+
+    // Clients connect continuously; each connection records the sync epoch around it.
+    let epoch = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..2 {
+        let (env, epoch, stop) = (env.clone(), epoch.clone(), stop.clone());
+        // Test clients: a thread each, joined below.
+        #[allow(clippy::disallowed_methods)]
+        clients.push(std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let before = epoch.load(Ordering::SeqCst);
+                let got = tcp_connect(
+                    &env.topo.pods[env.client_pod].ns,
+                    None,
+                    sa("10.96.0.10:80"),
+                    Duration::from_secs(2),
+                );
+                let after = epoch.load(Ordering::SeqCst);
+                seen.push((before, after, got));
+            }
+            seen
+        }));
+    }
+    let mut deleted = 0;
+    for (i, step) in steps.iter().enumerate().skip(1) {
+        std::thread::sleep(Duration::from_millis(400));
+        snap = snapshot_of(&with_web_endpoints(step), Some(&snap));
+        let report = proxier.sync(&snap).expect("sync under traffic");
+        assert_eq!(report.kind, SyncKind::Partial);
+        deleted += report.chains_deleted;
+        epoch.store(i, Ordering::SeqCst);
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    stop.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for c in clients {
+        for (before, after, got) in c.join().unwrap() {
+            total += 1;
+            // The connection may have met any state from the one before it started to
+            // the one being installed when it ended.
+            let last = (after + 1).min(steps.len() - 1);
+            let allowed: BTreeSet<String> =
+                expected[before..=last].iter().flatten().cloned().collect();
+            match &got {
+                Reached::Server(name, _) => assert!(
+                    allowed.contains(name),
+                    "epochs {before}..{after}: reached {name}, allowed {allowed:?}"
+                ),
+                other => panic!("epochs {before}..{after}: connection failed: {other:?}"),
+            }
+        }
+    }
+    assert!(total > 20, "only {total} connections");
+    // Endpoint chains that left were deleted after the delay, and none is left over.
+    std::thread::sleep(Duration::from_millis(350));
+    deleted += proxier.sync(&snap).unwrap().chains_deleted;
+    assert!(deleted >= 3, "stale chains deleted: {deleted}");
+    assert_eq!(proxier.pending_chain_deletes(), 0);
+    let chains = node.exec_text("nft", &["list", "chains", "ip"]);
+    let endpoint_chains = chains.matches("chain endpoint-").count();
+    let live: usize = proxier
+        .rules()
+        .unwrap()
+        .ports
+        .values()
+        .flat_map(|p| p.chains.iter())
+        .filter(|c| c.name.starts_with("endpoint-"))
+        .count();
+    assert_eq!(endpoint_chains, live, "{chains}");
+}

@@ -1,0 +1,215 @@
+//! The netlink encoder against the `nft` program: every fixture's table, loaded once with
+//! `nft -f` from our script and once from our netlink batches, must list identically; and
+//! incremental updates sent over netlink must leave the same table as a fresh load.
+//!
+//! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
+
+use service_proxy::ProxyConfig;
+use service_proxy::nftables::apply::NftSocket;
+use service_proxy::nftables::{NftablesConfig, Renderer, Ruleset};
+use service_testkit::fixtures;
+use service_testkit::netns::{E2e, Netns, require};
+
+fn node_of(yaml: &str) -> (String, Vec<String>, Vec<String>) {
+    let line = yaml.lines().next().unwrap_or_default();
+    let w: Vec<&str> = line
+        .trim_start_matches("# node:")
+        .split_whitespace()
+        .collect();
+    (
+        w[0].to_owned(),
+        w[1].split(',').map(str::to_owned).collect(),
+        w[3].split(',').map(str::to_owned).collect(),
+    )
+}
+
+fn list(ns: &Netns, family: &str) -> String {
+    ns.exec_text("nft", &["list", "table", family, "kube-proxy"])
+}
+
+fn load_with_nft(ns: &Netns, script: &str) {
+    let path = std::env::temp_dir().join(format!("{}.nft", ns.name()));
+    std::fs::write(&path, script).unwrap();
+    ns.exec("nft", &["-f", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+}
+
+fn rulesets(yaml: &str) -> Vec<(Renderer, Ruleset)> {
+    let (node, ips, cidrs) = node_of(yaml);
+    let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
+    let snapshot = fixtures::snapshot(yaml, &node, &ips);
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+    proxy.service_cidrs = vec![
+        "172.30.0.0/16".parse().unwrap(),
+        "fd00:30::/108".parse().unwrap(),
+    ];
+    let mut out = Vec::new();
+    for ipv6 in [false, true] {
+        let r = Renderer::new(NftablesConfig::new(proxy.clone()), ipv6);
+        let rules = r.render(&snapshot);
+        out.push((r, rules));
+    }
+    out
+}
+
+#[test]
+fn netlink_batches_list_like_nft_scripts() {
+    if require("netlink_batches_list_like_nft_scripts", &["ip", "nft"]) == E2e::Skip {
+        return;
+    }
+    for fixture in ["demo.yaml", "dual-stack.yaml", "kube-proxy-cluster.yaml"] {
+        let yaml = std::fs::read_to_string(format!(
+            "{}/tests/fixtures/{fixture}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        for (renderer, rules) in rulesets(&yaml) {
+            let family = renderer.family().as_str();
+            let by_nft = Netns::new("nftcmp");
+            load_with_nft(&by_nft, &rules.create_one().to_string());
+            let by_netlink = Netns::new("nftcmp");
+            let mut socket = NftSocket::in_netns(&by_netlink.path()).unwrap();
+            for tx in rules.create(7) {
+                socket
+                    .apply(&[&tx])
+                    .unwrap_or_else(|e| panic!("{fixture} {family}: {e}\n{tx}"));
+            }
+            let listed = list(&by_netlink, family);
+            assert!(
+                listed.contains("chain services {")
+                    && (rules.ports.is_empty() || listed.contains("elements = {")),
+                "{fixture} {family}: {listed}"
+            );
+            if std::env::var("SHOW").is_ok() {
+                eprintln!("{listed}");
+            }
+            assert_eq!(listed, list(&by_nft, family), "{fixture} {family}");
+        }
+    }
+}
+
+/// A listing with its sets and chains, and the elements of each set, in sorted order (the
+/// kernel lists objects in creation order and elements in hash order, which depend on
+/// history).
+fn normalized(listing: &str) -> String {
+    let mut blocks: Vec<String> = sorted_elements(listing)
+        .split("\n\n")
+        .map(|b| {
+            b.trim_matches(|c| c == '\n' || c == '\t' || c == '}')
+                .to_owned()
+        })
+        .collect();
+    blocks.sort();
+    blocks.join("\n\n")
+}
+
+fn sorted_elements(listing: &str) -> String {
+    let mut out = String::new();
+    let mut rest = listing;
+    while let Some(at) = rest.find("elements = {") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "elements = {".len()..];
+        let end = after.find('}').unwrap();
+        let mut items: Vec<String> = after[..end]
+            .split(',')
+            .map(|s| s.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        items.sort();
+        out.push_str(&format!("elements = {{ {} }}", items.join(", ")));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+mod common;
+
+#[test]
+fn incremental_updates_leave_the_table_a_fresh_load_would() {
+    if require(
+        "incremental_updates_leave_the_table_a_fresh_load_would",
+        &["ip", "nft"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    use common::{CLUSTER, snapshot_of};
+    let web = "- {addresses: [10.244.2.12], nodeName: node-b}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky";
+    let steps: Vec<String> = vec![
+        CLUSTER.to_owned(),
+        // An endpoint leaves the web Service.
+        CLUSTER.replacen(
+            web,
+            &web.replacen("- {addresses: [10.244.2.12], nodeName: node-b}\n", "", 1),
+            1,
+        ),
+        // The sticky Service loses affinity, the NodePort changes, a Service disappears.
+        CLUSTER
+            .replace("  sessionAffinity: ClientIP\n", "")
+            .replace("nodePort: 30080", "nodePort: 30090")
+            .replace(
+                "metadata: {name: self, namespace: e2e}",
+                "metadata: {name: self2, namespace: e2e}",
+            ),
+        // Two Services claim the same external IP and port.
+        CLUSTER.replace(
+            "clusterIP: 10.96.0.16\n",
+            "clusterIP: 10.96.0.16\n  externalIPs: [192.0.2.10]\n",
+        ),
+        CLUSTER.to_owned(),
+    ];
+    let node = Netns::new("nftinc");
+    let mut socket = NftSocket::in_netns(&node.path()).unwrap();
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    proxy.local_addresses = vec!["192.168.0.2".parse().unwrap()];
+    let renderer = Renderer::new(NftablesConfig::new(proxy), false);
+    let mut snap = snapshot_of(&steps[0], None);
+    let mut rules = renderer.render(&snap);
+    for tx in rules.create(50) {
+        socket.apply(&[&tx]).unwrap();
+    }
+    for (i, yaml) in steps.iter().enumerate().skip(1) {
+        let next = snapshot_of(yaml, Some(&snap));
+        let changed: Vec<_> = next.diff(&snap).ports.into_iter().map(|(n, _)| n).collect();
+        assert!(!changed.is_empty(), "step {i} changes something");
+        // Alternate partial updates and full comparisons.
+        let only = (i % 2 == 1).then_some(&changed[..]);
+        let update = renderer.update(&mut rules, &next, only);
+        socket
+            .apply(&[&update.transaction])
+            .unwrap_or_else(|e| panic!("step {i}: {e}\n{}", update.transaction));
+        let fresh = renderer.render(&next);
+        assert_eq!(rules.ports, fresh.ports, "step {i}: in-memory state");
+        assert_eq!(
+            rules.elements().collect::<Vec<_>>(),
+            fresh.elements().collect::<Vec<_>>(),
+            "step {i}: elements"
+        );
+        // The kernel agrees with a fresh load (stale chains are flushed, so left out).
+        let other = Netns::new("nftinc");
+        load_with_nft(&other, &fresh.create_one().to_string());
+        let mut ours = list(&node, "ip");
+        for s in &update.stale {
+            ours = ours.replace(&format!("\tchain {} {{\n\t}}\n\n", s.name), "");
+            ours = ours.replace(&format!("\n\n\tchain {} {{\n\t}}", s.name), "");
+        }
+        assert_eq!(
+            normalized(&ours),
+            normalized(&list(&other, "ip")),
+            "step {i}"
+        );
+        // Stale chains go in a later transaction.
+        let mut tx = service_proxy::nftables::Transaction::new(rules.family);
+        for s in &update.stale {
+            tx.ops
+                .push(service_proxy::nftables::Op::DeleteChain(s.name.clone()));
+        }
+        socket
+            .apply(&[&tx])
+            .unwrap_or_else(|e| panic!("step {i} stale: {e}"));
+        snap = next;
+    }
+}
