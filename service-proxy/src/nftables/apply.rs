@@ -206,17 +206,14 @@ fn describe_message(txs: &[&Transaction], index: u32) -> Option<String> {
     let mut n = 0u32;
     for tx in txs {
         for op in &tx.ops {
-            let count = match op {
-                Op::DeleteTable => 2,
-                Op::AddRules(c) => u32::try_from(c.rules.len()).unwrap_or(0),
-                _ => 1,
+            // About one message per line of the op's script.
+            let one = Transaction {
+                family: tx.family,
+                ops: vec![op.clone()],
             };
+            let text = one.to_string();
+            let count = u32::try_from(text.lines().count()).unwrap_or(u32::MAX);
             if index > n && index <= n + count {
-                let one = Transaction {
-                    family: tx.family,
-                    ops: vec![op.clone()],
-                };
-                let text = one.to_string();
                 let line = text.lines().nth((index - n - 1) as usize).unwrap_or("");
                 return Some(line.trim().to_owned());
             }
@@ -338,7 +335,7 @@ impl NftProxier {
                 let delay = self.chain_delete_delay;
                 let mut keep = Vec::new();
                 for (stale, since) in std::mem::take(&mut self.pending) {
-                    if rules.port_has_chain(&stale.port, &stale.name) {
+                    if rules.port_has_chain(stale.port.name(), &stale.name) {
                         continue;
                     }
                     if now.duration_since(since) >= delay {

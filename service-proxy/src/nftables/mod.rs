@@ -29,10 +29,10 @@ pub mod wire;
 pub mod apply;
 
 pub use model::{
-    AffinitySet, BaseHook, Chain, Dir, Element, Family, FixedSet, Hook, Key, KeyShape, L4, Name,
+    AffinitySet, BaseHook, Chain, Dir, Element, EndpointChain, MARK_FOR_MASQUERADE, Family, FixedSet, Hook, Key, KeyShape, L4, Name,
     Rule, Stmt, TABLE, Verdict,
 };
 pub use names::{NAME_MAX, endpoint_base, hash_and_truncate, service_base, service_base_name};
-pub use render::{NftablesConfig, PortObjects, Renderer, Ruleset, StaleChain, Update};
+pub use render::{NftablesConfig, PortName, PortObjects, Renderer, Ruleset, StaleChain, Update};
 pub use trace::Tracer;
 pub use transaction::{Op, SetDecl, Transaction};

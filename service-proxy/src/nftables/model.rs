@@ -400,7 +400,7 @@ impl Stmt {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Rule {
     /// The statements, in order.
-    pub stmts: SmallVec<[Stmt; 4]>,
+    pub stmts: SmallVec<[Stmt; 3]>,
     /// The comment, if any.
     pub comment: Option<&'static str>,
 }
@@ -450,8 +450,8 @@ pub struct Chain {
     pub name: Name,
     /// Its hook, for a base chain.
     pub hook: Option<BaseHook>,
-    /// Its rules, in order.
-    pub rules: Vec<Rule>,
+    /// Its rules, in order (most chains have one or two: they live inline).
+    pub rules: SmallVec<[Rule; 2]>,
 }
 
 impl Chain {
@@ -460,7 +460,7 @@ impl Chain {
         Self {
             name: name.into(),
             hook: None,
-            rules: Vec::new(),
+            rules: SmallVec::new(),
         }
     }
 }
@@ -483,4 +483,52 @@ pub struct Element {
     pub key: Key,
     /// The verdict, for a map.
     pub verdict: Option<Verdict>,
+}
+
+/// An endpoint's chain, kept compact (a cluster has far more endpoints than anything
+/// else): hairpin masquerade, the affinity update, DNAT. [`EndpointChain::rules`] spells
+/// out its rules.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct EndpointChain {
+    /// Its name (`endpoint-<endpoint base>`).
+    pub name: Name,
+    /// The endpoint.
+    pub addr: SocketAddr,
+    /// The protocol it is DNATed for.
+    pub proto: L4,
+    /// Its affinity set, with ClientIP affinity.
+    pub affinity: Option<Name>,
+}
+
+/// The helper chain that marks packets for masquerade.
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+
+impl EndpointChain {
+    /// Its rules: `ip saddr EP jump mark-for-masquerade`, `update @affinity { ip saddr }`
+    /// (with affinity), `meta l4proto P dnat to EP`.
+    pub fn rules(&self) -> SmallVec<[Rule; 2]> {
+        let mut rules = SmallVec::new();
+        rules.push(Rule::new([
+            Stmt::Addr {
+                dir: Dir::Saddr,
+                ne: false,
+                net: IpNet::from(self.addr.ip()),
+            },
+            Stmt::Verdict(Verdict::Jump(Name::from(MARK_FOR_MASQUERADE))),
+        ]));
+        if let Some(set) = &self.affinity {
+            rules.push(Rule::new([Stmt::UpdateSaddr(set.clone())]));
+        }
+        rules.push(Rule::new([Stmt::L4Proto(self.proto), Stmt::Dnat(self.addr)]));
+        rules
+    }
+
+    /// The same as a plain chain.
+    pub fn to_chain(&self) -> Chain {
+        Chain {
+            name: self.name.clone(),
+            hook: None,
+            rules: self.rules(),
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! `pkg/proxy/nftables/proxier.go`), and the incremental diff between two renders.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -12,10 +13,10 @@ use service_core::model::{IpFamily, Protocol};
 use service_core::snapshot::{ServicePort, ServicePortName, Snapshot};
 
 use super::model::{
-    AffinitySet, BaseHook, Chain, Dir, Element, Family, FixedSet, Hook, Key, L4, Name, Rule, Stmt,
+    MARK_FOR_MASQUERADE, AffinitySet, BaseHook, Chain, Dir, Element, EndpointChain, Family, FixedSet, Hook, Key, L4, Name, Rule, Stmt,
     Verdict,
 };
-use super::names::{endpoint_base, hash_and_truncate, service_base_name};
+use super::names::{endpoint_names, prefixed, service_base_name};
 use super::transaction::{Op, SetDecl, Transaction};
 use crate::ProxyConfig;
 
@@ -53,19 +54,147 @@ impl NftablesConfig {
 /// Everything one service port puts in the table.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortObjects {
-    /// Its chains (service, local, external, firewall, endpoint chains).
+    /// Its chains (service, local, external, firewall).
     pub chains: Vec<Arc<Chain>>,
+    /// Its endpoints' chains.
+    pub endpoints: Vec<EndpointChain>,
     /// Its affinity sets (one per endpoint, with ClientIP affinity).
     pub affinity: Vec<AffinitySet>,
     /// Its elements in the fixed sets and maps.
     pub elements: Vec<Element>,
 }
 
+impl PortObjects {
+    /// The operations that create this port's sets and chains with their rules (not its
+    /// elements).
+    pub fn expand(&self) -> Vec<Op> {
+        let mut ops = Vec::with_capacity(
+            self.affinity.len() + 2 * (self.chains.len() + self.endpoints.len()),
+        );
+        for s in &self.affinity {
+            ops.push(Op::AddSet(SetDecl::Affinity(s.clone())));
+        }
+        for c in &self.chains {
+            ops.push(Op::AddChain(c.clone()));
+        }
+        for e in &self.endpoints {
+            ops.push(Op::AddEndpoint(e.clone()));
+        }
+        for c in &self.chains {
+            ops.push(Op::AddRules(c.clone()));
+        }
+        for e in &self.endpoints {
+            ops.push(Op::AddEndpointRules(e.clone()));
+        }
+        ops
+    }
+
+    /// About how many netlink messages creating it takes.
+    fn weight(&self) -> usize {
+        1 + self.affinity.len() + 2 * self.chains.len() + 3 * self.endpoints.len()
+    }
+}
+
 type ElemKey = (FixedSet, Key);
+
+/// Element owners by key. The keys are a cluster's service addresses and ports: a fast
+/// non-cryptographic hash is enough.
+type OwnerMap = HashMap<ElemKey, Owners, BuildHasherDefault<FxHasher>>;
+
+/// The multiply-rotate hash of rustc (`FxHasher`): a few instructions per word.
+#[derive(Clone, Copy, Debug, Default)]
+struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        // A multiply carries information only upwards: bring the well-mixed high bits
+        // down, where the table takes its bucket index (as rustc-hash 2 does).
+        self.0.rotate_left(26)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+}
+
+/// A service port as the key of a [`Ruleset`]: the snapshot's own service port, compared
+/// and looked up by name, so that keeping it costs a reference count.
+#[derive(Clone, Debug)]
+pub struct PortName(Arc<ServicePort>);
+
+impl PortName {
+    /// The service port's name.
+    pub fn name(&self) -> &ServicePortName {
+        &self.0.name
+    }
+}
+
+impl PartialEq for PortName {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.name == other.0.name
+    }
+}
+
+impl Eq for PortName {}
+
+impl PartialOrd for PortName {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PortName {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.name.cmp(&other.0.name)
+    }
+}
+
+impl std::borrow::Borrow<ServicePortName> for PortName {
+    fn borrow(&self) -> &ServicePortName {
+        &self.0.name
+    }
+}
 
 /// The owners of a set element, in service-port order: when two service ports claim the
 /// same key (two Services sharing an external IP and port), the first one's value wins.
-type Owners = SmallVec<[(Arc<ServicePortName>, Option<Verdict>); 1]>;
+type Owners = SmallVec<[(PortName, Option<Verdict>); 1]>;
 
 /// The rendered state of one family's table: the fixed chains and elements and every
 /// service port's objects.
@@ -78,8 +207,8 @@ pub struct Ruleset {
     /// Elements that do not belong to a service port (`nodeport-ips`).
     pub fixed_elements: Vec<Element>,
     /// Every service port's objects.
-    pub ports: BTreeMap<Arc<ServicePortName>, Arc<PortObjects>>,
-    owners: HashMap<ElemKey, Owners>,
+    pub ports: BTreeMap<PortName, Arc<PortObjects>>,
+    owners: OwnerMap,
 }
 
 impl Ruleset {
@@ -104,7 +233,7 @@ impl Ruleset {
         let owned = self.ports.iter().flat_map(move |(name, objs)| {
             objs.elements
                 .iter()
-                .filter(move |e| self.owns(name, e))
+                .filter(move |e| self.owns(name.name(), e))
                 .cloned()
         });
         self.fixed_elements.iter().cloned().chain(owned)
@@ -114,23 +243,32 @@ impl Ruleset {
         self.owners
             .get(&(e.set, e.key))
             .and_then(|o| o.first())
-            .is_some_and(|(n, _)| **n == *name)
+            .is_some_and(|(n, _)| n.name() == name)
     }
 
-    /// A chain by name (fixed or a service port's); linear in the number of chains.
-    pub fn chain(&self, name: &str) -> Option<&Chain> {
+    /// A chain by name (fixed, a service port's or an endpoint's); linear in the number
+    /// of chains.
+    pub fn chain(&self, name: &str) -> Option<Chain> {
         self.fixed
             .iter()
             .chain(self.ports.values().flat_map(|p| p.chains.iter()))
             .find(|c| &*c.name == name)
-            .map(|c| &**c)
+            .map(|c| (**c).clone())
+            .or_else(|| {
+                self.ports
+                    .values()
+                    .flat_map(|p| p.endpoints.iter())
+                    .find(|e| &*e.name == name)
+                    .map(EndpointChain::to_chain)
+            })
     }
 
     /// Whether a service port still has a chain of this name.
     pub fn port_has_chain(&self, port: &ServicePortName, chain: &str) -> bool {
-        self.ports
-            .get(port)
-            .is_some_and(|p| p.chains.iter().any(|c| &*c.name == chain))
+        self.ports.get(port).is_some_and(|p| {
+            p.chains.iter().any(|c| &*c.name == chain)
+                || p.endpoints.iter().any(|e| &*e.name == chain)
+        })
     }
 
     /// The transactions that create the whole table from nothing (after deleting any old
@@ -154,23 +292,18 @@ impl Ruleset {
         }
         let mut out = vec![first];
         let mut current = Transaction::new(self.family);
+        let mut weight = 0;
         for (name, objs) in &self.ports {
-            if !current.ops.is_empty() && current.ops.len() >= max_ops {
+            if !current.ops.is_empty() && weight >= max_ops {
                 out.push(std::mem::replace(
                     &mut current,
                     Transaction::new(self.family),
                 ));
+                weight = 0;
             }
-            for s in &objs.affinity {
-                current.ops.push(Op::AddSet(SetDecl::Affinity(s.clone())));
-            }
-            for c in &objs.chains {
-                current.ops.push(Op::AddChain(c.clone()));
-            }
-            for c in &objs.chains {
-                current.ops.push(Op::AddRules(c.clone()));
-            }
-            for e in objs.elements.iter().filter(|e| self.owns(name, e)) {
+            weight += objs.weight() + objs.elements.len();
+            current.ops.push(Op::AddPort(objs.clone()));
+            for e in objs.elements.iter().filter(|e| self.owns(name.name(), e)) {
                 current.ops.push(Op::AddElement(e.clone()));
             }
         }
@@ -196,7 +329,7 @@ impl Ruleset {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaleChain {
     /// The service port it belonged to.
-    pub port: Arc<ServicePortName>,
+    pub port: PortName,
     /// The chain.
     pub name: Name,
 }
@@ -228,6 +361,9 @@ pub struct Update {
 pub struct Renderer {
     config: NftablesConfig,
     family: Family,
+    /// Shared names of the helper chains every port jumps to.
+    mark_for_masquerade: Name,
+    reject_chain: Name,
 }
 
 fn l4(p: &Protocol) -> Option<L4> {
@@ -237,13 +373,6 @@ fn l4(p: &Protocol) -> Option<L4> {
         Protocol::Sctp => Some(L4::Sctp),
         _ => None,
     }
-}
-
-fn name(prefix: &str, base: &str) -> Name {
-    let mut s = String::with_capacity(prefix.len() + base.len());
-    s.push_str(prefix);
-    s.push_str(base);
-    Name::from(s)
 }
 
 fn goto(c: &Name) -> Stmt {
@@ -258,7 +387,6 @@ fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
-const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 const REJECT_CHAIN: &str = "reject-chain";
 
 impl Renderer {
@@ -267,6 +395,8 @@ impl Renderer {
         Self {
             config,
             family: if ipv6 { Family::Ip6 } else { Family::Ip },
+            mark_for_masquerade: Name::from(MARK_FOR_MASQUERADE),
+            reject_chain: Name::from(REJECT_CHAIN),
         }
     }
 
@@ -290,11 +420,14 @@ impl Renderer {
     /// Renders the whole table.
     pub fn render(&self, snapshot: &Snapshot) -> Ruleset {
         let (fixed, fixed_elements) = self.fixed(snapshot);
-        let mut ports = BTreeMap::new();
-        let mut owners: HashMap<ElemKey, Owners> = HashMap::new();
+        let mut ports = Vec::with_capacity(snapshot.ports.len());
+        let mut owners: OwnerMap = HashMap::with_capacity_and_hasher(
+            snapshot.ports.len() * 2,
+            BuildHasherDefault::default(),
+        );
         for sp in snapshot.ports.values() {
             if let Some(objs) = self.render_port(snapshot, sp) {
-                let name = Arc::new(sp.name.clone());
+                let name = PortName(sp.clone());
                 for e in &objs.elements {
                     // Ports come in name order: pushing keeps each owner list sorted.
                     owners
@@ -302,14 +435,15 @@ impl Renderer {
                         .or_default()
                         .push((name.clone(), e.verdict.clone()));
                 }
-                ports.insert(name, Arc::new(objs));
+                ports.push((name, Arc::new(objs)));
             }
         }
         Ruleset {
             family: self.family,
             fixed,
             fixed_elements,
-            ports,
+            // In snapshot (name) order already: built in bulk.
+            ports: ports.into_iter().collect(),
             owners,
         }
     }
@@ -355,7 +489,7 @@ impl Renderer {
             Some(c) => c.to_vec(),
             None => {
                 let mut all: Vec<ServicePortName> =
-                    rules.ports.keys().map(|k| (**k).clone()).collect();
+                    rules.ports.keys().map(|k| k.name().clone()).collect();
                 all.extend(
                     snapshot
                         .ports
@@ -386,12 +520,17 @@ impl Renderer {
                 continue;
             }
             n_changed += 1;
-            let key: Arc<ServicePortName> = match rules.ports.get_key_value(&pname) {
-                Some((k, _)) => k.clone(),
-                None => Arc::new(pname.clone()),
+            let key: PortName = match (
+                snapshot.ports.get(&pname),
+                rules.ports.get_key_value(&pname),
+            ) {
+                (Some(sp), _) => PortName(sp.clone()),
+                (None, Some((k, _))) => k.clone(),
+                (None, None) => continue,
             };
             let empty = PortObjects {
                 chains: Vec::new(),
+                endpoints: Vec::new(),
                 affinity: Vec::new(),
                 elements: Vec::new(),
             };
@@ -422,13 +561,34 @@ impl Renderer {
                     }
                 }
             }
-            for c in &o.chains {
-                if !n.chains.iter().any(|x| x.name == c.name) {
-                    stale.push(StaleChain {
-                        port: key.clone(),
-                        name: c.name.clone(),
-                    });
+            for e in &n.endpoints {
+                match o.endpoints.iter().find(|x| x.name == e.name) {
+                    Some(prev) if prev == e => {}
+                    Some(_) => {
+                        rules_ops.push(Op::FlushChain(e.name.clone()));
+                        rules_ops.push(Op::AddEndpointRules(e.clone()));
+                    }
+                    None => {
+                        chains_add.push(Op::AddEndpoint(e.clone()));
+                        rules_ops.push(Op::AddEndpointRules(e.clone()));
+                    }
                 }
+            }
+            let gone_chains = o
+                .chains
+                .iter()
+                .map(|c| &c.name)
+                .filter(|name| !n.chains.iter().any(|x| x.name == **name));
+            let gone_endpoints = o
+                .endpoints
+                .iter()
+                .map(|e| &e.name)
+                .filter(|name| !n.endpoints.iter().any(|x| x.name == **name));
+            for name in gone_chains.chain(gone_endpoints) {
+                stale.push(StaleChain {
+                    port: key.clone(),
+                    name: name.clone(),
+                });
             }
             // Element ownership.
             for e in o.elements.iter().chain(&n.elements) {
@@ -444,7 +604,7 @@ impl Renderer {
             for e in &o.elements {
                 let k = (e.set, e.key);
                 if let Some(list) = rules.owners.get_mut(&k) {
-                    list.retain(|(n, _)| **n != pname);
+                    list.retain(|(n, _)| *n.name() != pname);
                     if list.is_empty() {
                         rules.owners.remove(&k);
                     }
@@ -453,7 +613,7 @@ impl Renderer {
             for e in &n.elements {
                 let k = (e.set, e.key);
                 let list = rules.owners.entry(k).or_default();
-                let at = list.partition_point(|(n, _)| **n < pname);
+                let at = list.partition_point(|(n, _)| *n.name() < pname);
                 list.insert(at, (key.clone(), e.verdict.clone()));
             }
             match new {
@@ -514,13 +674,13 @@ impl Renderer {
                 hook,
                 priority,
             }),
-            rules,
+            rules: rules.into(),
         };
         let new_jump = |c: &str| Rule::new([Stmt::CtStateNew, jump(c)]);
         let helper = |name: &str, rules: Vec<Rule>| Chain {
             name: Name::from(name),
             hook: None,
-            rules,
+            rules: rules.into(),
         };
         let nodeport_ips = proxy.nodeport_ips(&family);
         let loopback: IpNet = match self.family {
@@ -699,16 +859,32 @@ impl Renderer {
         let node_ip = snapshot.node.primary_ip(&family);
 
         let base_name = service_base_name(&sp.name);
-        let base = hash_and_truncate(&base_name);
-        let cluster_chain = name("service-", &base);
-        let local_chain = name("local-", &base);
-        let external_chain = name("external-", &base);
-        let firewall_chain = name("firewall-", &base);
+        let cluster_chain = prefixed("service-", &base_name);
+        // The other chains share the hash: swap the prefix, for the chains the port uses.
+        let swap = |prefix: &str, used: bool| {
+            if !used {
+                return cluster_chain.clone();
+            }
+            let rest = &cluster_chain["service-".len()..];
+            let mut s = String::with_capacity(prefix.len() + rest.len());
+            s.push_str(prefix);
+            s.push_str(rest);
+            Name::from(s)
+        };
+        let accessible = plan.externally_accessible(sp.node_port);
+        let has_endpoints = plan.selection.has_any;
+        let local_chain = swap(
+            "local-",
+            sp.internal_policy_local || sp.external_policy_local,
+        );
+        let external_chain = swap("external-", has_endpoints && accessible);
+        let firewall_chain = swap(
+            "firewall-",
+            !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty(),
+        );
 
         let cluster = &plan.selection.cluster;
         let local = &plan.selection.local;
-        let has_endpoints = plan.selection.has_any;
-        let accessible = plan.externally_accessible(sp.node_port);
         let internal_local = sp.internal_policy_local;
         let external_local = sp.external_policy_local;
         let uses_cluster = !internal_local || accessible;
@@ -730,7 +906,7 @@ impl Renderer {
         let uses_firewall =
             !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty();
 
-        let reject = Verdict::Goto(Name::from(REJECT_CHAIN));
+        let reject = Verdict::Goto(self.reject_chain.clone());
         let (internal_filter, external_filter) = if !has_endpoints {
             (Some(reject.clone()), Some(reject))
         } else {
@@ -740,7 +916,7 @@ impl Renderer {
             )
         };
 
-        let mut elements = Vec::new();
+        let mut elements = Vec::with_capacity(4);
         let mut el = |set: FixedSet, key: Key, verdict: Option<Verdict>| {
             elements.push(Element { set, key, verdict })
         };
@@ -803,8 +979,9 @@ impl Renderer {
             }
         }
 
-        let mut chains: Vec<Chain> = Vec::new();
-        let to_masq = || jump(MARK_FOR_MASQUERADE);
+        let mut chains: Vec<Arc<Chain>> =
+            Vec::with_capacity(4);
+        let to_masq = || Stmt::Verdict(Verdict::Jump(self.mark_for_masquerade.clone()));
 
         // Firewall chain: allowed sources return, the rest is dropped (kube-proxy writes
         // one `ip saddr != { ranges } drop`; a rule per range behaves the same and needs
@@ -837,7 +1014,7 @@ impl Renderer {
                 }
             }
             fw.rules.push(Rule::new([Stmt::Verdict(Verdict::Drop)]));
-            chains.push(fw);
+            chains.push(Arc::new(fw));
         }
 
         // External chain.
@@ -873,21 +1050,31 @@ impl Renderer {
             if has_external {
                 ext.rules.push(Rule::new([goto(external_policy_chain)]));
             }
-            chains.push(ext);
+            chains.push(Arc::new(ext));
         }
 
         // Endpoint names, computed once.
-        let eps: Vec<(usize, Name, Name)> = plan
-            .selection
-            .all_reachable
+        let affinity = sp.session_affinity_timeout;
+        let reachable = &plan.selection.all_reachable;
+        let endpoints: Vec<EndpointChain> = reachable
             .iter()
             .map(|&i| {
-                let b = endpoint_base(&base_name, &plan.endpoints[i as usize].addr());
-                (i as usize, name("endpoint-", &b), name("affinity-", &b))
+                let addr = plan.endpoints[i as usize].addr();
+                let (name, affinity) = endpoint_names(&base_name, &addr, affinity.is_some());
+                EndpointChain {
+                    name,
+                    addr,
+                    proto,
+                    affinity,
+                }
             })
             .collect();
-        let find = |i: u32| eps.iter().find(|(j, _, _)| *j == i as usize);
-        let affinity = sp.session_affinity_timeout;
+        let find = |i: u32| {
+            reachable
+                .iter()
+                .position(|&j| j == i)
+                .map(|at| &endpoints[at])
+        };
 
         let dispatch = |chain_name: &Name, list: &[u32], masq_cluster_ip: bool| -> Chain {
             let mut c = Chain::new(chain_name.clone());
@@ -913,20 +1100,25 @@ impl Renderer {
             }
             if affinity.is_some() {
                 for &i in list {
-                    if let Some((_, ep, aff)) = find(i) {
+                    if let Some(EndpointChain {
+                        name,
+                        affinity: Some(aff),
+                        ..
+                    }) = find(i)
+                    {
                         c.rules.push(Rule::new([
                             Stmt::AddrInSet {
                                 dir: Dir::Saddr,
                                 set: aff.clone(),
                             },
-                            goto(ep),
+                            goto(name),
                         ]));
                     }
                 }
             }
             let targets: Vec<Name> = list
                 .iter()
-                .filter_map(|&i| find(i).map(|(_, ep, _)| ep.clone()))
+                .filter_map(|&i| find(i).map(|e| e.name.clone()))
                 .collect();
             if !targets.is_empty() {
                 c.rules.push(Rule::new([Stmt::NumgenVmap(targets)]));
@@ -935,40 +1127,26 @@ impl Renderer {
         };
         if uses_cluster_chain {
             let masq = has_internal && *internal_chain == cluster_chain;
-            chains.push(dispatch(&cluster_chain, cluster, masq));
+            chains.push(Arc::new(dispatch(&cluster_chain, cluster, masq)));
         }
         if uses_local_chain {
             let masq = has_internal && *internal_chain == local_chain;
-            chains.push(dispatch(&local_chain, local, masq));
+            chains.push(Arc::new(dispatch(&local_chain, local, masq)));
         }
 
         // Endpoint chains and affinity sets.
-        let mut affinity_sets = Vec::new();
-        for (i, ep_chain, aff) in &eps {
-            let ep = &plan.endpoints[*i];
-            let mut c = Chain::new(ep_chain.clone());
-            c.rules.push(Rule::new([
-                Stmt::Addr {
-                    dir: Dir::Saddr,
-                    ne: false,
-                    net: host(ep.ip),
-                },
-                to_masq(),
-            ]));
-            if let Some(timeout) = affinity {
-                affinity_sets.push(AffinitySet {
-                    name: aff.clone(),
-                    timeout,
-                });
-                c.rules.push(Rule::new([Stmt::UpdateSaddr(aff.clone())]));
-            }
-            c.rules
-                .push(Rule::new([Stmt::L4Proto(proto), Stmt::Dnat(ep.addr())]));
-            chains.push(c);
-        }
+        let affinity_sets = match affinity {
+            Some(timeout) => endpoints
+                .iter()
+                .filter_map(|e| e.affinity.clone())
+                .map(|name| AffinitySet { name, timeout })
+                .collect(),
+            None => Vec::new(),
+        };
 
         Some(PortObjects {
-            chains: chains.into_iter().map(Arc::new).collect(),
+            chains,
+            endpoints,
             affinity: affinity_sets,
             elements,
         })

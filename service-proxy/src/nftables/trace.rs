@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use service_core::model::Protocol;
 
-use super::model::{Chain, Dir, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict};
+use super::model::{Chain, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict};
 use super::render::Ruleset;
 use crate::trace::{Destination, Packet, Verdict};
 
@@ -35,6 +35,7 @@ enum Fate {
 pub struct Tracer<'a> {
     rules: &'a Ruleset,
     chains: HashMap<&'a str, &'a Chain>,
+    endpoints: HashMap<&'a str, &'a EndpointChain>,
     local: Vec<IpAddr>,
 }
 
@@ -50,9 +51,16 @@ impl<'a> Tracer<'a> {
             .chain(rules.ports.values().flat_map(|p| p.chains.iter()))
             .map(|c| (&*c.name, &**c))
             .collect();
+        let endpoints = rules
+            .ports
+            .values()
+            .flat_map(|p| p.endpoints.iter())
+            .map(|e| (&*e.name, e))
+            .collect();
         Self {
             rules,
             chains,
+            endpoints,
             local: local_addresses.to_vec(),
         }
     }
@@ -71,8 +79,14 @@ impl<'a> Tracer<'a> {
 
     /// Runs `chain` from rule `i`.
     fn run(&self, chain: &str, i: usize, st: State, depth: usize) -> Vec<(Fate, State)> {
-        let Some(c) = self.chains.get(chain) else {
-            return vec![(Fate::Continue, st)];
+        let owned;
+        let c: &Chain = match (self.chains.get(chain), self.endpoints.get(chain)) {
+            (Some(c), _) => c,
+            (None, Some(e)) => {
+                owned = e.to_chain();
+                &owned
+            }
+            (None, None) => return vec![(Fate::Continue, st)],
         };
         if depth > MAX_DEPTH {
             return vec![(Fate::Drop, st)];

@@ -4,7 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::model::{AffinitySet, Chain, Element, Family, FixedSet, KeyShape, Name, TABLE};
+use super::render::PortObjects;
+use super::model::{
+    AffinitySet, Chain, Element, EndpointChain, Family, FixedSet, KeyShape, Name, TABLE,
+};
 
 /// A set or map to declare.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,13 @@ pub enum Op {
     AddChain(Arc<Chain>),
     /// Append the chain's rules.
     AddRules(Arc<Chain>),
+    /// Declare a service port's affinity sets, chains and endpoint chains, then append
+    /// their rules (its set elements are separate operations). What a cold start sends.
+    AddPort(Arc<PortObjects>),
+    /// Declare an endpoint chain.
+    AddEndpoint(EndpointChain),
+    /// Append an endpoint chain's rules.
+    AddEndpointRules(EndpointChain),
     /// Remove every rule of a chain.
     FlushChain(Name),
     /// Delete an empty chain.
@@ -69,6 +79,14 @@ impl Transaction {
             .iter()
             .map(|op| match op {
                 Op::AddRules(c) => c.rules.len(),
+                Op::AddEndpointRules(e) => 2 + usize::from(e.affinity.is_some()),
+                Op::AddPort(p) => {
+                    p.chains.iter().map(|c| c.rules.len()).sum::<usize>()
+                        + p.endpoints
+                            .iter()
+                            .map(|e| 2 + usize::from(e.affinity.is_some()))
+                            .sum::<usize>()
+                }
                 _ => 0,
             })
             .sum()
@@ -89,6 +107,14 @@ impl fmt::Display for Transaction {
         let fam = self.family.as_str();
         let t = TABLE;
         for op in &self.ops {
+            if let Op::AddPort(p) = op {
+                let expanded = Self {
+                    family: self.family,
+                    ops: p.expand(),
+                };
+                write!(f, "{expanded}")?;
+                continue;
+            }
             match op {
                 Op::AddTable => writeln!(f, "add table {fam} {t}")?,
                 Op::DeleteTable => {
@@ -132,6 +158,13 @@ impl fmt::Display for Transaction {
                             c.name,
                             r.display(self.family)
                         )?;
+                    }
+                }
+                Op::AddPort(_) => {}
+                Op::AddEndpoint(e) => writeln!(f, "add chain {fam} {t} {}", e.name)?,
+                Op::AddEndpointRules(e) => {
+                    for r in &e.rules() {
+                        writeln!(f, "add rule {fam} {t} {} {}", e.name, r.display(self.family))?;
                     }
                 }
                 Op::FlushChain(n) => writeln!(f, "flush chain {fam} {t} {n}")?,

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{
-    Chain, Dir, Element, Family, FixedSet, Key, KeyShape, L4, Rule, Stmt, TABLE, Verdict,
+    BaseHook, Dir, Element, Family, FixedSet, Key, KeyShape, L4, Rule, Stmt, TABLE, Verdict,
 };
 use super::transaction::{Op, SetDecl, Transaction};
 
@@ -519,7 +519,18 @@ impl Batch {
                 attr_str(&mut self.buf, NFTA_SET_NAME, name);
                 self.end_msg(m);
             }
-            Op::AddChain(c) => self.chain(family, c),
+            Op::AddChain(c) => self.chain(family, &c.name, c.hook.as_ref()),
+            Op::AddPort(p) => {
+                for op in p.expand() {
+                    self.op(family, &op);
+                }
+            }
+            Op::AddEndpoint(e) => self.chain(family, &e.name, None),
+            Op::AddEndpointRules(e) => {
+                for r in &e.rules() {
+                    self.rule(family, &e.name, r);
+                }
+            }
             Op::AddRules(c) => {
                 for r in &c.rules {
                     self.rule(family, &c.name, r);
@@ -542,12 +553,12 @@ impl Batch {
         }
     }
 
-    fn chain(&mut self, family: Family, c: &Chain) {
+    fn chain(&mut self, family: Family, name: &str, hook: Option<&BaseHook>) {
         let m = self.msg(family, NFT_MSG_NEWCHAIN, NLM_F_CREATE);
         let b = &mut self.buf;
         attr_str(b, NFTA_CHAIN_TABLE, TABLE);
-        attr_str(b, NFTA_CHAIN_NAME, &c.name);
-        if let Some(h) = &c.hook {
+        attr_str(b, NFTA_CHAIN_NAME, name);
+        if let Some(h) = hook {
             let n = nest(b, NFTA_CHAIN_HOOK);
             attr_be32(b, NFTA_HOOK_HOOKNUM, h.hook.number());
             attr_be32(b, NFTA_HOOK_PRIORITY, h.priority as u32);

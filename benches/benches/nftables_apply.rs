@@ -1,0 +1,110 @@
+//! nftables apply times in a network namespace (needs root; without it nothing runs):
+//!
+//! - `nft_apply_full/10000`: building the table of 10k services × 10 endpoints from nothing
+//!   over netlink (render, encode, bounded transactions, kernel commit).
+//! - `nft_apply_one_change/10000`: one Service's endpoint changes with 10k loaded
+//!   (incremental render, one transaction).
+//! - `nft_f_full/1000`: the same table's `nft -f` script loaded by Debian's `nft`, at 1k
+//!   services (its userspace grows quadratically with the chain count; 10k takes minutes).
+//! - `nft_apply_full/1000`: ours at 1k, for the ratio with `nft -f` in the same run.
+//!
+//! Run: `cargo bench -p service-benches --bench nftables_apply`.
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use service_proxy::ProxyConfig;
+use service_proxy::nftables::apply::{NftProxier, NftSocket};
+use service_proxy::nftables::{NftablesConfig, Renderer};
+use service_testkit::netns::{E2e, Netns, require_programs};
+
+fn renderer() -> Renderer {
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    Renderer::new(NftablesConfig::new(proxy), false)
+}
+
+fn root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+        && require_programs("nftables_apply", &["ip", "nft"]) == E2e::Run
+}
+
+fn full(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nft_apply_full");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    for services in [1_000, 10_000] {
+        let snap = service_benches::snapshot(services, 10);
+        let ns = Netns::new("nft-bench");
+        g.bench_function(services.to_string(), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    // A fresh proxier each time: the first sync builds the table (after
+                    // deleting the previous one in its first transaction).
+                    let socket = NftSocket::in_netns(&ns.path()).expect("socket");
+                    let mut p = NftProxier::new(renderer(), socket);
+                    let t = Instant::now();
+                    p.sync(&snap).expect("full apply");
+                    total += t.elapsed();
+                }
+                total
+            });
+        });
+    }
+    g.finish();
+}
+
+fn one_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nft_apply_one_change");
+    let (before, after, _) = service_benches::one_change(10_000, 10);
+    let ns = Netns::new("nft-bench");
+    let socket = NftSocket::in_netns(&ns.path()).expect("socket");
+    let mut p = NftProxier::new(renderer(), socket);
+    p.sync(&before).expect("full apply");
+    let mut flip = false;
+    g.bench_function("10000", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let snap = if flip { &after } else { &before };
+            let r = p.sync(snap).expect("one change");
+            assert_eq!(r.transactions, 1);
+        });
+    });
+    g.finish();
+}
+
+fn nft_f(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nft_f_full");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(20));
+    let snap = service_benches::snapshot(1_000, 10);
+    let script = renderer().render(&snap).create_one().to_string();
+    let ns = Netns::new("nft-bench");
+    let path = std::env::temp_dir().join(format!("{}.nft", ns.name()));
+    std::fs::write(&path, script).expect("script");
+    let path_s = path.to_string_lossy().into_owned();
+    g.bench_function("1000", |b| b.iter(|| ns.exec("nft", &["-f", &path_s])));
+    g.finish();
+    let _ = std::fs::remove_file(&path);
+}
+
+fn all(c: &mut Criterion) {
+    if !root() {
+        eprintln!("nftables_apply: needs root and nft; skipped");
+        return;
+    }
+    full(c);
+    one_change(c);
+    nft_f(c);
+}
+
+criterion_group!(benches, all);
+criterion_main!(benches);

@@ -1,0 +1,60 @@
+//! Loads N services × 10 endpoints into a namespace's nftables over netlink, then times
+//! small transactions of different kinds (to find what the kernel spends time on).
+//! Run as root: `cargo run --release -p service-benches --example nft_probe -- 10000 NETNS`.
+
+use std::time::Instant;
+
+use service_proxy::ProxyConfig;
+use service_proxy::nftables::apply::NftSocket;
+use service_proxy::nftables::{
+    Chain, Element, FixedSet, Key, L4, NftablesConfig, Op, Renderer, Rule, Stmt, Transaction,
+    Verdict,
+};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let services: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let ns = args.next().unwrap_or_else(|| "nftprobe".into());
+    let mut socket =
+        NftSocket::in_netns(std::path::Path::new(&format!("/run/netns/{ns}"))).expect("socket");
+    let snap = service_benches::snapshot(services, 10);
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let rules = Renderer::new(NftablesConfig::new(proxy), false).render(&snap);
+    let t = Instant::now();
+    for tx in rules.create(20_000) {
+        let t1 = Instant::now();
+        socket.apply(&[&tx]).expect("load");
+        eprint!("{:?} ", t1.elapsed());
+    }
+    println!("\nloaded in {:?}", t.elapsed());
+    let family = rules.family;
+    let time = |socket: &mut NftSocket, what: &str, ops: Vec<Op>| {
+        let tx = Transaction { family, ops };
+        let t = Instant::now();
+        socket.apply(&[&tx]).expect(what);
+        println!("{what}: {:?}", t.elapsed());
+    };
+    let drop_elem = Element {
+        set: FixedSet::NoEndpointServices,
+        key: Key::AddrProtoPort("1.1.1.1".parse().unwrap(), L4::Tcp, 80),
+        verdict: Some(Verdict::Drop),
+    };
+    time(&mut socket, "add element (drop verdict)", vec![Op::AddElement(drop_elem.clone())]);
+    time(&mut socket, "delete element", vec![Op::DeleteElement(drop_elem)]);
+    let goto_elem = Element {
+        set: FixedSet::ServiceIps,
+        key: Key::AddrProtoPort("1.1.1.1".parse().unwrap(), L4::Tcp, 80),
+        verdict: Some(Verdict::Goto("reject-chain".into())),
+    };
+    time(&mut socket, "add element (goto verdict)", vec![Op::AddElement(goto_elem.clone())]);
+    time(&mut socket, "delete element (goto)", vec![Op::DeleteElement(goto_elem)]);
+    let mut c = Chain::new("probe");
+    c.rules.push(Rule::new([Stmt::Verdict(Verdict::Accept)]));
+    let c = std::sync::Arc::new(c);
+    time(&mut socket, "add chain + accept rule", vec![Op::AddChain(c.clone()), Op::AddRules(c.clone())]);
+    let mut j = Chain::new("probe");
+    j.rules.push(Rule::new([Stmt::Verdict(Verdict::Jump("reject-chain".into()))]));
+    time(&mut socket, "add jump rule", vec![Op::AddRules(std::sync::Arc::new(j))]);
+    time(&mut socket, "flush + delete chain", vec![Op::FlushChain("probe".into()), Op::DeleteChain("probe".into())]);
+}
