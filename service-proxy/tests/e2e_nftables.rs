@@ -41,15 +41,20 @@ fn proxier(node: &Netns) -> NftProxier {
 /// The web Service's slice, with these endpoint lines.
 const WEB_SLICE: &str = "metadata: {name: web-1, namespace: e2e, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.1.10], nodeName: node-a}\n- {addresses: [10.244.1.11], nodeName: node-a}\n- {addresses: [10.244.2.12], nodeName: node-b}\n";
 
-/// [`CLUSTER`] with the web Service's endpoints restricted to these pod IPs.
+/// [`CLUSTER`] with the web Service's endpoints (and the sticky one's, which has ClientIP
+/// affinity and so endpoint chains) restricted to these pod IPs.
 fn with_web_endpoints(ips: &[&str]) -> String {
-    let kept: String = WEB_SLICE
-        .lines()
-        .filter(|l| !l.starts_with("- {addresses") || ips.iter().any(|ip| l.contains(ip)))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    assert!(CLUSTER.contains(WEB_SLICE));
-    CLUSTER.replace(WEB_SLICE, &kept)
+    let mut out = CLUSTER.to_owned();
+    for slice in [WEB_SLICE.to_owned(), WEB_SLICE.replace("web", "sticky")] {
+        let kept: String = slice
+            .lines()
+            .filter(|l| !l.starts_with("- {addresses") || ips.iter().any(|ip| l.contains(ip)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(out.contains(&slice), "{slice}");
+        out = out.replace(&slice, &kept);
+    }
+    out
 }
 
 fn ruleset(node: &Netns) -> String {
@@ -126,7 +131,7 @@ fn nftables_end_to_end() {
     let next = snapshot_of(&yaml, Some(&snap));
     let report = proxier.sync(&next).expect("partial sync");
     assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
-    assert_eq!(report.changed, 2, "{report:?}");
+    assert_eq!(report.changed, 3, "web, sticky and dns: {report:?}");
     assert_eq!(report.transactions, 1);
     assert!(report.conntrack_deleted >= 1, "{report:?}");
     let rules = proxier.rules().unwrap().clone();

@@ -198,6 +198,10 @@ pub enum FixedSet {
     NoEndpointNodeports,
     /// `firewall-ips`: load-balancer IPs with source ranges to their firewall chain.
     FirewallIps,
+    /// `hairpin-ips`: `endpoint . endpoint` for every endpoint address, so that a pod
+    /// reaching itself through a Service is masqueraded (our leaner layout; kube-proxy
+    /// marks such packets in each endpoint's chain).
+    Hairpin,
 }
 
 /// The shape of a set's key.
@@ -209,11 +213,13 @@ pub enum KeyShape {
     ProtoPort,
     /// `addr . inet_proto . inet_service`.
     AddrProtoPort,
+    /// `addr . addr`.
+    AddrPair,
 }
 
 impl FixedSet {
     /// Every fixed set, in declaration order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::ClusterIps,
         Self::NodeportIps,
         Self::ServiceIps,
@@ -221,6 +227,7 @@ impl FixedSet {
         Self::NoEndpointServices,
         Self::NoEndpointNodeports,
         Self::FirewallIps,
+        Self::Hairpin,
     ];
 
     /// Its name.
@@ -233,6 +240,7 @@ impl FixedSet {
             Self::NoEndpointServices => "no-endpoint-services",
             Self::NoEndpointNodeports => "no-endpoint-nodeports",
             Self::FirewallIps => "firewall-ips",
+            Self::Hairpin => "hairpin-ips",
         }
     }
 
@@ -244,12 +252,13 @@ impl FixedSet {
             Self::ServiceIps | Self::NoEndpointServices | Self::FirewallIps => {
                 KeyShape::AddrProtoPort
             }
+            Self::Hairpin => KeyShape::AddrPair,
         }
     }
 
     /// Whether it maps keys to verdicts.
     pub fn is_map(self) -> bool {
-        !matches!(self, Self::ClusterIps | Self::NodeportIps)
+        !matches!(self, Self::ClusterIps | Self::NodeportIps | Self::Hairpin)
     }
 
     /// Its comment.
@@ -266,6 +275,7 @@ impl FixedSet {
                 "vmap to drop or reject packets to service nodeports with no endpoints"
             }
             Self::FirewallIps => "destinations that are subject to LoadBalancerSourceRanges",
+            Self::Hairpin => "endpoints reaching themselves through a Service",
         }
     }
 }
@@ -279,6 +289,8 @@ pub enum Key {
     ProtoPort(L4, u16),
     /// `addr . proto . port`.
     AddrProtoPort(IpAddr, L4, u16),
+    /// `addr . addr`.
+    AddrPair(IpAddr, IpAddr),
 }
 
 impl fmt::Display for Key {
@@ -287,6 +299,7 @@ impl fmt::Display for Key {
             Self::Addr(ip) => write!(f, "{ip}"),
             Self::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_str()),
             Self::AddrProtoPort(ip, p, port) => write!(f, "{ip} . {} . {port}", p.as_str()),
+            Self::AddrPair(a, b) => write!(f, "{a} . {b}"),
         }
     }
 }
@@ -324,6 +337,14 @@ pub enum Stmt {
     VmapProtoPort(FixedSet),
     /// `numgen random mod N vmap { 0 : goto C0 , ... }`.
     NumgenVmap(Vec<Name>),
+    /// `dnat ip addr . port to numgen random mod N map { 0 : A0 . P0 , ... }`: picks an
+    /// endpoint and DNATs to it in one statement (our leaner layout for Services without
+    /// affinity; kube-proxy jumps to a chain per endpoint).
+    DnatMap(Vec<SocketAddr>),
+    /// `ct status dnat`.
+    CtStatusDnat,
+    /// `ip saddr . ip daddr @SET`.
+    PairInSet(FixedSet),
     /// `mark set mark or BITS`.
     MarkOr(u32),
     /// `mark set mark xor BITS`.
@@ -380,6 +401,22 @@ impl Stmt {
                 }
                 f.write_str(" }")
             }
+            Self::DnatMap(targets) => {
+                write!(
+                    f,
+                    "dnat {ip} addr . port to numgen random mod {} map {{ ",
+                    targets.len()
+                )?;
+                for (i, t) in targets.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{i} : {} . {}", t.ip(), t.port())?;
+                }
+                f.write_str(" }")
+            }
+            Self::CtStatusDnat => f.write_str("ct status dnat"),
+            Self::PairInSet(set) => write!(f, "{ip} saddr . {ip} daddr @{}", set.name()),
             Self::MarkOr(m) => write!(f, "mark set mark or {m:#x}"),
             Self::MarkXor(m) => write!(f, "mark set mark xor {m:#x}"),
             Self::Masquerade { fully_random } => f.write_str(if *fully_random {

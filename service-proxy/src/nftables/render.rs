@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -827,6 +827,13 @@ impl Renderer {
             helper(
                 "masquerading",
                 vec![
+                    Rule::new([
+                        Stmt::CtStatusDnat,
+                        Stmt::PairInSet(FixedSet::Hairpin),
+                        Stmt::Masquerade {
+                            fully_random: self.config.fully_random,
+                        },
+                    ]),
                     Rule::new([Stmt::MarkClear(mark), Stmt::Verdict(Verdict::Return)]),
                     Rule::new([Stmt::MarkXor(mark)]),
                     Rule::new([Stmt::Masquerade {
@@ -916,7 +923,7 @@ impl Renderer {
             )
         };
 
-        let mut elements = Vec::with_capacity(4);
+        let mut elements = Vec::with_capacity(4 + plan.selection.all_reachable.len());
         let mut el = |set: FixedSet, key: Key, verdict: Option<Verdict>| {
             elements.push(Element { set, key, verdict })
         };
@@ -977,6 +984,12 @@ impl Renderer {
                     Some(v.clone()),
                 );
             }
+        }
+
+        // Hairpin: every endpoint reaching itself through the Service is masqueraded.
+        for &i in &plan.selection.all_reachable {
+            let ip = plan.endpoints[i as usize].ip;
+            el(FixedSet::Hairpin, Key::AddrPair(ip, ip), None);
         }
 
         let mut chains: Vec<Arc<Chain>> =
@@ -1055,8 +1068,11 @@ impl Renderer {
 
         // Endpoint names, computed once.
         let affinity = sp.session_affinity_timeout;
+        // Endpoint chains only where ClientIP affinity needs them: otherwise one statement
+        // picks the endpoint and DNATs to it.
         let reachable = &plan.selection.all_reachable;
-        let endpoints: Vec<EndpointChain> = reachable
+        let chained: &[u32] = if affinity.is_some() { reachable } else { &[] };
+        let endpoints: Vec<EndpointChain> = chained
             .iter()
             .map(|&i| {
                 let addr = plan.endpoints[i as usize].addr();
@@ -1116,12 +1132,21 @@ impl Renderer {
                     }
                 }
             }
-            let targets: Vec<Name> = list
-                .iter()
-                .filter_map(|&i| find(i).map(|e| e.name.clone()))
-                .collect();
-            if !targets.is_empty() {
-                c.rules.push(Rule::new([Stmt::NumgenVmap(targets)]));
+            if affinity.is_some() {
+                let targets: Vec<Name> = list
+                    .iter()
+                    .filter_map(|&i| find(i).map(|e| e.name.clone()))
+                    .collect();
+                if !targets.is_empty() {
+                    c.rules.push(Rule::new([Stmt::NumgenVmap(targets)]));
+                }
+            } else if !list.is_empty() {
+                let targets: Vec<SocketAddr> = list
+                    .iter()
+                    .map(|&i| plan.endpoints[i as usize].addr())
+                    .collect();
+                c.rules
+                    .push(Rule::new([Stmt::L4Proto(proto), Stmt::DnatMap(targets)]));
             }
             c
         };

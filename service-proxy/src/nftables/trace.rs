@@ -17,6 +17,8 @@ struct State {
     dport: u16,
     proto: Option<L4>,
     mark: u32,
+    /// Whether the connection was DNATed (`ct status dnat`).
+    dnat: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +164,21 @@ impl<'a> Tracer<'a> {
                         }
                         return out;
                     }
+                    Stmt::DnatMap(targets) => {
+                        return targets.iter().map(|t| (Fate::Dnat(*t), st)).collect();
+                    }
+                    Stmt::CtStatusDnat => {
+                        if !st.dnat {
+                            matched = false;
+                        }
+                        None
+                    }
+                    Stmt::PairInSet(set) => {
+                        if self.lookup(*set, Key::AddrPair(st.src, st.dst)).is_none() {
+                            matched = false;
+                        }
+                        None
+                    }
                     Stmt::MarkOr(m) => {
                         st.mark |= m;
                         None
@@ -242,6 +259,7 @@ impl<'a> Tracer<'a> {
                 if let Fate::Dnat(sa) = fate {
                     s2.dst = sa.ip();
                     s2.dport = sa.port();
+                    s2.dnat = true;
                 }
                 out.push((fate, s2));
             }
@@ -290,6 +308,7 @@ impl<'a> Tracer<'a> {
             dport: packet.dport,
             proto,
             mark: 0,
+            dnat: false,
         };
         let from_node = self.is_local(&packet.src);
         let first = if from_node {

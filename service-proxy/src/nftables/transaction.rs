@@ -98,6 +98,7 @@ fn key_type(family: Family, shape: KeyShape) -> String {
         KeyShape::Addr => family.addr_type().to_owned(),
         KeyShape::ProtoPort => "inet_proto . inet_service".to_owned(),
         KeyShape::AddrProtoPort => format!("{} . inet_proto . inet_service", family.addr_type()),
+        KeyShape::AddrPair => format!("{0} . {0}", family.addr_type()),
     }
 }
 

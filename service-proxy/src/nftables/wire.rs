@@ -105,6 +105,8 @@ const NFT_META_L4PROTO: u32 = 16;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_STATUS: u32 = 2;
+const IPS_DST_NAT: u32 = 0x20;
 const NF_CT_STATE_NEW: u32 = 1 << 3;
 const NFTA_FIB_F_SADDR: u32 = 1;
 const NFTA_FIB_F_DADDR: u32 = 2;
@@ -272,6 +274,10 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
             out.extend(addr_bytes(ip));
             proto_port(&mut out, *p, *port);
         }
+        Key::AddrPair(a, b) => {
+            out.extend(addr_bytes(a));
+            out.extend(addr_bytes(b));
+        }
     }
     out
 }
@@ -286,6 +292,7 @@ fn key_type(family: Family, shape: KeyShape) -> (u32, u32) {
         KeyShape::Addr => (addr, alen),
         KeyShape::ProtoPort => (pp, 8),
         KeyShape::AddrProtoPort => ((addr << (2 * TYPE_BITS)) | pp, alen + 8),
+        KeyShape::AddrPair => ((addr << TYPE_BITS) | addr, 2 * alen),
     }
 }
 
@@ -635,7 +642,7 @@ impl Batch {
 
     /// The anonymous verdict map of a `numgen` rule: declared and filled before the rule
     /// that refers to it by id.
-    fn anonymous_map(&mut self, family: Family, targets: &[super::model::Name]) -> u32 {
+    fn anonymous_map(&mut self, family: Family, data: AnonData<'_>) -> u32 {
         self.set_id += 1;
         let id = self.set_id;
         let m = self.msg(family, NFT_MSG_NEWSET, NLM_F_CREATE);
@@ -649,30 +656,59 @@ impl Batch {
         );
         attr_be32(b, NFTA_SET_KEY_TYPE, TYPE_INTEGER);
         attr_be32(b, NFTA_SET_KEY_LEN, 4);
-        attr_be32(b, NFTA_SET_DATA_TYPE, TYPE_VERDICT);
-        attr_be32(b, NFTA_SET_DATA_LEN, 0);
+        let size = match data {
+            AnonData::Verdicts(t) => {
+                attr_be32(b, NFTA_SET_DATA_TYPE, TYPE_VERDICT);
+                attr_be32(b, NFTA_SET_DATA_LEN, 0);
+                t.len()
+            }
+            AnonData::Endpoints(t) => {
+                let (addr, alen) = match family {
+                    Family::Ip => (TYPE_IPADDR, 4),
+                    Family::Ip6 => (TYPE_IP6ADDR, 16),
+                };
+                attr_be32(
+                    b,
+                    NFTA_SET_DATA_TYPE,
+                    (addr << TYPE_BITS) | TYPE_INET_SERVICE,
+                );
+                attr_be32(b, NFTA_SET_DATA_LEN, alen + 4);
+                t.len()
+            }
+        };
         let d = nest(b, NFTA_SET_DESC);
         attr_be32(
             b,
             NFTA_SET_DESC_SIZE,
-            u32::try_from(targets.len()).unwrap_or(u32::MAX),
+            u32::try_from(size).unwrap_or(u32::MAX),
         );
         end_nest(b, d);
         attr_be32(b, NFTA_SET_ID, id);
         attr(b, 13, ANON_MAP_USERDATA);
         self.end_msg(m);
-        for (chunk_no, chunk) in targets.chunks(ELEMENTS_PER_MESSAGE).enumerate() {
+        for start in (0..size).step_by(ELEMENTS_PER_MESSAGE) {
+            let end = (start + ELEMENTS_PER_MESSAGE).min(size);
             let m = self.msg(family, NFT_MSG_NEWSETELEM, NLM_F_CREATE);
             let b = &mut self.buf;
             attr_str(b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
             attr_str(b, NFTA_SET_ELEM_LIST_SET, "__map%d");
             attr_be32(b, NFTA_SET_ELEM_LIST_SET_ID, id);
             let list = nest(b, NFTA_SET_ELEM_LIST_ELEMENTS);
-            for (k, t) in chunk.iter().enumerate() {
-                let i = u32::try_from(chunk_no * ELEMENTS_PER_MESSAGE + k).unwrap_or(0);
+            for k in start..end {
+                let i = u32::try_from(k).unwrap_or(0);
                 let el = nest(b, NFTA_LIST_ELEM);
                 data_value(b, NFTA_SET_ELEM_KEY, &i.to_ne_bytes());
-                data_verdict(b, NFTA_SET_ELEM_DATA, &Verdict::Goto(t.clone()));
+                match data {
+                    AnonData::Verdicts(t) => {
+                        data_verdict(b, NFTA_SET_ELEM_DATA, &Verdict::Goto(t[k].clone()));
+                    }
+                    AnonData::Endpoints(t) => {
+                        let mut v = addr_bytes(&t[k].ip());
+                        let port = t[k].port().to_be_bytes();
+                        v.extend_from_slice(&[port[0], port[1], 0, 0]);
+                        data_value(b, NFTA_SET_ELEM_DATA, &v);
+                    }
+                }
                 end_nest(b, el);
             }
             end_nest(b, list);
@@ -685,8 +721,10 @@ impl Batch {
         // Anonymous maps come first, in their own messages.
         let mut anon = Vec::new();
         for s in &rule.stmts {
-            if let Stmt::NumgenVmap(t) = s {
-                anon.push(self.anonymous_map(family, t));
+            match s {
+                Stmt::NumgenVmap(t) => anon.push(self.anonymous_map(family, AnonData::Verdicts(t))),
+                Stmt::DnatMap(t) => anon.push(self.anonymous_map(family, AnonData::Endpoints(t))),
+                _ => {}
             }
         }
         let m = self.msg(family, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
@@ -755,6 +793,15 @@ impl Batch {
     }
 }
 
+/// The values of an anonymous map.
+#[derive(Clone, Copy)]
+enum AnonData<'a> {
+    /// `goto` verdicts.
+    Verdicts(&'a [super::model::Name]),
+    /// `addr . port` values.
+    Endpoints(&'a [SocketAddr]),
+}
+
 /// nft's set user data (`NFTNL_UDATA_SET_*` TLVs), so that `nft list` prints our sets
 /// exactly as those it creates itself: key byte order (and, for concatenations, each
 /// field's type and byte order).
@@ -762,7 +809,7 @@ fn set_userdata(shape: KeyShape) -> Option<&'static [u8]> {
     match shape {
         // KEYBYTEORDER = big endian.
         KeyShape::Addr => Some(&[0, 4, 2, 0, 0, 0]),
-        KeyShape::ProtoPort | KeyShape::AddrProtoPort => None,
+        KeyShape::ProtoPort | KeyShape::AddrProtoPort | KeyShape::AddrPair => None,
     }
 }
 
@@ -828,6 +875,47 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
             });
             let id = anon.next().unwrap_or(0);
             x.lookup("__map%d", Some(id), Some(NFT_REG_VERDICT));
+        }
+        Stmt::DnatMap(targets) => {
+            let modulus = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+            x.expr("numgen", |b| {
+                attr_be32(b, 1, NFT_REG_1);
+                attr_be32(b, 2, modulus);
+                attr_be32(b, 3, NFT_NG_RANDOM);
+                attr_be32(b, 4, 0);
+            });
+            let id = anon.next().unwrap_or(0);
+            x.lookup("__map%d", Some(id), Some(NFT_REG_1));
+            let port_reg = reg32(addr_len(family) / 4);
+            x.expr("nat", |b| {
+                attr_be32(b, 1, NFT_NAT_DNAT);
+                attr_be32(b, 2, u32::from(family.nfproto()));
+                attr_be32(b, 3, NFT_REG_1);
+                attr_be32(b, 5, port_reg);
+            });
+        }
+        Stmt::CtStatusDnat => {
+            x.expr("ct", |b| {
+                attr_be32(b, 2, NFT_CT_STATUS);
+                attr_be32(b, 1, NFT_REG_1);
+            });
+            x.bitwise(&IPS_DST_NAT.to_ne_bytes(), &[0; 4]);
+            x.cmp(NFT_CMP_NEQ, &[0; 4]);
+        }
+        Stmt::PairInSet(set) => {
+            x.payload(
+                NFT_REG_1,
+                NFT_PAYLOAD_NETWORK_HEADER,
+                addr_offset(family, Dir::Saddr),
+                addr_len(family),
+            );
+            x.payload(
+                reg32(addr_len(family) / 4),
+                NFT_PAYLOAD_NETWORK_HEADER,
+                addr_offset(family, Dir::Daddr),
+                addr_len(family),
+            );
+            x.lookup(set.name(), None, None);
         }
         Stmt::MarkOr(m) => {
             x.meta_load(NFT_META_MARK, NFT_REG_1);
