@@ -38,23 +38,56 @@ fn main() {
     let drop_elem = Element {
         set: FixedSet::NoEndpointServices,
         key: Key::AddrProtoPort("1.1.1.1".parse().unwrap(), L4::Tcp, 80),
-        verdict: Some(Verdict::Drop),
+        data: Some(Verdict::Drop.into()),
     };
-    time(&mut socket, "add element (drop verdict)", vec![Op::AddElement(drop_elem.clone())]);
-    time(&mut socket, "delete element", vec![Op::DeleteElement(drop_elem)]);
+    time(
+        &mut socket,
+        "add element (drop verdict)",
+        vec![Op::AddElement(drop_elem.clone())],
+    );
+    time(
+        &mut socket,
+        "delete element",
+        vec![Op::DeleteElement(drop_elem)],
+    );
     let goto_elem = Element {
         set: FixedSet::ServiceIps,
         key: Key::AddrProtoPort("1.1.1.1".parse().unwrap(), L4::Tcp, 80),
-        verdict: Some(Verdict::Goto("reject-chain".into())),
+        data: Some(Verdict::Goto("reject-chain".into()).into()),
     };
-    time(&mut socket, "add element (goto verdict)", vec![Op::AddElement(goto_elem.clone())]);
-    time(&mut socket, "delete element (goto)", vec![Op::DeleteElement(goto_elem)]);
+    time(
+        &mut socket,
+        "add element (goto verdict)",
+        vec![Op::AddElement(goto_elem.clone())],
+    );
+    time(
+        &mut socket,
+        "delete element (goto)",
+        vec![Op::DeleteElement(goto_elem)],
+    );
     let mut c = Chain::new("probe");
     c.rules.push(Rule::new([Stmt::Verdict(Verdict::Accept)]));
     let c = std::sync::Arc::new(c);
-    time(&mut socket, "add chain + accept rule", vec![Op::AddChain(c.clone()), Op::AddRules(c.clone())]);
+    time(
+        &mut socket,
+        "add chain + accept rule",
+        vec![Op::AddChain(c.clone()), Op::AddRules(c.clone())],
+    );
     let mut j = Chain::new("probe");
-    j.rules.push(Rule::new([Stmt::Verdict(Verdict::Jump("reject-chain".into()))]));
-    time(&mut socket, "add jump rule", vec![Op::AddRules(std::sync::Arc::new(j))]);
-    time(&mut socket, "flush + delete chain", vec![Op::FlushChain("probe".into()), Op::DeleteChain("probe".into())]);
+    j.rules.push(Rule::new([Stmt::Verdict(Verdict::Jump(
+        "reject-chain".into(),
+    ))]));
+    time(
+        &mut socket,
+        "add jump rule",
+        vec![Op::AddRules(std::sync::Arc::new(j))],
+    );
+    time(
+        &mut socket,
+        "flush + delete chain",
+        vec![
+            Op::FlushChain("probe".into()),
+            Op::DeleteChain("probe".into()),
+        ],
+    );
 }

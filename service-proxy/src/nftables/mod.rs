@@ -29,10 +29,13 @@ pub mod wire;
 pub mod apply;
 
 pub use model::{
-    AffinitySet, BaseHook, Chain, Dir, Element, EndpointChain, MARK_FOR_MASQUERADE, Family, FixedSet, Hook, Key, KeyShape, L4, Name,
-    Rule, Stmt, TABLE, Verdict,
+    AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, Element, EndpointChain, Family,
+    FixedSet, Hook, Key, KeyShape, L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, TABLE, Verdict,
+    endpoint_shard,
 };
 pub use names::{NAME_MAX, endpoint_base, hash_and_truncate, service_base, service_base_name};
-pub use render::{NftablesConfig, PortName, PortObjects, Renderer, Ruleset, StaleChain, Update};
+pub use render::{
+    Block, NftablesConfig, PortName, PortObjects, Renderer, Ruleset, StaleChain, Update,
+};
 pub use trace::Tracer;
 pub use transaction::{Op, SetDecl, Transaction};

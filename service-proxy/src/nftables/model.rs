@@ -2,12 +2,28 @@
 //! elements. Every object prints itself in `nft -f` syntax ([`fmt::Display`]); the netlink
 //! encoder ([`super::wire`]) turns the same values into nf_tables bytecode.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use smallvec::SmallVec;
+
+/// How many `service-endpoints-N` maps Services are spread over (see
+/// [`FixedSet::Endpoints`]).
+pub const ENDPOINT_SHARDS: u16 = 256;
+
+/// The endpoint map a service port's blocks live in: a hash of its base name.
+pub fn endpoint_shard(base_name: &str) -> u16 {
+    // FNV-1a: stable across releases and platforms.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in base_name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    u16::try_from(h % u32::from(ENDPOINT_SHARDS)).unwrap_or(0)
+}
 
 /// The name of our table in each family (kube-proxy's).
 pub const TABLE: &str = "kube-proxy";
@@ -198,6 +214,12 @@ pub enum FixedSet {
     NoEndpointNodeports,
     /// `firewall-ips`: load-balancer IPs with source ranges to their firewall chain.
     FirewallIps,
+    /// `service-endpoints-N`: Services' endpoints (without ClientIP affinity) as
+    /// `addr . port`, each Service owning a block of indexes its `numgen` picks from (our
+    /// leaner layout: kube-proxy jumps to a chain per endpoint). Services are spread over
+    /// [`ENDPOINT_SHARDS`] maps: the kernel checks every element of a map each time a rule
+    /// from another chain starts using it, so one map for all would make loading quadratic.
+    Endpoints(u16),
     /// `hairpin-ips`: `endpoint . endpoint` for every endpoint address, so that a pod
     /// reaching itself through a Service is masqueraded (our leaner layout; kube-proxy
     /// marks such packets in each endpoint's chain).
@@ -215,6 +237,8 @@ pub enum KeyShape {
     AddrProtoPort,
     /// `addr . addr`.
     AddrPair,
+    /// A 32-bit index (host byte order, as `numgen` produces it).
+    Index,
 }
 
 impl FixedSet {
@@ -231,8 +255,9 @@ impl FixedSet {
     ];
 
     /// Its name.
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Self::Endpoints(shard) => return Cow::Owned(format!("service-endpoints-{shard}")),
             Self::ClusterIps => "cluster-ips",
             Self::NodeportIps => "nodeport-ips",
             Self::ServiceIps => "service-ips",
@@ -241,7 +266,7 @@ impl FixedSet {
             Self::NoEndpointNodeports => "no-endpoint-nodeports",
             Self::FirewallIps => "firewall-ips",
             Self::Hairpin => "hairpin-ips",
-        }
+        })
     }
 
     /// The shape of its keys.
@@ -253,6 +278,7 @@ impl FixedSet {
                 KeyShape::AddrProtoPort
             }
             Self::Hairpin => KeyShape::AddrPair,
+            Self::Endpoints(_) => KeyShape::Index,
         }
     }
 
@@ -276,6 +302,7 @@ impl FixedSet {
             }
             Self::FirewallIps => "destinations that are subject to LoadBalancerSourceRanges",
             Self::Hairpin => "endpoints reaching themselves through a Service",
+            Self::Endpoints(_) => "endpoints of Services, by index",
         }
     }
 }
@@ -291,6 +318,8 @@ pub enum Key {
     AddrProtoPort(IpAddr, L4, u16),
     /// `addr . addr`.
     AddrPair(IpAddr, IpAddr),
+    /// An index.
+    Index(u32),
 }
 
 impl fmt::Display for Key {
@@ -300,6 +329,7 @@ impl fmt::Display for Key {
             Self::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_str()),
             Self::AddrProtoPort(ip, p, port) => write!(f, "{ip} . {} . {port}", p.as_str()),
             Self::AddrPair(a, b) => write!(f, "{a} . {b}"),
+            Self::Index(i) => write!(f, "{i}"),
         }
     }
 }
@@ -337,10 +367,17 @@ pub enum Stmt {
     VmapProtoPort(FixedSet),
     /// `numgen random mod N vmap { 0 : goto C0 , ... }`.
     NumgenVmap(Vec<Name>),
-    /// `dnat ip addr . port to numgen random mod N map { 0 : A0 . P0 , ... }`: picks an
-    /// endpoint and DNATs to it in one statement (our leaner layout for Services without
-    /// affinity; kube-proxy jumps to a chain per endpoint).
-    DnatMap(Vec<SocketAddr>),
+    /// `dnat ip addr . port to numgen random mod COUNT offset OFFSET map @service-endpoints`:
+    /// picks one of the Service's endpoints and DNATs to it in one statement (our leaner
+    /// layout for Services without affinity; kube-proxy jumps to a chain per endpoint).
+    DnatMap {
+        /// The endpoint map.
+        shard: u16,
+        /// The first index of the Service's block in it.
+        offset: u32,
+        /// How many endpoints it picks from.
+        count: u32,
+    },
     /// `ct status dnat`.
     CtStatusDnat,
     /// `ip saddr . ip daddr @SET`.
@@ -401,19 +438,16 @@ impl Stmt {
                 }
                 f.write_str(" }")
             }
-            Self::DnatMap(targets) => {
-                write!(
-                    f,
-                    "dnat {ip} addr . port to numgen random mod {} map {{ ",
-                    targets.len()
-                )?;
-                for (i, t) in targets.iter().enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{i} : {} . {}", t.ip(), t.port())?;
+            Self::DnatMap {
+                shard,
+                offset,
+                count,
+            } => {
+                write!(f, "dnat {ip} addr . port to numgen random mod {count}")?;
+                if *offset != 0 {
+                    write!(f, " offset {offset}")?;
                 }
-                f.write_str(" }")
+                write!(f, " map @{}", FixedSet::Endpoints(*shard).name())
             }
             Self::CtStatusDnat => f.write_str("ct status dnat"),
             Self::PairInSet(set) => write!(f, "{ip} saddr . {ip} daddr @{}", set.name()),
@@ -518,8 +552,32 @@ pub struct Element {
     pub set: FixedSet,
     /// The key.
     pub key: Key,
-    /// The verdict, for a map.
-    pub verdict: Option<Verdict>,
+    /// The value, for a map.
+    pub data: Option<Data>,
+}
+
+/// The value of a map element.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Data {
+    /// A verdict (verdict maps).
+    Verdict(Verdict),
+    /// `addr . port` (the DNAT map).
+    Endpoint(SocketAddr),
+}
+
+impl From<Verdict> for Data {
+    fn from(v: Verdict) -> Self {
+        Self::Verdict(v)
+    }
+}
+
+impl fmt::Display for Data {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Verdict(v) => write!(f, "{v}"),
+            Self::Endpoint(a) => write!(f, "{} . {}", a.ip(), a.port()),
+        }
+    }
 }
 
 /// An endpoint's chain, kept compact (a cluster has far more endpoints than anything
@@ -556,7 +614,10 @@ impl EndpointChain {
         if let Some(set) = &self.affinity {
             rules.push(Rule::new([Stmt::UpdateSaddr(set.clone())]));
         }
-        rules.push(Rule::new([Stmt::L4Proto(self.proto), Stmt::Dnat(self.addr)]));
+        rules.push(Rule::new([
+            Stmt::L4Proto(self.proto),
+            Stmt::Dnat(self.addr),
+        ]));
         rules
     }
 

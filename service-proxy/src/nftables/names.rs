@@ -224,12 +224,18 @@ mod tests {
             let plain = endpoint_base(base, &addr);
             assert_eq!(&*e, format!("endpoint-{plain}"));
             assert_eq!(a.as_deref(), Some(format!("affinity-{plain}").as_str()));
-            assert_eq!(&*prefixed("service-", base), format!("service-{}", hash_and_truncate(base)));
+            assert_eq!(
+                &*prefixed("service-", base),
+                format!("service-{}", hash_and_truncate(base))
+            );
         }
         let long = "n".repeat(300);
         let (e, _) = endpoint_names(&long, &"10.0.0.1:80".parse().unwrap(), false);
         assert_eq!(e.len(), "endpoint-".len() + 240);
-        assert_eq!(&*prefixed("local-", &long), format!("local-{}", hash_and_truncate(&long)));
+        assert_eq!(
+            &*prefixed("local-", &long),
+            format!("local-{}", hash_and_truncate(&long))
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -13,8 +13,8 @@ use service_core::model::{IpFamily, Protocol};
 use service_core::snapshot::{ServicePort, ServicePortName, Snapshot};
 
 use super::model::{
-    MARK_FOR_MASQUERADE, AffinitySet, BaseHook, Chain, Dir, Element, EndpointChain, Family, FixedSet, Hook, Key, L4, Name, Rule, Stmt,
-    Verdict,
+    AffinitySet, BaseHook, Chain, Data, Dir, Element, EndpointChain, Family, FixedSet, Hook, Key,
+    L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, Verdict, endpoint_shard,
 };
 use super::names::{endpoint_names, prefixed, service_base_name};
 use super::transaction::{Op, SetDecl, Transaction};
@@ -62,6 +62,70 @@ pub struct PortObjects {
     pub affinity: Vec<AffinitySet>,
     /// Its elements in the fixed sets and maps.
     pub elements: Vec<Element>,
+    /// Its blocks of indexes in `service-endpoints` (one per dispatch chain without
+    /// affinity).
+    pub blocks: SmallVec<[Block; 2]>,
+}
+
+/// A block of indexes in `service-endpoints`: `numgen random mod COUNT offset OFFSET` picks
+/// among its first COUNT entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Block {
+    /// The endpoint map (`service-endpoints-N`).
+    pub shard: u16,
+    /// The first index.
+    pub offset: u32,
+    /// How many indexes it holds (a power of two, so that freed blocks are reused).
+    pub capacity: u32,
+}
+
+/// Blocks of endpoint-map indexes: per map, a bump allocator with free lists per size.
+#[derive(Clone, Debug, Default)]
+struct Slots {
+    maps: Vec<MapSlots>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct MapSlots {
+    next: u32,
+    free: Vec<Vec<u32>>,
+}
+
+impl Slots {
+    fn alloc(&mut self, shard: u16, n: u32) -> Block {
+        let capacity = n.max(1).next_power_of_two();
+        let class = capacity.trailing_zeros() as usize;
+        let at = usize::from(shard);
+        if self.maps.len() <= at {
+            self.maps.resize_with(at + 1, MapSlots::default);
+        }
+        let map = &mut self.maps[at];
+        if let Some(offset) = map.free.get_mut(class).and_then(Vec::pop) {
+            return Block {
+                shard,
+                offset,
+                capacity,
+            };
+        }
+        let offset = map.next;
+        map.next = map.next.saturating_add(capacity);
+        Block {
+            shard,
+            offset,
+            capacity,
+        }
+    }
+
+    fn free(&mut self, b: Block) {
+        let class = b.capacity.trailing_zeros() as usize;
+        let Some(map) = self.maps.get_mut(usize::from(b.shard)) else {
+            return;
+        };
+        if map.free.len() <= class {
+            map.free.resize_with(class + 1, Vec::new);
+        }
+        map.free[class].push(b.offset);
+    }
 }
 
 impl PortObjects {
@@ -194,7 +258,7 @@ impl std::borrow::Borrow<ServicePortName> for PortName {
 
 /// The owners of a set element, in service-port order: when two service ports claim the
 /// same key (two Services sharing an external IP and port), the first one's value wins.
-type Owners = SmallVec<[(PortName, Option<Verdict>); 1]>;
+type Owners = SmallVec<[(PortName, Option<Data>); 1]>;
 
 /// The rendered state of one family's table: the fixed chains and elements and every
 /// service port's objects.
@@ -209,18 +273,21 @@ pub struct Ruleset {
     /// Every service port's objects.
     pub ports: BTreeMap<PortName, Arc<PortObjects>>,
     owners: OwnerMap,
+    slots: Slots,
+    /// The endpoint maps declared (created with their first block, kept afterwards).
+    shards: std::collections::BTreeSet<u16>,
 }
 
 impl Ruleset {
     /// The value of a set element as the kernel should hold it (`None` when absent; a set
     /// element without value is `Some(None)`).
-    pub fn element(&self, set: FixedSet, key: &Key) -> Option<Option<&Verdict>> {
+    pub fn element(&self, set: FixedSet, key: &Key) -> Option<Option<&Data>> {
         if let Some(e) = self
             .fixed_elements
             .iter()
             .find(|e| e.set == set && e.key == *key)
         {
-            return Some(e.verdict.as_ref());
+            return Some(e.data.as_ref());
         }
         self.owners
             .get(&(set, *key))
@@ -280,6 +347,11 @@ impl Ruleset {
         first.ops.push(Op::AddTable);
         for set in FixedSet::ALL {
             first.ops.push(Op::AddSet(SetDecl::Fixed(set)));
+        }
+        for &shard in &self.shards {
+            first
+                .ops
+                .push(Op::AddSet(SetDecl::Fixed(FixedSet::Endpoints(shard))));
         }
         for c in &self.fixed {
             first.ops.push(Op::AddChain(c.clone()));
@@ -421,19 +493,20 @@ impl Renderer {
     pub fn render(&self, snapshot: &Snapshot) -> Ruleset {
         let (fixed, fixed_elements) = self.fixed(snapshot);
         let mut ports = Vec::with_capacity(snapshot.ports.len());
+        let mut slots = Slots::default();
         let mut owners: OwnerMap = HashMap::with_capacity_and_hasher(
             snapshot.ports.len() * 2,
             BuildHasherDefault::default(),
         );
         for sp in snapshot.ports.values() {
-            if let Some(objs) = self.render_port(snapshot, sp) {
+            if let Some(objs) = self.render_port(snapshot, sp, &mut slots, None) {
                 let name = PortName(sp.clone());
                 for e in &objs.elements {
                     // Ports come in name order: pushing keeps each owner list sorted.
                     owners
                         .entry((e.set, e.key))
                         .or_default()
-                        .push((name.clone(), e.verdict.clone()));
+                        .push((name.clone(), e.data.clone()));
                 }
                 ports.push((name, Arc::new(objs)));
             }
@@ -443,8 +516,13 @@ impl Renderer {
             fixed,
             fixed_elements,
             // In snapshot (name) order already: built in bulk.
+            shards: ports
+                .iter()
+                .flat_map(|(_, o)| o.blocks.iter().map(|b| b.shard))
+                .collect(),
             ports: ports.into_iter().collect(),
             owners,
+            slots,
         }
     }
 
@@ -506,18 +584,26 @@ impl Renderer {
         let mut chains_add = Vec::new();
         let mut rules_ops = Vec::new();
         // Each touched key's value before this update (what the kernel holds).
-        let mut before: HashMap<ElemKey, Option<Option<Verdict>>> = HashMap::new();
+        let mut before: HashMap<ElemKey, Option<Option<Data>>> = HashMap::new();
         let mut n_changed = 0;
         for pname in names {
+            let old = rules.ports.get(&pname).cloned();
             let new = snapshot
                 .ports
                 .get(&pname)
-                .and_then(|sp| self.render_port(snapshot, sp));
-            let old = rules.ports.get(&pname).cloned();
+                .and_then(|sp| self.render_port(snapshot, sp, &mut rules.slots, old.as_deref()));
             if let (Some(o), Some(n)) = (&old, &new)
                 && **o == *n
             {
                 continue;
+            }
+            // Blocks of `service-endpoints` the port no longer uses go back to the pool.
+            if let Some(o) = &old {
+                for b in &o.blocks {
+                    if !new.as_ref().is_some_and(|n| n.blocks.contains(b)) {
+                        rules.slots.free(*b);
+                    }
+                }
             }
             n_changed += 1;
             let key: PortName = match (
@@ -533,9 +619,16 @@ impl Renderer {
                 endpoints: Vec::new(),
                 affinity: Vec::new(),
                 elements: Vec::new(),
+                blocks: SmallVec::new(),
             };
             let o = old.as_deref().unwrap_or(&empty);
             let n = new.as_ref().unwrap_or(&empty);
+            // Endpoint maps used for the first time.
+            for b in &n.blocks {
+                if rules.shards.insert(b.shard) {
+                    sets_add.push(Op::AddSet(SetDecl::Fixed(FixedSet::Endpoints(b.shard))));
+                }
+            }
             // Affinity sets.
             for s in &n.affinity {
                 if !o.affinity.contains(s) {
@@ -614,7 +707,7 @@ impl Renderer {
                 let k = (e.set, e.key);
                 let list = rules.owners.entry(k).or_default();
                 let at = list.partition_point(|(n, _)| *n.name() < pname);
-                list.insert(at, (key.clone(), e.verdict.clone()));
+                list.insert(at, (key.clone(), e.data.clone()));
             }
             match new {
                 Some(n) => {
@@ -629,14 +722,14 @@ impl Renderer {
         tx.ops.extend(chains_add);
         tx.ops.extend(fixed_ops);
         tx.ops.extend(rules_ops);
-        let mut touched: Vec<(ElemKey, Option<Option<Verdict>>)> = before.into_iter().collect();
+        let mut touched: Vec<(ElemKey, Option<Option<Data>>)> = before.into_iter().collect();
         touched.sort_unstable_by_key(|t| t.0);
         for (k, was) in touched {
             let now = rules.owners.get(&k).and_then(|o| o.first()).map(|(_, v)| v);
-            let elem = |verdict: Option<Verdict>| Element {
+            let elem = |data: Option<Data>| Element {
                 set: k.0,
                 key: k.1,
-                verdict,
+                data,
             };
             match (was, now) {
                 (Some(b), Some(n)) if b == *n => {}
@@ -849,7 +942,7 @@ impl Renderer {
             .map(|ip| Element {
                 set: FixedSet::NodeportIps,
                 key: Key::Addr(ip),
-                verdict: None,
+                data: None,
             })
             .collect();
         let _ = snapshot;
@@ -857,7 +950,13 @@ impl Renderer {
     }
 
     /// Renders one service port for this family.
-    fn render_port(&self, snapshot: &Snapshot, sp: &ServicePort) -> Option<PortObjects> {
+    fn render_port(
+        &self,
+        snapshot: &Snapshot,
+        sp: &ServicePort,
+        slots: &mut Slots,
+        prev: Option<&PortObjects>,
+    ) -> Option<PortObjects> {
         let family = self.ip_family();
         let plan = sp.family(&family)?;
         let proto = l4(sp.protocol())?;
@@ -925,7 +1024,11 @@ impl Renderer {
 
         let mut elements = Vec::with_capacity(4 + plan.selection.all_reachable.len());
         let mut el = |set: FixedSet, key: Key, verdict: Option<Verdict>| {
-            elements.push(Element { set, key, verdict })
+            elements.push(Element {
+                set,
+                key,
+                data: verdict.map(Data::Verdict),
+            })
         };
         let app = |ip: IpAddr| Key::AddrProtoPort(ip, proto, sp.port);
 
@@ -992,8 +1095,7 @@ impl Renderer {
             el(FixedSet::Hairpin, Key::AddrPair(ip, ip), None);
         }
 
-        let mut chains: Vec<Arc<Chain>> =
-            Vec::with_capacity(4);
+        let mut chains: Vec<Arc<Chain>> = Vec::with_capacity(4);
         let to_masq = || Stmt::Verdict(Verdict::Jump(self.mark_for_masquerade.clone()));
 
         // Firewall chain: allowed sources return, the rest is dropped (kube-proxy writes
@@ -1092,7 +1194,11 @@ impl Renderer {
                 .map(|at| &endpoints[at])
         };
 
-        let dispatch = |chain_name: &Name, list: &[u32], masq_cluster_ip: bool| -> Chain {
+        let dispatch = |chain_name: &Name,
+                        list: &[u32],
+                        masq_cluster_ip: bool,
+                        block: Option<Block>|
+         -> Chain {
             let mut c = Chain::new(chain_name.clone());
             if masq_cluster_ip {
                 let daddr = Stmt::Addr {
@@ -1140,23 +1246,51 @@ impl Renderer {
                 if !targets.is_empty() {
                     c.rules.push(Rule::new([Stmt::NumgenVmap(targets)]));
                 }
-            } else if !list.is_empty() {
-                let targets: Vec<SocketAddr> = list
-                    .iter()
-                    .map(|&i| plan.endpoints[i as usize].addr())
-                    .collect();
-                c.rules
-                    .push(Rule::new([Stmt::L4Proto(proto), Stmt::DnatMap(targets)]));
+            } else if let Some(b) = block {
+                c.rules.push(Rule::new([
+                    Stmt::L4Proto(proto),
+                    Stmt::DnatMap {
+                        shard: b.shard,
+                        offset: b.offset,
+                        count: u32::try_from(list.len()).unwrap_or(u32::MAX),
+                    },
+                ]));
             }
             c
         };
+        // A block of `service-endpoints` for each dispatch chain without affinity: the
+        // previous render's when it is large enough (so that an endpoint change only
+        // rewrites elements and one rule), a new one otherwise.
+        let mut blocks: SmallVec<[Block; 2]> = SmallVec::new();
+        let mut block_for = |list: &[u32], slots: &mut Slots| -> Option<Block> {
+            if affinity.is_some() || list.is_empty() {
+                return None;
+            }
+            let n = u32::try_from(list.len()).unwrap_or(u32::MAX);
+            let b = prev
+                .and_then(|p| p.blocks.get(blocks.len()))
+                .filter(|b| b.capacity >= n)
+                .copied()
+                .unwrap_or_else(|| slots.alloc(endpoint_shard(&base_name), n));
+            blocks.push(b);
+            for (j, &i) in list.iter().enumerate() {
+                elements.push(Element {
+                    set: FixedSet::Endpoints(b.shard),
+                    key: Key::Index(b.offset + u32::try_from(j).unwrap_or(0)),
+                    data: Some(Data::Endpoint(plan.endpoints[i as usize].addr())),
+                });
+            }
+            Some(b)
+        };
         if uses_cluster_chain {
             let masq = has_internal && *internal_chain == cluster_chain;
-            chains.push(Arc::new(dispatch(&cluster_chain, cluster, masq)));
+            let block = block_for(cluster, slots);
+            chains.push(Arc::new(dispatch(&cluster_chain, cluster, masq, block)));
         }
         if uses_local_chain {
             let masq = has_internal && *internal_chain == local_chain;
-            chains.push(Arc::new(dispatch(&local_chain, local, masq)));
+            let block = block_for(local, slots);
+            chains.push(Arc::new(dispatch(&local_chain, local, masq, block)));
         }
 
         // Endpoint chains and affinity sets.
@@ -1174,6 +1308,7 @@ impl Renderer {
             endpoints,
             affinity: affinity_sets,
             elements,
+            blocks,
         })
     }
 }

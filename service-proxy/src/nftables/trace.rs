@@ -6,7 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use service_core::model::Protocol;
 
-use super::model::{Chain, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict};
+use super::model::{
+    Chain, Data, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict,
+};
 use super::render::Ruleset;
 use crate::trace::{Destination, Packet, Verdict};
 
@@ -71,7 +73,7 @@ impl<'a> Tracer<'a> {
         ip.is_loopback() || self.local.contains(ip)
     }
 
-    fn lookup(&self, set: FixedSet, key: Key) -> Option<Option<&NftVerdict>> {
+    fn lookup(&self, set: FixedSet, key: Key) -> Option<Option<&Data>> {
         self.rules.element(set, &key)
     }
 
@@ -110,7 +112,7 @@ impl<'a> Tracer<'a> {
                     }
                     Stmt::AddrInSet { dir, set } => {
                         let ip = if *dir == Dir::Saddr { st.src } else { st.dst };
-                        let fixed = FixedSet::ALL.into_iter().find(|s| s.name() == &**set);
+                        let fixed = FixedSet::ALL.into_iter().find(|s| s.name() == **set);
                         // Affinity sets start empty: a first packet never matches them.
                         let hit = fixed.is_some_and(|s| self.lookup(s, Key::Addr(ip)).is_some());
                         if !hit {
@@ -139,7 +141,7 @@ impl<'a> Tracer<'a> {
                     }
                     Stmt::VmapAddrProtoPort(map) => {
                         match self.addr_key(&st).and_then(|k| self.lookup(*map, k)) {
-                            Some(Some(v)) => Some(v.clone()),
+                            Some(Some(Data::Verdict(v))) => Some(v.clone()),
                             _ => {
                                 matched = false;
                                 None
@@ -149,7 +151,7 @@ impl<'a> Tracer<'a> {
                     Stmt::VmapProtoPort(map) => {
                         let key = st.proto.map(|p| Key::ProtoPort(p, st.dport));
                         match key.and_then(|k| self.lookup(*map, k)) {
-                            Some(Some(v)) => Some(v.clone()),
+                            Some(Some(Data::Verdict(v))) => Some(v.clone()),
                             _ => {
                                 matched = false;
                                 None
@@ -164,8 +166,23 @@ impl<'a> Tracer<'a> {
                         }
                         return out;
                     }
-                    Stmt::DnatMap(targets) => {
-                        return targets.iter().map(|t| (Fate::Dnat(*t), st)).collect();
+                    Stmt::DnatMap {
+                        shard,
+                        offset,
+                        count,
+                    } => {
+                        // Every endpoint of the Service's block is a possible outcome.
+                        return (0..*count)
+                            .filter_map(|i| {
+                                match self.lookup(
+                                    FixedSet::Endpoints(*shard),
+                                    Key::Index(offset.wrapping_add(i)),
+                                ) {
+                                    Some(Some(Data::Endpoint(a))) => Some((Fate::Dnat(*a), st)),
+                                    _ => None,
+                                }
+                            })
+                            .collect();
                     }
                     Stmt::CtStatusDnat => {
                         if !st.dnat {

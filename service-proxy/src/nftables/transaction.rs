@@ -4,10 +4,10 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::render::PortObjects;
 use super::model::{
     AffinitySet, Chain, Element, EndpointChain, Family, FixedSet, KeyShape, Name, TABLE,
 };
+use super::render::PortObjects;
 
 /// A set or map to declare.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -99,6 +99,7 @@ fn key_type(family: Family, shape: KeyShape) -> String {
         KeyShape::ProtoPort => "inet_proto . inet_service".to_owned(),
         KeyShape::AddrProtoPort => format!("{} . inet_proto . inet_service", family.addr_type()),
         KeyShape::AddrPair => format!("{0} . {0}", family.addr_type()),
+        KeyShape::Index => "integer".to_owned(),
     }
 }
 
@@ -122,6 +123,11 @@ impl fmt::Display for Transaction {
                     writeln!(f, "add table {fam} {t}")?;
                     writeln!(f, "delete table {fam} {t}")?;
                 }
+                Op::AddSet(SetDecl::Fixed(s @ FixedSet::Endpoints(_))) => writeln!(
+                    f,
+                    "add map {fam} {t} {} {{ typeof numgen random mod 1 : {fam} daddr . th dport ; }}",
+                    s.name()
+                )?,
                 Op::AddSet(SetDecl::Fixed(s)) => {
                     let kind = if s.is_map() { "map" } else { "set" };
                     let data = if s.is_map() { " : verdict" } else { "" };
@@ -165,12 +171,17 @@ impl fmt::Display for Transaction {
                 Op::AddEndpoint(e) => writeln!(f, "add chain {fam} {t} {}", e.name)?,
                 Op::AddEndpointRules(e) => {
                     for r in &e.rules() {
-                        writeln!(f, "add rule {fam} {t} {} {}", e.name, r.display(self.family))?;
+                        writeln!(
+                            f,
+                            "add rule {fam} {t} {} {}",
+                            e.name,
+                            r.display(self.family)
+                        )?;
                     }
                 }
                 Op::FlushChain(n) => writeln!(f, "flush chain {fam} {t} {n}")?,
                 Op::DeleteChain(n) => writeln!(f, "delete chain {fam} {t} {n}")?,
-                Op::AddElement(e) => match &e.verdict {
+                Op::AddElement(e) => match &e.data {
                     Some(v) => writeln!(
                         f,
                         "add element {fam} {t} {} {{ {} : {v} }}",

@@ -9,7 +9,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{
-    BaseHook, Dir, Element, Family, FixedSet, Key, KeyShape, L4, Rule, Stmt, TABLE, Verdict,
+    BaseHook, Data, Dir, Element, Family, FixedSet, Key, KeyShape, L4, Rule, Stmt, TABLE, Verdict,
 };
 use super::transaction::{Op, SetDecl, Transaction};
 
@@ -259,6 +259,14 @@ fn addr_offset(family: Family, dir: Dir) -> u32 {
     }
 }
 
+/// `addr . port` as map data: the port padded to 32 bits.
+fn endpoint_bytes(a: &SocketAddr) -> Vec<u8> {
+    let mut v = addr_bytes(&a.ip());
+    let port = a.port().to_be_bytes();
+    v.extend_from_slice(&[port[0], port[1], 0, 0]);
+    v
+}
+
 /// The key bytes of a set element: fields padded to 32 bits.
 pub fn key_bytes(key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
@@ -278,6 +286,7 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
             out.extend(addr_bytes(a));
             out.extend(addr_bytes(b));
         }
+        Key::Index(i) => out.extend_from_slice(&i.to_ne_bytes()),
     }
     out
 }
@@ -293,6 +302,7 @@ fn key_type(family: Family, shape: KeyShape) -> (u32, u32) {
         KeyShape::ProtoPort => (pp, 8),
         KeyShape::AddrProtoPort => ((addr << (2 * TYPE_BITS)) | pp, alen + 8),
         KeyShape::AddrPair => ((addr << TYPE_BITS) | addr, 2 * alen),
+        KeyShape::Index => (TYPE_INTEGER, 4),
     }
 }
 
@@ -582,8 +592,26 @@ impl Batch {
         let b = &mut self.buf;
         attr_str(b, NFTA_SET_TABLE, TABLE);
         match decl {
+            SetDecl::Fixed(s @ FixedSet::Endpoints(_)) => {
+                attr_str(b, NFTA_SET_NAME, &s.name());
+                let (addr, alen, udata) = match family {
+                    Family::Ip => (TYPE_IPADDR, 4, ENDPOINTS_USERDATA_IP),
+                    Family::Ip6 => (TYPE_IP6ADDR, 16, ENDPOINTS_USERDATA_IP6),
+                };
+                attr_be32(b, NFTA_SET_FLAGS, NFT_SET_MAP);
+                attr_be32(b, NFTA_SET_KEY_TYPE, TYPE_INTEGER);
+                attr_be32(b, NFTA_SET_KEY_LEN, 4);
+                attr_be32(
+                    b,
+                    NFTA_SET_DATA_TYPE,
+                    (addr << TYPE_BITS) | TYPE_INET_SERVICE,
+                );
+                attr_be32(b, NFTA_SET_DATA_LEN, alen + 4);
+                attr_be32(b, NFTA_SET_ID, id);
+                attr(b, 13, udata);
+            }
             SetDecl::Fixed(s) => {
-                attr_str(b, NFTA_SET_NAME, s.name());
+                attr_str(b, NFTA_SET_NAME, &s.name());
                 let (ty, len) = key_type(family, s.key());
                 attr_be32(b, NFTA_SET_FLAGS, if s.is_map() { NFT_SET_MAP } else { 0 });
                 attr_be32(b, NFTA_SET_KEY_TYPE, ty);
@@ -626,13 +654,17 @@ impl Batch {
         let m = self.msg(family, ty, flags);
         let b = &mut self.buf;
         attr_str(b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
-        attr_str(b, NFTA_SET_ELEM_LIST_SET, set.name());
+        attr_str(b, NFTA_SET_ELEM_LIST_SET, &set.name());
         let list = nest(b, NFTA_SET_ELEM_LIST_ELEMENTS);
         for e in elems {
             let el = nest(b, NFTA_LIST_ELEM);
             data_value(b, NFTA_SET_ELEM_KEY, &key_bytes(&e.key));
-            if add && let Some(v) = &e.verdict {
-                data_verdict(b, NFTA_SET_ELEM_DATA, v);
+            match (&e.data, add) {
+                (Some(Data::Verdict(v)), true) => data_verdict(b, NFTA_SET_ELEM_DATA, v),
+                (Some(Data::Endpoint(a)), true) => {
+                    data_value(b, NFTA_SET_ELEM_DATA, &endpoint_bytes(a));
+                }
+                _ => {}
             }
             end_nest(b, el);
         }
@@ -642,7 +674,7 @@ impl Batch {
 
     /// The anonymous verdict map of a `numgen` rule: declared and filled before the rule
     /// that refers to it by id.
-    fn anonymous_map(&mut self, family: Family, data: AnonData<'_>) -> u32 {
+    fn anonymous_map(&mut self, family: Family, targets: &[super::model::Name]) -> u32 {
         self.set_id += 1;
         let id = self.set_id;
         let m = self.msg(family, NFT_MSG_NEWSET, NLM_F_CREATE);
@@ -656,26 +688,9 @@ impl Batch {
         );
         attr_be32(b, NFTA_SET_KEY_TYPE, TYPE_INTEGER);
         attr_be32(b, NFTA_SET_KEY_LEN, 4);
-        let size = match data {
-            AnonData::Verdicts(t) => {
-                attr_be32(b, NFTA_SET_DATA_TYPE, TYPE_VERDICT);
-                attr_be32(b, NFTA_SET_DATA_LEN, 0);
-                t.len()
-            }
-            AnonData::Endpoints(t) => {
-                let (addr, alen) = match family {
-                    Family::Ip => (TYPE_IPADDR, 4),
-                    Family::Ip6 => (TYPE_IP6ADDR, 16),
-                };
-                attr_be32(
-                    b,
-                    NFTA_SET_DATA_TYPE,
-                    (addr << TYPE_BITS) | TYPE_INET_SERVICE,
-                );
-                attr_be32(b, NFTA_SET_DATA_LEN, alen + 4);
-                t.len()
-            }
-        };
+        attr_be32(b, NFTA_SET_DATA_TYPE, TYPE_VERDICT);
+        attr_be32(b, NFTA_SET_DATA_LEN, 0);
+        let size = targets.len();
         let d = nest(b, NFTA_SET_DESC);
         attr_be32(
             b,
@@ -694,21 +709,11 @@ impl Batch {
             attr_str(b, NFTA_SET_ELEM_LIST_SET, "__map%d");
             attr_be32(b, NFTA_SET_ELEM_LIST_SET_ID, id);
             let list = nest(b, NFTA_SET_ELEM_LIST_ELEMENTS);
-            for k in start..end {
+            for (k, target) in targets.iter().enumerate().take(end).skip(start) {
                 let i = u32::try_from(k).unwrap_or(0);
                 let el = nest(b, NFTA_LIST_ELEM);
                 data_value(b, NFTA_SET_ELEM_KEY, &i.to_ne_bytes());
-                match data {
-                    AnonData::Verdicts(t) => {
-                        data_verdict(b, NFTA_SET_ELEM_DATA, &Verdict::Goto(t[k].clone()));
-                    }
-                    AnonData::Endpoints(t) => {
-                        let mut v = addr_bytes(&t[k].ip());
-                        let port = t[k].port().to_be_bytes();
-                        v.extend_from_slice(&[port[0], port[1], 0, 0]);
-                        data_value(b, NFTA_SET_ELEM_DATA, &v);
-                    }
-                }
+                data_verdict(b, NFTA_SET_ELEM_DATA, &Verdict::Goto(target.clone()));
                 end_nest(b, el);
             }
             end_nest(b, list);
@@ -721,10 +726,8 @@ impl Batch {
         // Anonymous maps come first, in their own messages.
         let mut anon = Vec::new();
         for s in &rule.stmts {
-            match s {
-                Stmt::NumgenVmap(t) => anon.push(self.anonymous_map(family, AnonData::Verdicts(t))),
-                Stmt::DnatMap(t) => anon.push(self.anonymous_map(family, AnonData::Endpoints(t))),
-                _ => {}
+            if let Stmt::NumgenVmap(t) = s {
+                anon.push(self.anonymous_map(family, t));
             }
         }
         let m = self.msg(family, NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
@@ -793,15 +796,6 @@ impl Batch {
     }
 }
 
-/// The values of an anonymous map.
-#[derive(Clone, Copy)]
-enum AnonData<'a> {
-    /// `goto` verdicts.
-    Verdicts(&'a [super::model::Name]),
-    /// `addr . port` values.
-    Endpoints(&'a [SocketAddr]),
-}
-
 /// nft's set user data (`NFTNL_UDATA_SET_*` TLVs), so that `nft list` prints our sets
 /// exactly as those it creates itself: key byte order (and, for concatenations, each
 /// field's type and byte order).
@@ -809,9 +803,34 @@ fn set_userdata(shape: KeyShape) -> Option<&'static [u8]> {
     match shape {
         // KEYBYTEORDER = big endian.
         KeyShape::Addr => Some(&[0, 4, 2, 0, 0, 0]),
-        KeyShape::ProtoPort | KeyShape::AddrProtoPort | KeyShape::AddrPair => None,
+        KeyShape::ProtoPort | KeyShape::AddrProtoPort | KeyShape::AddrPair | KeyShape::Index => {
+            None
+        }
     }
 }
+
+/// The user data nft gives `service-endpoints` (declared with `typeof numgen random mod 1 :
+/// ip daddr . th dport`): the typeof expressions it prints the map with.
+const ENDPOINTS_USERDATA_IP: &[u8] = &[
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0c, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+/// The same for the `ip6` table (`ip6 daddr`).
+const ENDPOINTS_USERDATA_IP6: &[u8] = &[
+    0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x00, 0x00, 0x00, 0x00, 0x03, 0x1a, 0x00, 0x04,
+    0x17, 0x00, 0x00, 0x00, 0x01, 0x12, 0x00, 0x04, 0x01, 0x00, 0x00, 0x00, 0x01, 0x04, 0x01, 0x00,
+    0x00, 0x00, 0x02, 0x04, 0x00, 0x00, 0x00, 0x00, 0x04, 0x34, 0x00, 0x04, 0x0d, 0x00, 0x00, 0x00,
+    0x01, 0x2c, 0x00, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00, 0x01, 0x0c, 0x00, 0x04, 0x0d, 0x00,
+    0x00, 0x00, 0x01, 0x04, 0x09, 0x00, 0x00, 0x00, 0x01, 0x14, 0x00, 0x04, 0x07, 0x00, 0x00, 0x00,
+    0x01, 0x0c, 0x00, 0x04, 0x0b, 0x00, 0x00, 0x00, 0x01, 0x04, 0x02, 0x00, 0x00, 0x00, 0x06, 0x04,
+    0x00, 0x00, 0x00, 0x00,
+];
 
 /// The user data nft gives a `numgen` map: host-order integer keys.
 const ANON_MAP_USERDATA: &[u8] = &[0, 4, 1, 0, 0, 0];
@@ -859,11 +878,11 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
         }
         Stmt::VmapAddrProtoPort(map) => {
             x.concat(Some(family));
-            x.lookup(map.name(), None, Some(NFT_REG_VERDICT));
+            x.lookup(&map.name(), None, Some(NFT_REG_VERDICT));
         }
         Stmt::VmapProtoPort(map) => {
             x.concat(None);
-            x.lookup(map.name(), None, Some(NFT_REG_VERDICT));
+            x.lookup(&map.name(), None, Some(NFT_REG_VERDICT));
         }
         Stmt::NumgenVmap(targets) => {
             let modulus = u32::try_from(targets.len()).unwrap_or(u32::MAX);
@@ -876,16 +895,18 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
             let id = anon.next().unwrap_or(0);
             x.lookup("__map%d", Some(id), Some(NFT_REG_VERDICT));
         }
-        Stmt::DnatMap(targets) => {
-            let modulus = u32::try_from(targets.len()).unwrap_or(u32::MAX);
+        Stmt::DnatMap {
+            shard,
+            offset,
+            count,
+        } => {
             x.expr("numgen", |b| {
                 attr_be32(b, 1, NFT_REG_1);
-                attr_be32(b, 2, modulus);
+                attr_be32(b, 2, *count);
                 attr_be32(b, 3, NFT_NG_RANDOM);
-                attr_be32(b, 4, 0);
+                attr_be32(b, 4, *offset);
             });
-            let id = anon.next().unwrap_or(0);
-            x.lookup("__map%d", Some(id), Some(NFT_REG_1));
+            x.lookup(&FixedSet::Endpoints(*shard).name(), None, Some(NFT_REG_1));
             let port_reg = reg32(addr_len(family) / 4);
             x.expr("nat", |b| {
                 attr_be32(b, 1, NFT_NAT_DNAT);
@@ -915,7 +936,7 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
                 addr_offset(family, Dir::Daddr),
                 addr_len(family),
             );
-            x.lookup(set.name(), None, None);
+            x.lookup(&set.name(), None, None);
         }
         Stmt::MarkOr(m) => {
             x.meta_load(NFT_META_MARK, NFT_REG_1);
