@@ -71,7 +71,7 @@ fn main() {
     time(
         &mut socket,
         "add chain + accept rule",
-        vec![Op::AddChain(c.clone()), Op::AddRules(c.clone())],
+        vec![Op::AddChain(c.clone()), Op::AddRules(c)],
     );
     let mut j = Chain::new("probe");
     j.rules.push(Rule::new([Stmt::Verdict(Verdict::Jump(
