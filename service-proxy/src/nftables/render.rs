@@ -161,6 +161,29 @@ impl PortObjects {
 
 type ElemKey = (FixedSet, Key);
 
+/// How the elements of a set are shared between service ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sharing {
+    /// Several ports may claim a key with different values: the first in name order wins.
+    Owned,
+    /// Several ports may hold the same value-less element: it stays while any does.
+    Counted,
+    /// Each key belongs to one port by construction (blocks of the endpoint maps).
+    Exclusive,
+}
+
+fn sharing(set: FixedSet) -> Sharing {
+    match set {
+        FixedSet::Endpoints(_) => Sharing::Exclusive,
+        FixedSet::Hairpin => Sharing::Counted,
+        _ => Sharing::Owned,
+    }
+}
+
+type CountMap = HashMap<ElemKey, u32, BuildHasherDefault<FxHasher>>;
+
+type SeenSet = std::collections::HashSet<ElemKey, BuildHasherDefault<FxHasher>>;
+
 /// Element owners by key. The keys are a cluster's service addresses and ports: a fast
 /// non-cryptographic hash is enough.
 type OwnerMap = HashMap<ElemKey, Owners, BuildHasherDefault<FxHasher>>;
@@ -273,6 +296,8 @@ pub struct Ruleset {
     /// Every service port's objects.
     pub ports: BTreeMap<PortName, Arc<PortObjects>>,
     owners: OwnerMap,
+    /// How many ports hold each shared value-less element.
+    counted: CountMap,
     slots: Slots,
     /// The endpoint maps declared (created with their first block, kept afterwards).
     shards: std::collections::BTreeSet<u16>,
@@ -289,28 +314,58 @@ impl Ruleset {
         {
             return Some(e.data.as_ref());
         }
-        self.owners
-            .get(&(set, *key))
-            .and_then(|o| o.first())
-            .map(|(_, v)| v.as_ref())
+        match sharing(set) {
+            Sharing::Owned => self
+                .owners
+                .get(&(set, *key))
+                .and_then(|o| o.first())
+                .map(|(_, v)| v.as_ref()),
+            Sharing::Counted => self
+                .counted
+                .get(&(set, *key))
+                .filter(|n| **n > 0)
+                .map(|_| None),
+            // Linear: for tracing and tests.
+            Sharing::Exclusive => self
+                .ports
+                .values()
+                .flat_map(|p| p.elements.iter())
+                .find(|e| e.set == set && e.key == *key)
+                .map(|e| e.data.as_ref()),
+        }
     }
 
     /// Every element in effect, with fixed elements first.
-    pub fn elements(&self) -> impl Iterator<Item = Element> + '_ {
-        let owned = self.ports.iter().flat_map(move |(name, objs)| {
-            objs.elements
-                .iter()
-                .filter(move |e| self.owns(name.name(), e))
-                .cloned()
-        });
-        self.fixed_elements.iter().cloned().chain(owned)
+    pub fn elements(&self) -> Vec<Element> {
+        let mut seen = SeenSet::default();
+        let mut out: Vec<Element> = self.fixed_elements.clone();
+        for (name, objs) in &self.ports {
+            for e in &objs.elements {
+                if self.emits(name.name(), e, &mut seen) {
+                    out.push(e.clone());
+                }
+            }
+        }
+        out
     }
 
-    fn owns(&self, name: &ServicePortName, e: &Element) -> bool {
-        self.owners
-            .get(&(e.set, e.key))
-            .and_then(|o| o.first())
-            .is_some_and(|(n, _)| n.name() == name)
+    /// Whether `port` is the one to send `e` (the owner of a contested key, the first holder
+    /// of a shared one).
+    fn emits(
+        &self,
+        port: &ServicePortName,
+        e: &Element,
+        seen: &mut SeenSet,
+    ) -> bool {
+        match sharing(e.set) {
+            Sharing::Owned => self
+                .owners
+                .get(&(e.set, e.key))
+                .and_then(|o| o.first())
+                .is_some_and(|(n, _)| n.name() == port),
+            Sharing::Counted => seen.insert((e.set, e.key)),
+            Sharing::Exclusive => true,
+        }
     }
 
     /// A chain by name (fixed, a service port's or an endpoint's); linear in the number
@@ -365,6 +420,7 @@ impl Ruleset {
         let mut out = vec![first];
         let mut current = Transaction::new(self.family);
         let mut weight = 0;
+        let mut seen = SeenSet::default();
         for (name, objs) in &self.ports {
             if !current.ops.is_empty() && weight >= max_ops {
                 out.push(std::mem::replace(
@@ -375,8 +431,10 @@ impl Ruleset {
             }
             weight += objs.weight() + objs.elements.len();
             current.ops.push(Op::AddPort(objs.clone()));
-            for e in objs.elements.iter().filter(|e| self.owns(name.name(), e)) {
-                current.ops.push(Op::AddElement(e.clone()));
+            for e in &objs.elements {
+                if self.emits(name.name(), e, &mut seen) {
+                    current.ops.push(Op::AddElement(e.clone()));
+                }
             }
         }
         if !current.ops.is_empty() {
@@ -494,6 +552,7 @@ impl Renderer {
         let (fixed, fixed_elements) = self.fixed(snapshot);
         let mut ports = Vec::with_capacity(snapshot.ports.len());
         let mut slots = Slots::default();
+        let mut counted = CountMap::default();
         let mut owners: OwnerMap = HashMap::with_capacity_and_hasher(
             snapshot.ports.len() * 2,
             BuildHasherDefault::default(),
@@ -502,11 +561,15 @@ impl Renderer {
             if let Some(objs) = self.render_port(snapshot, sp, &mut slots, None) {
                 let name = PortName(sp.clone());
                 for e in &objs.elements {
-                    // Ports come in name order: pushing keeps each owner list sorted.
-                    owners
-                        .entry((e.set, e.key))
-                        .or_default()
-                        .push((name.clone(), e.data.clone()));
+                    match sharing(e.set) {
+                        // Ports come in name order: pushing keeps each owner list sorted.
+                        Sharing::Owned => owners
+                            .entry((e.set, e.key))
+                            .or_default()
+                            .push((name.clone(), e.data.clone())),
+                        Sharing::Counted => *counted.entry((e.set, e.key)).or_default() += 1,
+                        Sharing::Exclusive => {}
+                    }
                 }
                 ports.push((name, Arc::new(objs)));
             }
@@ -522,6 +585,7 @@ impl Renderer {
                 .collect(),
             ports: ports.into_iter().collect(),
             owners,
+            counted,
             slots,
         }
     }
@@ -585,6 +649,7 @@ impl Renderer {
         let mut rules_ops = Vec::new();
         // Each touched key's value before this update (what the kernel holds).
         let mut before: HashMap<ElemKey, Option<Option<Data>>> = HashMap::new();
+        let mut counted_delta: HashMap<ElemKey, i64> = HashMap::new();
         let mut n_changed = 0;
         for pname in names {
             let old = rules.ports.get(&pname).cloned();
@@ -683,8 +748,33 @@ impl Renderer {
                     name: name.clone(),
                 });
             }
+            // Elements of exclusive keys: this port's old and new lists decide.
+            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Exclusive) {
+                let kept = n.elements.iter().any(|x| x.key == e.key && x.set == e.set);
+                let same = n.elements.iter().any(|x| x == e);
+                if !kept || !same {
+                    elem_del.push(e.clone());
+                }
+            }
+            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Exclusive) {
+                if !o.elements.contains(e) {
+                    elem_add.push(e.clone());
+                }
+            }
+            // Shared value-less elements: counted.
+            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Counted) {
+                *counted_delta.entry((e.set, e.key)).or_default() -= 1;
+            }
+            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Counted) {
+                *counted_delta.entry((e.set, e.key)).or_default() += 1;
+            }
             // Element ownership.
-            for e in o.elements.iter().chain(&n.elements) {
+            for e in o
+                .elements
+                .iter()
+                .chain(&n.elements)
+                .filter(|e| sharing(e.set) == Sharing::Owned)
+            {
                 let k = (e.set, e.key);
                 before.entry(k).or_insert_with(|| {
                     rules
@@ -694,7 +784,7 @@ impl Renderer {
                         .map(|(_, v)| v.clone())
                 });
             }
-            for e in &o.elements {
+            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Owned) {
                 let k = (e.set, e.key);
                 if let Some(list) = rules.owners.get_mut(&k) {
                     list.retain(|(n, _)| *n.name() != pname);
@@ -703,7 +793,7 @@ impl Renderer {
                     }
                 }
             }
-            for e in &n.elements {
+            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Owned) {
                 let k = (e.set, e.key);
                 let list = rules.owners.entry(k).or_default();
                 let at = list.partition_point(|(n, _)| *n.name() < pname);
@@ -740,6 +830,27 @@ impl Renderer {
                 (Some(_), None) => elem_del.push(elem(None)),
                 (None, Some(n)) => elem_add.push(elem(n.clone())),
                 (None, None) => {}
+            }
+        }
+        let mut deltas: Vec<(ElemKey, i64)> = counted_delta.into_iter().collect();
+        deltas.sort_unstable_by_key(|d| d.0);
+        for (k, delta) in deltas {
+            let was = rules.counted.get(&k).copied().unwrap_or(0);
+            let now = u32::try_from((i64::from(was) + delta).max(0)).unwrap_or(u32::MAX);
+            let elem = Element {
+                set: k.0,
+                key: k.1,
+                data: None,
+            };
+            match (was > 0, now > 0) {
+                (false, true) => elem_add.push(elem),
+                (true, false) => elem_del.push(elem),
+                _ => {}
+            }
+            if now == 0 {
+                rules.counted.remove(&k);
+            } else {
+                rules.counted.insert(k, now);
             }
         }
         tx.ops.extend(elem_del.into_iter().map(Op::DeleteElement));

@@ -40,6 +40,8 @@ pub struct Tracer<'a> {
     rules: &'a Ruleset,
     chains: HashMap<&'a str, &'a Chain>,
     endpoints: HashMap<&'a str, &'a EndpointChain>,
+    /// The endpoint maps' elements, indexed (the ruleset keeps them per port).
+    endpoint_maps: HashMap<(FixedSet, Key), &'a Data>,
     local: Vec<IpAddr>,
 }
 
@@ -61,10 +63,18 @@ impl<'a> Tracer<'a> {
             .flat_map(|p| p.endpoints.iter())
             .map(|e| (&*e.name, e))
             .collect();
+        let endpoint_maps = rules
+            .ports
+            .values()
+            .flat_map(|p| p.elements.iter())
+            .filter(|e| matches!(e.set, FixedSet::Endpoints(_)))
+            .filter_map(|e| Some(((e.set, e.key), e.data.as_ref()?)))
+            .collect();
         Self {
             rules,
             chains,
             endpoints,
+            endpoint_maps,
             local: local_addresses.to_vec(),
         }
     }
@@ -74,6 +84,9 @@ impl<'a> Tracer<'a> {
     }
 
     fn lookup(&self, set: FixedSet, key: Key) -> Option<Option<&Data>> {
+        if let FixedSet::Endpoints(_) = set {
+            return self.endpoint_maps.get(&(set, key)).map(|d| Some(*d));
+        }
         self.rules.element(set, &key)
     }
 
