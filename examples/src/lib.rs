@@ -28,6 +28,8 @@ pub enum IpFamilyArg {
 pub enum BackendArg {
     /// kube-proxy's iptables layout.
     Iptables,
+    /// kube-proxy's nftables layout (with our leaner DNAT maps).
+    Nftables,
 }
 
 /// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.

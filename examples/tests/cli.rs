@@ -214,3 +214,69 @@ spec: {ports: [{port: 80}]}
         "{text}"
     );
 }
+
+fn node_flags() -> Vec<String> {
+    [
+        "--node-name",
+        "node-a",
+        "--node-ip",
+        "192.168.0.2",
+        "--cluster-cidr",
+        "10.244.0.0/16",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+#[test]
+fn render_nftables_prints_a_script_that_replaces_our_table() {
+    let mut args: Vec<String> = vec!["--backend".into(), "nftables".into()];
+    args.extend(node_flags());
+    args.push(demo());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = stdout(&run(env!("CARGO_BIN_EXE_render"), &args));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        &[
+            "add table ip kube-proxy",
+            "delete table ip kube-proxy",
+            "add table ip kube-proxy"
+        ]
+    );
+    // The web Service's ClusterIP goes to its service chain, named as kube-proxy names it.
+    let web = lines
+        .iter()
+        .find(|l| {
+            l.starts_with(
+                "add element ip kube-proxy service-ips { 10.96.10.20 . tcp . 80 : goto service-",
+            )
+        })
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(web.ends_with("-shop/web/tcp/http }"), "{web}");
+}
+
+#[test]
+fn trace_agrees_between_backends_and_shows_their_differences() {
+    let trace = |backend: &str, dst: &str| {
+        let mut args: Vec<String> = vec![
+            "--backend".into(),
+            backend.into(),
+            "--src".into(),
+            "10.244.1.5".into(),
+            "--dst".into(),
+            dst.into(),
+        ];
+        args.extend(node_flags());
+        args.push(demo());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stdout(&run(env!("CARGO_BIN_EXE_trace"), &args))
+    };
+    let expected = "10.244.1.5 -> 10.96.10.20:80 (TCP)\n  -> 10.244.1.10:8080 (source kept)\n  -> 10.244.2.10:8080 (source kept)\n";
+    assert_eq!(trace("iptables", "10.96.10.20:80"), expected);
+    assert_eq!(trace("nftables", "10.96.10.20:80"), expected);
+    // A port the Service does not have: nftables mode rejects it, iptables mode lets it by.
+    assert!(trace("nftables", "10.96.10.20:81").ends_with("  REJECT\n"));
+    assert!(trace("iptables", "10.96.10.20:81").ends_with("  not handled\n"));
+}

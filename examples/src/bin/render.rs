@@ -1,9 +1,11 @@
-//! `render --backend iptables [NODE FLAGS] FILE...`: prints the complete rule set for a node
-//! on stdout.
+//! `render --backend {iptables|nftables} [NODE FLAGS] FILE...`: prints the complete rule set
+//! for a node on stdout.
 //!
 //! For iptables this is `iptables-restore` input (or `ip6tables-restore` with
 //! `--ip-family ipv6`) including the jump rules from the built-in chains: restored without
 //! `--noflush` on a host without other rules, it reproduces exactly what the proxy installs.
+//! For nftables it is an `nft -f` script that replaces the `kube-proxy` table of the family
+//! (`ip`, or `ip6` with `--ip-family ipv6`) with what the proxy sends over netlink.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -11,6 +13,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use service_examples::{BackendArg, IpFamilyArg, NodeArgs, load_snapshot};
 use service_proxy::iptables::{IptablesConfig, Renderer};
+use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
 
 /// Render the proxy rules for one node.
 #[derive(Parser)]
@@ -43,6 +46,12 @@ fn main() -> ExitCode {
             Renderer::new(config, ipv6)
                 .full(&snapshot)
                 .to_restore_input_with_jumps(localhost)
+        }
+        BackendArg::Nftables => {
+            NftRenderer::new(NftablesConfig::new(args.node.proxy_config()), ipv6)
+                .render(&snapshot)
+                .create_one()
+                .to_string()
         }
     };
     let mut out = std::io::stdout().lock();

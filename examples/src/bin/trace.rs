@@ -9,6 +9,7 @@ use clap::Parser;
 use service_core::model::Protocol;
 use service_examples::{BackendArg, NodeArgs, load_snapshot};
 use service_proxy::iptables::{IptablesConfig, Renderer};
+use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
 use service_proxy::trace::{Packet, Verdict};
 
 /// Trace a packet through the rules of one node.
@@ -65,6 +66,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             }
+        }
+        BackendArg::Nftables => {
+            NftRenderer::new(NftablesConfig::new(config.clone()), args.dst.is_ipv6())
+                .render(&snapshot)
+                .trace(&packet, &config.local_addresses)
         }
     };
     println!(

@@ -351,12 +351,7 @@ impl Ruleset {
 
     /// Whether `port` is the one to send `e` (the owner of a contested key, the first holder
     /// of a shared one).
-    fn emits(
-        &self,
-        port: &ServicePortName,
-        e: &Element,
-        seen: &mut SeenSet,
-    ) -> bool {
+    fn emits(&self, port: &ServicePortName, e: &Element, seen: &mut SeenSet) -> bool {
         match sharing(e.set) {
             Sharing::Owned => self
                 .owners
@@ -749,23 +744,39 @@ impl Renderer {
                 });
             }
             // Elements of exclusive keys: this port's old and new lists decide.
-            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Exclusive) {
+            for e in o
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Exclusive)
+            {
                 let kept = n.elements.iter().any(|x| x.key == e.key && x.set == e.set);
                 let same = n.elements.iter().any(|x| x == e);
                 if !kept || !same {
                     elem_del.push(e.clone());
                 }
             }
-            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Exclusive) {
+            for e in n
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Exclusive)
+            {
                 if !o.elements.contains(e) {
                     elem_add.push(e.clone());
                 }
             }
             // Shared value-less elements: counted.
-            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Counted) {
+            for e in o
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Counted)
+            {
                 *counted_delta.entry((e.set, e.key)).or_default() -= 1;
             }
-            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Counted) {
+            for e in n
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Counted)
+            {
                 *counted_delta.entry((e.set, e.key)).or_default() += 1;
             }
             // Element ownership.
@@ -784,7 +795,11 @@ impl Renderer {
                         .map(|(_, v)| v.clone())
                 });
             }
-            for e in o.elements.iter().filter(|e| sharing(e.set) == Sharing::Owned) {
+            for e in o
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Owned)
+            {
                 let k = (e.set, e.key);
                 if let Some(list) = rules.owners.get_mut(&k) {
                     list.retain(|(n, _)| *n.name() != pname);
@@ -793,7 +808,11 @@ impl Renderer {
                     }
                 }
             }
-            for e in n.elements.iter().filter(|e| sharing(e.set) == Sharing::Owned) {
+            for e in n
+                .elements
+                .iter()
+                .filter(|e| sharing(e.set) == Sharing::Owned)
+            {
                 let k = (e.set, e.key);
                 let list = rules.owners.entry(k).or_default();
                 let at = list.partition_point(|(n, _)| *n.name() < pname);
