@@ -242,3 +242,304 @@ proptest! {
         prop_assert_eq!(a, b);
     }
 }
+
+/// nf_tables modelled in memory, as strictly as the kernel: elements go into declared sets
+/// (a key already holding another value is refused), rules into existing chains, a chain
+/// or set is deleted only when nothing refers to it, and every jump, goto and verdict-map
+/// element must name an existing chain when the transaction commits.
+#[allow(unreachable_pub)]
+mod nft {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use service_proxy::nftables::{
+        Data, Element, FixedSet, Key, Op, Rule, SetDecl, Stmt, Transaction, Verdict,
+    };
+
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Table {
+        pub chains: BTreeMap<String, Vec<Rule>>,
+        pub sets: BTreeMap<String, BTreeMap<Key, Option<Data>>>,
+    }
+
+    fn targets(rule: &Rule) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &rule.stmts {
+            match s {
+                Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => out.push(c.to_string()),
+                Stmt::NumgenVmap(t) => out.extend(t.iter().map(|c| c.to_string())),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn sets_used(rule: &Rule) -> Vec<String> {
+        let mut out = Vec::new();
+        for s in &rule.stmts {
+            match s {
+                Stmt::AddrInSet { set, .. } | Stmt::UpdateSaddr(set) => out.push(set.to_string()),
+                Stmt::VmapAddrProtoPort(m) | Stmt::VmapProtoPort(m) | Stmt::PairInSet(m) => {
+                    out.push(m.name().into_owned())
+                }
+                Stmt::DnatMap { shard, .. } => {
+                    out.push(FixedSet::Endpoints(*shard).name().into_owned())
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+
+    impl Table {
+        pub fn apply(&mut self, tx: &Transaction) -> Result<(), String> {
+            let mut t = self.clone();
+            let mut ops: Vec<Op> = Vec::new();
+            for op in &tx.ops {
+                match op {
+                    Op::AddPort(p) => ops.extend(p.expand()),
+                    other => ops.push(other.clone()),
+                }
+            }
+            for op in ops {
+                match op {
+                    Op::AddTable => {}
+                    Op::DeleteTable => t = Self::default(),
+                    Op::AddSet(SetDecl::Fixed(s)) => {
+                        t.sets.entry(s.name().into_owned()).or_default();
+                    }
+                    Op::AddSet(SetDecl::Affinity(s)) => {
+                        t.sets.entry(s.name.to_string()).or_default();
+                    }
+                    Op::DeleteSet(name) => {
+                        if t.chains
+                            .values()
+                            .flatten()
+                            .any(|r| sets_used(r).contains(&name.to_string()))
+                        {
+                            return Err(format!("delete of set {name} in use"));
+                        }
+                        t.sets
+                            .remove(&*name)
+                            .ok_or_else(|| format!("delete of missing set {name}"))?;
+                    }
+                    Op::AddChain(c) => {
+                        t.chains.entry(c.name.to_string()).or_default();
+                    }
+                    Op::AddEndpoint(e) => {
+                        t.chains.entry(e.name.to_string()).or_default();
+                    }
+                    Op::AddRules(c) => t
+                        .chains
+                        .get_mut(&*c.name)
+                        .ok_or_else(|| format!("rules for missing chain {}", c.name))?
+                        .extend(c.rules.iter().cloned()),
+                    Op::AddEndpointRules(e) => t
+                        .chains
+                        .get_mut(&*e.name)
+                        .ok_or_else(|| format!("rules for missing chain {}", e.name))?
+                        .extend(e.rules()),
+                    Op::FlushChain(name) => t
+                        .chains
+                        .get_mut(&*name)
+                        .ok_or_else(|| format!("flush of missing chain {name}"))?
+                        .clear(),
+                    Op::DeleteChain(name) => {
+                        let rules = t
+                            .chains
+                            .get(&*name)
+                            .ok_or_else(|| format!("delete of missing chain {name}"))?;
+                        if !rules.is_empty() {
+                            return Err(format!("delete of non-empty chain {name}"));
+                        }
+                        let referenced = t.chains.values().flatten().any(|r| targets(r).contains(&name.to_string()))
+                            || t.sets.values().flat_map(|s| s.values()).any(|d| {
+                                matches!(d, Some(Data::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) if **c == *name)
+                            });
+                        if referenced {
+                            return Err(format!("delete of referenced chain {name}"));
+                        }
+                        t.chains.remove(&*name);
+                    }
+                    Op::AddElement(Element { set, key, data }) => {
+                        let s = t
+                            .sets
+                            .get_mut(&*set.name())
+                            .ok_or_else(|| format!("element for missing set {}", set.name()))?;
+                        match s.get(&key) {
+                            Some(d) if *d != data => {
+                                return Err(format!(
+                                    "{} {key}: exists with another value",
+                                    set.name()
+                                ));
+                            }
+                            _ => {
+                                s.insert(key, data);
+                            }
+                        }
+                    }
+                    Op::DeleteElement(Element { set, key, .. }) => {
+                        t.sets
+                            .get_mut(&*set.name())
+                            .ok_or_else(|| format!("element of missing set {}", set.name()))?
+                            .remove(&key)
+                            .ok_or_else(|| {
+                                format!("delete of missing element {} {key}", set.name())
+                            })?;
+                    }
+                    Op::AddPort(_) => unreachable!("expanded above"),
+                }
+            }
+            // Commit: every reference resolves.
+            for (c, rules) in &t.chains {
+                for r in rules {
+                    for target in targets(r) {
+                        if !t.chains.contains_key(&target) {
+                            return Err(format!("{c}: jump to missing chain {target}"));
+                        }
+                    }
+                    for set in sets_used(r) {
+                        if !t.sets.contains_key(&set) {
+                            return Err(format!("{c}: missing set {set}"));
+                        }
+                    }
+                }
+            }
+            for (name, s) in &t.sets {
+                for d in s.values() {
+                    if let Some(Data::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) = d
+                        && !t.chains.contains_key(&**c)
+                    {
+                        return Err(format!("{name}: element to missing chain {c}"));
+                    }
+                }
+            }
+            *self = t;
+            Ok(())
+        }
+
+        /// What the table means, whatever indexes the endpoint maps use: `numgen` DNAT
+        /// statements resolved to their endpoints, the endpoint maps left out.
+        pub fn canonical(
+            &self,
+        ) -> (
+            BTreeMap<String, Vec<String>>,
+            BTreeMap<String, BTreeSet<String>>,
+        ) {
+            let chains = self
+                .chains
+                .iter()
+                .map(|(name, rules)| {
+                    let rules = rules
+                        .iter()
+                        .map(|r| {
+                            r.stmts
+                                .iter()
+                                .map(|s| match s {
+                                    Stmt::DnatMap {
+                                        shard,
+                                        offset,
+                                        count,
+                                    } => {
+                                        let map = &self.sets[&*FixedSet::Endpoints(*shard).name()];
+                                        let eps: Vec<String> = (0..*count)
+                                            .map(|i| {
+                                                format!("{:?}", map.get(&Key::Index(offset + i)))
+                                            })
+                                            .collect();
+                                        format!("dnat-one-of {eps:?}")
+                                    }
+                                    other => format!("{other:?}"),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" ")
+                        })
+                        .collect();
+                    (name.clone(), rules)
+                })
+                .collect();
+            let sets = self
+                .sets
+                .iter()
+                .filter(|(name, _)| !name.starts_with("service-endpoints-"))
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        s.iter().map(|(k, d)| format!("{k} {d:?}")).collect(),
+                    )
+                })
+                .collect();
+            (chains, sets)
+        }
+    }
+}
+
+fn nft_config() -> service_proxy::nftables::NftablesConfig {
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
+    proxy.service_cidrs = vec!["172.30.0.0/16".parse().unwrap()];
+    service_proxy::nftables::NftablesConfig::new(proxy)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The nftables backend: a cold start, then one incremental transaction per change
+    /// (stale chains deleted one step later, as the proxier does), leaves a table that means
+    /// the same as a cold start of the final snapshot, and every transaction is one the
+    /// kernel accepts.
+    #[test]
+    fn nftables_updates_converge_to_a_fresh_table(
+        initial in proptest::collection::vec(proptest::option::of(svc_strategy()), 1..6),
+        steps in proptest::collection::vec(
+            (0usize..6, proptest::option::of(svc_strategy())),
+            1..8,
+        ),
+        full_compare in any::<bool>(),
+    ) {
+        use service_proxy::nftables::{Op, Renderer as NftRenderer, Transaction};
+        let mut state = initial;
+        let (services, slices) = objects(&state);
+        let mut snap = Snapshot::build(node(), &services, &slices, &[]).unwrap();
+        let renderer = NftRenderer::new(nft_config(), false);
+        let mut rules = renderer.render(&snap);
+        let mut kernel = nft::Table::default();
+        for tx in rules.create(5) {
+            kernel.apply(&tx).map_err(|e| TestCaseError::fail(format!("cold start: {e}\n{tx}")))?;
+        }
+        let mut stale = Vec::new();
+        for (index, replacement) in steps {
+            if index < state.len() {
+                state[index] = replacement;
+            } else {
+                state.push(replacement);
+            }
+            let (services, slices) = objects(&state);
+            let next = snap.rebuild(node(), &services, &slices, &[]).unwrap();
+            let changed: Vec<_> = next.diff(&snap).ports.into_iter().map(|(k, _)| k).collect();
+            let update = renderer.update(&mut rules, &next, (!full_compare).then_some(&changed[..]));
+            let mut tx = update.transaction;
+            for s in std::mem::take(&mut stale) {
+                let s: service_proxy::nftables::StaleChain = s;
+                if !rules.port_has_chain(s.port.name(), &s.name) {
+                    tx.ops.push(Op::DeleteChain(s.name.clone()));
+                }
+            }
+            kernel.apply(&tx).map_err(|e| TestCaseError::fail(format!("update: {e}\n{tx}")))?;
+            stale = update.stale;
+            snap = next;
+        }
+        let mut tx = Transaction::new(rules.family);
+        for s in stale {
+            if !rules.port_has_chain(s.port.name(), &s.name) {
+                tx.ops.push(Op::DeleteChain(s.name.clone()));
+            }
+        }
+        kernel.apply(&tx).map_err(|e| TestCaseError::fail(format!("stale chains: {e}\n{tx}")))?;
+
+        let mut fresh = nft::Table::default();
+        for tx in NftRenderer::new(nft_config(), false).render(&snap).create(5) {
+            fresh.apply(&tx).unwrap();
+        }
+        prop_assert_eq!(kernel.canonical(), fresh.canonical());
+    }
+}
