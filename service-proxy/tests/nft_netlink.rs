@@ -271,3 +271,48 @@ fn incremental_updates_leave_the_table_a_fresh_load_would() {
         snap = next;
     }
 }
+
+#[test]
+fn nft_program_fallback_applies_the_same_table() {
+    if require(
+        "nft_program_fallback_applies_the_same_table",
+        &["ip", "nft"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    use common::{CLUSTER, snapshot_of};
+    use service_proxy::nftables::apply::{NftProgram, NftProxier};
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    let renderer = || Renderer::new(NftablesConfig::new(proxy.clone()), false);
+    let by_program = Netns::new("nftprog");
+    let mut a = NftProxier::new(renderer(), NftProgram::in_netns(by_program.name()));
+    let first = snapshot_of(CLUSTER, None);
+    let next = snapshot_of(
+        &CLUSTER.replace("  sessionAffinity: ClientIP\n", ""),
+        Some(&first),
+    );
+    for snap in [&first, &next] {
+        // Each sync rebuilds the table with nft, as a cold start over netlink builds it.
+        let report = a.sync(snap).expect("nft -f");
+        assert_eq!(report.transactions, 1);
+        let by_netlink = Netns::new("nftprog");
+        let mut b = NftProxier::new(renderer(), NftSocket::in_netns(&by_netlink.path()).unwrap());
+        b.sync(snap).expect("netlink");
+        assert_eq!(
+            normalized(&list(&by_program, "ip")),
+            normalized(&list(&by_netlink, "ip"))
+        );
+    }
+    // A script the kernel refuses is an error that says why.
+    let mut broken = NftProgram::in_netns(by_program.name());
+    let mut tx = service_proxy::nftables::Transaction::new(service_proxy::nftables::Family::Ip);
+    tx.ops.push(service_proxy::nftables::Op::FlushChain(
+        "no-such-chain".into(),
+    ));
+    let err = service_proxy::nftables::apply::Applier::apply(&mut broken, &[&tx]).unwrap_err();
+    assert!(err.to_string().contains("no-such-chain"), "{err}");
+    a.cleanup().unwrap();
+    assert_eq!(by_program.exec_text("nft", &["list", "ruleset"]), "");
+}

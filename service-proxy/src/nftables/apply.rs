@@ -32,6 +32,14 @@ pub enum ApplyError {
     /// The socket failed.
     #[error("nf_tables netlink socket: {0}")]
     Io(#[from] io::Error),
+    /// `nft -f` failed: nothing of the script was applied.
+    #[error("nft -f failed ({status}): {stderr}")]
+    Program {
+        /// How it exited.
+        status: String,
+        /// What it said.
+        stderr: String,
+    },
     /// The kernel rejected the batch: nothing of it was applied.
     #[error(
         "the kernel rejected an nf_tables batch ({messages} messages): message {index} failed with {error}{}",
@@ -51,6 +59,111 @@ pub enum ApplyError {
 
 fn describe(op: &Option<String>) -> String {
     op.as_ref().map(|o| format!(" ({o})")).unwrap_or_default()
+}
+
+/// Something that applies transactions atomically: the netlink socket, or the `nft`
+/// program as a fallback.
+pub trait Applier {
+    /// Applies transactions as one atomic change.
+    ///
+    /// # Errors
+    /// The kernel (or the program) refused them: nothing was applied.
+    fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError>;
+
+    /// Whether it can apply incremental transactions to a table it did not just create
+    /// (otherwise every sync rebuilds the table, in one transaction).
+    fn incremental(&self) -> bool {
+        true
+    }
+}
+
+impl Applier for NftSocket {
+    fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError> {
+        NftSocket::apply(self, txs)
+    }
+}
+
+/// The fallback applier: `nft -f -` with the transactions' script on standard input (run
+/// directly, never through a shell). Much slower at scale than [`NftSocket`] (`nft` 1.0.6
+/// is quadratic in the number of chains), but it needs nothing from this crate's encoder.
+///
+/// It rebuilds the whole table, atomically, on every sync: `nft` 1.0.6 refuses to add a
+/// rule that uses a `typeof` map it read back from the kernel ("conflicting protocols
+/// specified"), while a script that declares the map itself loads fine.
+#[derive(Clone, Debug, Default)]
+pub struct NftProgram {
+    netns: Option<String>,
+}
+
+impl NftProgram {
+    /// `nft` in the current network namespace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `nft` inside the named network namespace (via `ip netns exec`).
+    pub fn in_netns(name: &str) -> Self {
+        Self {
+            netns: Some(name.to_owned()),
+        }
+    }
+}
+
+impl Applier for NftProgram {
+    fn incremental(&self) -> bool {
+        false
+    }
+
+    fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError> {
+        use std::io::Write as _;
+        let mut script = String::new();
+        for tx in txs {
+            script.push_str(&tx.to_string());
+        }
+        if script.is_empty() {
+            return Ok(BatchStats::default());
+        }
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns, "nft", "-f", "-"]);
+                c
+            }
+            None => {
+                let mut c = std::process::Command::new("nft");
+                c.args(["-f", "-"]);
+                c
+            }
+        };
+        let mut child = command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        // Write while nft runs, so that a chatty stderr cannot block it.
+        let stdin = child.stdin.take();
+        let out = std::thread::scope(|scope| {
+            let writer = scope.spawn(|| match stdin {
+                Some(mut s) => s.write_all(script.as_bytes()),
+                None => Ok(()),
+            });
+            let out = child.wait_with_output();
+            let written = writer
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+            out.and_then(|o| written.map(|()| o))
+        })?;
+        if !out.status.success() {
+            return Err(ApplyError::Program {
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
+        }
+        Ok(BatchStats {
+            messages: script.lines().count(),
+            bytes: script.len(),
+        })
+    }
 }
 
 /// A netlink socket for nf_tables batches.
@@ -254,11 +367,12 @@ pub struct SyncReport {
     pub duration: Duration,
 }
 
-/// Keeps one family's table in sync with snapshots, incrementally.
+/// Keeps one family's table in sync with snapshots, incrementally, through an [`Applier`]
+/// (the netlink socket unless told otherwise).
 #[derive(Debug)]
-pub struct NftProxier {
+pub struct NftProxier<A = NftSocket> {
     renderer: Renderer,
-    socket: NftSocket,
+    socket: A,
     conntrack: Option<Conntrack>,
     engine: SyncEngine,
     committed: Option<Ruleset>,
@@ -269,9 +383,10 @@ pub struct NftProxier {
     pub max_ops: usize,
 }
 
-impl NftProxier {
-    /// A proxier that applies `renderer`'s rules through `socket`.
-    pub fn new(renderer: Renderer, socket: NftSocket) -> Self {
+impl<A: Applier> NftProxier<A> {
+    /// A proxier that applies `renderer`'s rules through `socket` (an [`NftSocket`], or an
+    /// [`NftProgram`]).
+    pub fn new(renderer: Renderer, socket: A) -> Self {
         Self {
             renderer,
             socket,
@@ -318,6 +433,9 @@ impl NftProxier {
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
         let start = Instant::now();
         let previous = self.engine.last().cloned();
+        if !self.socket.incremental() {
+            self.committed = None;
+        }
         let mut report = match self.committed.take() {
             None => self.rebuild(snapshot)?,
             Some(mut rules) => {
@@ -409,8 +527,15 @@ impl NftProxier {
             conntrack_deleted: 0,
             duration: Duration::ZERO,
         };
-        for tx in &txs {
-            match self.socket.apply(&[tx]) {
+        // Bounded transactions for the kernel; one script for `nft`, which would otherwise
+        // leave the table half built between its runs.
+        let groups: Vec<Vec<&Transaction>> = if self.socket.incremental() {
+            txs.iter().map(|tx| vec![tx]).collect()
+        } else {
+            vec![txs.iter().collect()]
+        };
+        for group in groups {
+            match self.socket.apply(&group) {
                 Ok(s) => {
                     report.transactions += 1;
                     report.messages += s.messages;
