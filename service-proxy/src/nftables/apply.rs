@@ -79,7 +79,7 @@ pub trait Applier {
 
 impl Applier for NftSocket {
     fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError> {
-        NftSocket::apply(self, txs)
+        Self::apply(self, txs)
     }
 }
 
