@@ -1,0 +1,178 @@
+//! The `proxy` daemon run as a user runs it, inside a network namespace: it installs the
+//! rules, follows the manifest file as it changes (keeping the rules when a change is
+//! invalid), and removes its rules on SIGTERM. Both kernel backends.
+//!
+//! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use service_testkit::netns::{E2e, Netns, require};
+
+/// A copy of the demo manifests the test edits.
+struct Manifest(PathBuf);
+
+impl Manifest {
+    fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("proxy-{}-{tag}.yaml", std::process::id()));
+        std::fs::copy(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo.yaml"),
+            &path,
+        )
+        .unwrap();
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+
+    fn edit(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.0).unwrap();
+        assert!(text.contains(from), "{from}");
+        // A new modification time even within the same second as the last write.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&self.0, text.replace(from, to)).unwrap();
+    }
+}
+
+impl Drop for Manifest {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn spawn(ns: &Netns, backend: &str, file: &str) -> Child {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
+        .args([
+            "--backend",
+            backend,
+            "--apply",
+            "--min-sync-period",
+            "100ms",
+        ])
+        .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
+        .args(["--cluster-cidr", "10.244.0.0/16", file])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn proxy")
+}
+
+/// Waits until `state()` satisfies `ok`, or fails with the last state.
+fn eventually(what: &str, state: impl Fn() -> String, ok: impl Fn(&str) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = state();
+        if ok(&s) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops the proxy with SIGTERM; returns its exit status and log.
+fn terminate(mut child: Child) -> (bool, String) {
+    let pid = child.id().to_string();
+    // `ip netns exec` runs the proxy in place (exec), so the pid is the proxy's.
+    Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the proxy did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut log);
+    }
+    (status.success(), log)
+}
+
+fn run_daemon(backend: &str, state: impl Fn(&Netns) -> String, web: &str, moved: &str) {
+    let ns = Netns::new("proxyd");
+    let file = Manifest::new(backend);
+    let child = spawn(&ns, backend, file.path());
+    eventually("the first sync", || state(&ns), |s| s.contains(web));
+    // An endpoint of shop/web moves: the next sync follows.
+    file.edit("10.244.2.10", "10.244.2.99");
+    eventually("the endpoint change", || state(&ns), |s| s.contains(moved));
+    // An invalid edit is refused; the rules stay.
+    file.edit("clusterIP: 10.96.10.20", "clusterIP: 10.96.10.999");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        state(&ns).contains(moved),
+        "rules kept after an invalid edit"
+    );
+    let (ok, log) = terminate(child);
+    assert!(ok, "{log}");
+    assert!(log.contains("sync 1: full"), "{log}");
+    assert!(log.contains(": partial (2 service ports changed)"), "{log}");
+    assert!(
+        log.contains("reload failed: keeping the previous rules"),
+        "{log}"
+    );
+    assert!(log.contains("stopped: rules removed"), "{log}");
+    assert!(
+        !state(&ns).contains(moved),
+        "rules left behind:\n{}",
+        state(&ns)
+    );
+}
+
+#[test]
+fn proxy_daemon_nftables() {
+    if require("proxy_daemon_nftables", &["ip", "nft", "kill"]) == E2e::Skip {
+        return;
+    }
+    run_daemon(
+        "nftables",
+        |ns| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns.name(), "nft", "list", "ruleset"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        },
+        "10.96.10.20 . tcp . 80 : goto service-",
+        "10.244.2.99 . 8080",
+    );
+}
+
+#[test]
+fn proxy_daemon_iptables() {
+    if require(
+        "proxy_daemon_iptables",
+        &["ip", "iptables-restore", "iptables-save", "kill"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    run_daemon(
+        "iptables",
+        |ns| {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        },
+        "shop/web:http cluster IP",
+        "10.244.2.99:8080",
+    );
+}
