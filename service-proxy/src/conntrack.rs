@@ -333,15 +333,7 @@ impl Conntrack {
     /// # Errors
     /// The namespace cannot be entered or the socket not opened.
     pub fn in_netns(path: &Path) -> io::Result<Self> {
-        let path = path.to_owned();
-        std::thread::spawn(move || -> io::Result<Self> {
-            let ns = std::fs::File::open(&path)?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-            Self::new()
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+        crate::netns::open_in(path, Self::new)
     }
 
     fn next_seq(&mut self) -> u32 {

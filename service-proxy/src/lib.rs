@@ -27,6 +27,9 @@
 pub use service_core as core;
 
 mod config;
+#[cfg(feature = "apply")]
+mod netns;
+mod port_name;
 mod sync;
 pub mod trace;
 
@@ -41,4 +44,5 @@ pub mod iptables;
 pub mod nftables;
 
 pub use config::ProxyConfig;
+pub use port_name::PortName;
 pub use sync::{SyncEngine, SyncKind, SyncPlan};

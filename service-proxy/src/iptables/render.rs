@@ -14,6 +14,7 @@ use super::model::{
     Segment, SegmentBuilder, ServiceChain, TableRules, Target,
 };
 use crate::ProxyConfig;
+use crate::port_name::PortName as PortKey;
 
 /// Above this many endpoints (all service ports together), per-endpoint comments are left
 /// out, as kube-proxy's `largeClusterEndpointsThreshold` does.
@@ -51,37 +52,6 @@ impl IptablesConfig {
             proxy,
             ..Self::default()
         }
-    }
-}
-
-/// A cache key: the snapshot's own service port, ordered and looked up by name, so that
-/// keeping it costs a reference count rather than a copy of its name.
-#[derive(Clone, Debug)]
-struct PortKey(Arc<ServicePort>);
-
-impl PartialEq for PortKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.name == other.0.name
-    }
-}
-
-impl Eq for PortKey {}
-
-impl PartialOrd for PortKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PortKey {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.name.cmp(&other.0.name)
-    }
-}
-
-impl std::borrow::Borrow<ServicePortName> for PortKey {
-    fn borrow(&self) -> &ServicePortName {
-        &self.0.name
     }
 }
 
@@ -249,7 +219,7 @@ impl Renderer {
         // Snapshot order is key order: collecting builds the map in bulk.
         let rendered: Vec<(PortKey, PortRender)> = snapshot
             .service_ports()
-            .filter_map(|sp| Some((PortKey(sp.clone()), self.render_port(sp, large)?)))
+            .filter_map(|sp| Some((PortKey::new(sp.clone()), self.render_port(sp, large)?)))
             .collect();
         self.ports = rendered.into_iter().collect();
         let stale: Vec<ChainName> = if old.is_empty() {
@@ -305,7 +275,7 @@ impl Renderer {
             if let (Some(mut new), Some(sp)) = (new, snapshot.ports.get(name)) {
                 new.fresh = true;
                 rewritten.push(name);
-                self.ports.insert(PortKey(sp.clone()), new);
+                self.ports.insert(PortKey::new(sp.clone()), new);
             }
         }
         let rules = self.assemble(false, stale);

@@ -207,17 +207,7 @@ impl NftSocket {
     /// # Errors
     /// The namespace cannot be entered or the socket not opened.
     pub fn in_netns(path: &Path) -> io::Result<Self> {
-        let path = path.to_owned();
-        // A short-lived thread enters the namespace so that the caller's does not.
-        #[allow(clippy::disallowed_methods)]
-        std::thread::spawn(move || -> io::Result<Self> {
-            let ns = std::fs::File::open(&path)?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
-            Self::new()
-        })
-        .join()
-        .map_err(|_| io::Error::other("the namespace thread panicked"))?
+        crate::netns::open_in(path, Self::new)
     }
 
     /// Sends transactions as one atomic batch.

@@ -19,6 +19,7 @@ use super::model::{
 use super::names::{endpoint_names, prefixed, service_base_name};
 use super::transaction::{Op, SetDecl, Transaction};
 use crate::ProxyConfig;
+pub use crate::port_name::PortName;
 
 /// Settings of the nftables backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,44 +239,6 @@ impl Hasher for FxHasher {
 
     fn write_usize(&mut self, i: usize) {
         self.add(i as u64);
-    }
-}
-
-/// A service port as the key of a [`Ruleset`]: the snapshot's own service port, compared
-/// and looked up by name, so that keeping it costs a reference count.
-#[derive(Clone, Debug)]
-pub struct PortName(Arc<ServicePort>);
-
-impl PortName {
-    /// The service port's name.
-    pub fn name(&self) -> &ServicePortName {
-        &self.0.name
-    }
-}
-
-impl PartialEq for PortName {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.name == other.0.name
-    }
-}
-
-impl Eq for PortName {}
-
-impl PartialOrd for PortName {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for PortName {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.name.cmp(&other.0.name)
-    }
-}
-
-impl std::borrow::Borrow<ServicePortName> for PortName {
-    fn borrow(&self) -> &ServicePortName {
-        &self.0.name
     }
 }
 
@@ -554,7 +517,7 @@ impl Renderer {
         );
         for sp in snapshot.ports.values() {
             if let Some(objs) = self.render_port(snapshot, sp, &mut slots, None) {
-                let name = PortName(sp.clone());
+                let name = PortName::new(sp.clone());
                 for e in &objs.elements {
                     match sharing(e.set) {
                         // Ports come in name order: pushing keeps each owner list sorted.
@@ -670,7 +633,7 @@ impl Renderer {
                 snapshot.ports.get(&pname),
                 rules.ports.get_key_value(&pname),
             ) {
-                (Some(sp), _) => PortName(sp.clone()),
+                (Some(sp), _) => PortName::new(sp.clone()),
                 (None, Some((k, _))) => k.clone(),
                 (None, None) => continue,
             };
@@ -1406,7 +1369,10 @@ impl Renderer {
             for (j, &i) in list.iter().enumerate() {
                 elements.push(Element {
                     set: FixedSet::Endpoints(b.shard),
-                    key: Key::Index(b.offset + u32::try_from(j).unwrap_or(0)),
+                    key: Key::Index(
+                        b.offset
+                            .saturating_add(u32::try_from(j).unwrap_or(u32::MAX)),
+                    ),
                     data: Some(Data::Endpoint(plan.endpoints[i as usize].addr())),
                 });
             }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use service_core::model::Protocol;
 
 use super::model::{
-    Chain, Data, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict,
+    BaseHook, Chain, Data, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict,
 };
 use super::render::Ruleset;
 use crate::trace::{Destination, Packet, Verdict};
@@ -253,11 +253,16 @@ impl<'a> Tracer<'a> {
     /// Runs the base chains of a hook in priority order. A chain's `accept` ends only that
     /// chain; drop, reject and NAT decide.
     fn hook(&self, hook: Hook, nat: bool, st: State) -> Vec<(Fate, State)> {
+        self.bases(st, |h| h.hook == hook && h.nat == nat)
+    }
+
+    /// Runs the base chains `which` selects, in priority order.
+    fn bases(&self, st: State, which: impl Fn(&BaseHook) -> bool) -> Vec<(Fate, State)> {
         let mut bases: Vec<&Chain> = self
             .rules
             .fixed
             .iter()
-            .filter(|c| c.hook.is_some_and(|h| h.hook == hook && h.nat == nat))
+            .filter(|c| c.hook.as_ref().is_some_and(&which))
             .map(|c| &**c)
             .collect();
         bases.sort_by_key(|c| c.hook.map(|h| h.priority));
@@ -297,31 +302,9 @@ impl<'a> Tracer<'a> {
         out
     }
 
+    /// The filter base chains of a hook whose priority `prio` accepts.
     fn hook_filter(&self, hook: Hook, st: State, prio: impl Fn(i32) -> bool) -> Vec<(Fate, State)> {
-        let mut bases: Vec<&Chain> = self
-            .rules
-            .fixed
-            .iter()
-            .filter(|c| {
-                c.hook
-                    .is_some_and(|h| h.hook == hook && !h.nat && prio(h.priority))
-            })
-            .map(|c| &**c)
-            .collect();
-        bases.sort_by_key(|c| c.hook.map(|h| h.priority));
-        let mut branches = vec![(Fate::Continue, st)];
-        for c in bases {
-            let mut next = Vec::new();
-            for (fate, s) in branches {
-                if matches!(fate, Fate::Continue | Fate::Accept) {
-                    next.extend(self.run(&c.name, 0, s, 0));
-                } else {
-                    next.push((fate, s));
-                }
-            }
-            branches = next;
-        }
-        branches
+        self.bases(st, |h| h.hook == hook && !h.nat && prio(h.priority))
     }
 
     /// Where the first packet of a new connection goes.
