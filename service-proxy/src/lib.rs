@@ -20,6 +20,7 @@
 //! - `iptables` (default): render kube-proxy's iptables layout as `iptables-restore` input.
 //! - `nftables` (default): render kube-proxy's nftables layout as typed transactions, printed
 //!   as `nft -f` scripts or encoded as nf_tables netlink batches.
+//! - `userspace`: the userspace L4 proxy (tokio, `splice(2)`), as Kubernetes v1.0's.
 //! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` on stdin, never through
 //!   a shell) and stale-conntrack cleanup over netlink.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -42,6 +43,9 @@ pub mod iptables;
 #[cfg(feature = "nftables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nftables")))]
 pub mod nftables;
+#[cfg(feature = "userspace")]
+#[cfg_attr(docsrs, doc(cfg(feature = "userspace")))]
+pub mod userspace;
 
 pub use config::ProxyConfig;
 pub use port_name::PortName;

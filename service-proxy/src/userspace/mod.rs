@@ -1,0 +1,235 @@
+//! The userspace backend (feature `userspace`): an L4 proxy as Kubernetes v1.0's
+//! kube-proxy was one. Each service port gets a listening socket ("portal") on a local
+//! port; connections are relayed to an endpoint chosen round robin (with ClientIP
+//! affinity), a failed dial is retried on the next endpoint with growing timeouts, and UDP
+//! clients get sessions that expire when idle.
+//!
+//! - [`Balancer`] is the endpoint choice (pure).
+//! - [`UserspaceProxy`] keeps one portal per service port in step with snapshots: new ports
+//!   start listening, removed ones stop (their established connections carry on), endpoint
+//!   changes apply to new connections without touching established ones.
+//!
+//! TCP bytes move with `splice(2)` through a pipe per direction: no copy into user space,
+//! no thread per connection (tasks on the tokio runtime the proxy is given).
+
+mod balancer;
+mod tcp;
+mod udp;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{ServicePortName, Snapshot};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+pub use balancer::{Balancer, DIAL_TIMEOUTS};
+
+/// Settings of the userspace backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserspaceConfig {
+    /// The address portals listen on (kube-proxy: `--bind-address`, default all).
+    pub listen_ip: IpAddr,
+    /// The family of the service addresses served.
+    pub family: IpFamily,
+    /// How long a UDP session lives without traffic (kube-proxy's `--udp-timeout`).
+    pub udp_idle_timeout: Duration,
+}
+
+impl Default for UserspaceConfig {
+    fn default() -> Self {
+        Self {
+            listen_ip: IpAddr::from([0, 0, 0, 0]),
+            family: IpFamily::Ipv4,
+            udp_idle_timeout: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A service port's listening socket.
+#[derive(Debug)]
+struct Portal {
+    protocol: Protocol,
+    local: SocketAddr,
+    balancer: Arc<Mutex<Balancer>>,
+    task: JoinHandle<()>,
+}
+
+/// Where a service port is served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortalInfo {
+    /// The service port.
+    pub name: ServicePortName,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// The local socket clients are redirected to.
+    pub local: SocketAddr,
+}
+
+/// What a sync changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UserspaceSync {
+    /// Portals opened.
+    pub opened: usize,
+    /// Portals closed.
+    pub closed: usize,
+    /// Portals whose endpoints changed.
+    pub updated: usize,
+}
+
+/// The portals of every service port of one family.
+#[derive(Debug)]
+pub struct UserspaceProxy {
+    config: UserspaceConfig,
+    handle: Handle,
+    portals: BTreeMap<ServicePortName, Portal>,
+}
+
+impl UserspaceProxy {
+    /// A proxy whose tasks run on `handle`'s runtime.
+    pub fn new(config: UserspaceConfig, handle: Handle) -> Self {
+        Self {
+            config,
+            handle,
+            portals: BTreeMap::new(),
+        }
+    }
+
+    /// Opens, updates and closes portals to match `snapshot`.
+    ///
+    /// # Errors
+    /// A portal could not listen (the ones opened before stay).
+    pub fn sync(&mut self, snapshot: &Snapshot) -> io::Result<UserspaceSync> {
+        let mut report = UserspaceSync::default();
+        let wanted: BTreeMap<&ServicePortName, (Protocol, Vec<SocketAddr>, Option<Duration>)> =
+            snapshot
+                .ports
+                .iter()
+                .filter_map(|(name, sp)| {
+                    let plan = sp.family(&self.config.family)?;
+                    let protocol = sp.protocol().clone();
+                    if !matches!(protocol, Protocol::Tcp | Protocol::Udp) {
+                        return None;
+                    }
+                    let endpoints = plan
+                        .selection
+                        .cluster
+                        .iter()
+                        .map(|&i| plan.endpoints[i as usize].addr())
+                        .collect();
+                    let affinity = sp
+                        .session_affinity_timeout
+                        .map(|s| Duration::from_secs(u64::from(s)));
+                    Some((name, (protocol, endpoints, affinity)))
+                })
+                .collect();
+        let gone: Vec<ServicePortName> = self
+            .portals
+            .keys()
+            .filter(|k| !wanted.contains_key(k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(p) = self.portals.remove(&name) {
+                p.task.abort();
+                report.closed += 1;
+            }
+        }
+        for (name, (protocol, endpoints, affinity)) in wanted {
+            if let Some(p) = self.portals.get(name)
+                && p.protocol == protocol
+            {
+                if let Ok(mut b) = p.balancer.lock() {
+                    if b.endpoints() != endpoints.as_slice() {
+                        report.updated += 1;
+                    }
+                    b.update(endpoints, affinity);
+                }
+                continue;
+            }
+            let balancer = Arc::new(Mutex::new(Balancer::new(endpoints, affinity)));
+            let portal = self.open(protocol, balancer)?;
+            if let Some(old) = self.portals.insert(name.clone(), portal) {
+                old.task.abort();
+            }
+            report.opened += 1;
+        }
+        Ok(report)
+    }
+
+    fn open(&self, protocol: Protocol, balancer: Arc<Mutex<Balancer>>) -> io::Result<Portal> {
+        let _guard = self.handle.enter();
+        let addr = SocketAddr::new(self.config.listen_ip, 0);
+        match protocol {
+            Protocol::Udp => {
+                let std = std::net::UdpSocket::bind(addr)?;
+                std.set_nonblocking(true)?;
+                let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
+                let local = socket.local_addr()?;
+                let task = self.handle.spawn(udp::serve(
+                    socket,
+                    Arc::clone(&balancer),
+                    self.config.udp_idle_timeout,
+                ));
+                Ok(Portal {
+                    protocol,
+                    local,
+                    balancer,
+                    task,
+                })
+            }
+            _ => {
+                let std = std::net::TcpListener::bind(addr)?;
+                std.set_nonblocking(true)?;
+                let listener = tokio::net::TcpListener::from_std(std)?;
+                let local = listener.local_addr()?;
+                let task = self
+                    .handle
+                    .spawn(tcp::serve(listener, Arc::clone(&balancer)));
+                Ok(Portal {
+                    protocol,
+                    local,
+                    balancer,
+                    task,
+                })
+            }
+        }
+    }
+
+    /// Where each service port is served.
+    pub fn portals(&self) -> Vec<PortalInfo> {
+        self.portals
+            .iter()
+            .map(|(name, p)| PortalInfo {
+                name: name.clone(),
+                protocol: p.protocol.clone(),
+                local: p.local,
+            })
+            .collect()
+    }
+
+    /// The local socket of a service port's portal.
+    pub fn portal(&self, name: &ServicePortName) -> Option<SocketAddr> {
+        self.portals.get(name).map(|p| p.local)
+    }
+
+    /// Stops listening everywhere (established connections carry on until they end).
+    pub fn shutdown(&mut self) {
+        for (_, p) in std::mem::take(&mut self.portals) {
+            p.task.abort();
+        }
+    }
+}
+
+impl Drop for UserspaceProxy {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

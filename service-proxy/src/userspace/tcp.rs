@@ -1,0 +1,106 @@
+//! The TCP path: accept, dial an endpoint (retrying the next one with growing timeouts),
+//! then move bytes both ways with `splice(2)` through a pipe, so they never enter user
+//! space. A task per connection, no thread; a connection costs two pipes of kernel buffer.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
+use nix::sys::socket::{Shutdown, shutdown};
+use tokio::io::Interest;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::balancer::{Balancer, DIAL_TIMEOUTS};
+
+/// Bytes moved per `splice` call at most (the pipe is made this large).
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Accepts connections forever, each served on its own task.
+pub(crate) async fn serve(listener: TcpListener, balancer: Arc<Mutex<Balancer>>) {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => {
+                tokio::spawn(connection(client, peer, Arc::clone(&balancer)));
+            }
+            // Out of file descriptors and the like: back off a little rather than spin.
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Dials an endpoint for `peer` (up to four attempts, 250 ms to 2 s, each on the next
+/// endpoint) and relays; closes the client when every attempt failed.
+async fn connection(client: TcpStream, peer: SocketAddr, balancer: Arc<Mutex<Balancer>>) {
+    let mut retry = false;
+    for timeout in DIAL_TIMEOUTS {
+        let endpoint = match balancer.lock() {
+            Ok(mut b) => b.pick(peer.ip(), Instant::now(), retry),
+            Err(_) => None,
+        };
+        let Some(endpoint) = endpoint else {
+            return;
+        };
+        match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
+            Ok(Ok(backend)) => {
+                relay(client, backend).await;
+                return;
+            }
+            _ => retry = true,
+        }
+    }
+}
+
+/// Relays both ways until both directions ended. An end of stream is passed on as a
+/// half-close; an error closes both connections.
+pub(crate) async fn relay(a: TcpStream, b: TcpStream) {
+    let _ = a.set_nodelay(true);
+    let _ = b.set_nodelay(true);
+    let (x, y) = tokio::join!(pump(&a, &b), pump(&b, &a));
+    if x.is_err() || y.is_err() {
+        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&a), Shutdown::Both);
+        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&b), Shutdown::Both);
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let (r, w) =
+        nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // A larger pipe moves more per call; the default (64 KiB) still works.
+    let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as i32));
+    Ok((r, w))
+}
+
+/// Moves everything `src` sends to `dst`, then half-closes `dst`.
+async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+    let (pr, pw) = pipe()?;
+    let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        let n = match src.try_io(Interest::READABLE, || {
+            splice(src.as_fd(), None, pw.as_fd(), None, PIPE_SIZE, flags).map_err(io::Error::from)
+        }) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pr.as_fd(), None, dst.as_fd(), None, left, flags).map_err(io::Error::from)
+            }) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+    }
+    let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(dst), Shutdown::Write);
+    Ok(total)
+}
