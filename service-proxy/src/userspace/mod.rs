@@ -9,10 +9,15 @@
 //!   start listening, removed ones stop (their established connections carry on), endpoint
 //!   changes apply to new connections without touching established ones.
 //!
+//! - [`UserspaceProxier`] adds the nat rules that redirect service addresses and node
+//!   ports to the portals ([`rules`]), through `iptables-restore`.
+//!
 //! TCP bytes move with `splice(2)` through a pipe per direction: no copy into user space,
 //! no thread per connection (tasks on the tokio runtime the proxy is given).
 
 mod balancer;
+mod proxier;
+pub mod rules;
 mod tcp;
 mod udp;
 
@@ -28,6 +33,7 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use balancer::{Balancer, DIAL_TIMEOUTS};
+pub use proxier::{UserspaceError, UserspaceProxier, UserspaceReport};
 
 /// Settings of the userspace backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,7 +99,8 @@ pub struct UserspaceProxy {
 }
 
 impl UserspaceProxy {
-    /// A proxy whose tasks run on `handle`'s runtime.
+    /// A proxy whose tasks run on `handle`'s runtime; its sockets live in the network
+    /// namespace of that runtime's worker threads.
     pub fn new(config: UserspaceConfig, handle: Handle) -> Self {
         Self {
             config,
@@ -102,7 +109,8 @@ impl UserspaceProxy {
         }
     }
 
-    /// Opens, updates and closes portals to match `snapshot`.
+    /// Opens, updates and closes portals to match `snapshot`. Call it from outside the
+    /// runtime (it waits for the runtime to bind the new sockets).
     ///
     /// # Errors
     /// A portal could not listen (the ones opened before stay).
@@ -164,14 +172,22 @@ impl UserspaceProxy {
         Ok(report)
     }
 
+    /// Binds on a runtime worker, so that the socket lives in the runtime's network
+    /// namespace whatever the caller's.
+    fn bind<T: Send + 'static>(
+        &self,
+        bind: impl Future<Output = io::Result<T>> + Send + 'static,
+    ) -> io::Result<T> {
+        self.handle
+            .block_on(self.handle.spawn(bind))
+            .map_err(|e| io::Error::other(format!("the bind task failed: {e}")))?
+    }
+
     fn open(&self, protocol: Protocol, balancer: Arc<Mutex<Balancer>>) -> io::Result<Portal> {
-        let _guard = self.handle.enter();
         let addr = SocketAddr::new(self.config.listen_ip, 0);
         match protocol {
             Protocol::Udp => {
-                let std = std::net::UdpSocket::bind(addr)?;
-                std.set_nonblocking(true)?;
-                let socket = Arc::new(tokio::net::UdpSocket::from_std(std)?);
+                let socket = Arc::new(self.bind(tokio::net::UdpSocket::bind(addr))?);
                 let local = socket.local_addr()?;
                 let task = self.handle.spawn(udp::serve(
                     socket,
@@ -186,9 +202,7 @@ impl UserspaceProxy {
                 })
             }
             _ => {
-                let std = std::net::TcpListener::bind(addr)?;
-                std.set_nonblocking(true)?;
-                let listener = tokio::net::TcpListener::from_std(std)?;
+                let listener = self.bind(tokio::net::TcpListener::bind(addr))?;
                 let local = listener.local_addr()?;
                 let task = self
                     .handle

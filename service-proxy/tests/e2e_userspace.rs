@@ -1,0 +1,190 @@
+//! Kernel end-to-end test of the userspace backend: the portals run on a runtime inside a
+//! node network namespace, the redirect rules are applied there with `iptables-restore`,
+//! and real TCP and UDP clients in pod and client namespaces reach the endpoints through
+//! ClusterIPs and node ports: round robin, affinity, a dead endpoint skipped by the dial
+//! retries, UDP sessions, an established connection that outlives an endpoint change,
+//! and cleanup.
+//!
+//! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{CLUSTER, Env, TIMEOUT, names, sa, snapshot_of};
+use service_proxy::iptables::apply::SystemRunner;
+use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
+use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
+
+/// A Service whose endpoints echo lines (long-lived connections), on two pods.
+const ECHO: &str = "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: e2e}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: echo, port: 7, targetPort: 9090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: e2e, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{name: echo, port: 9090, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-a}
+- {addresses: [10.244.1.11], nodeName: node-a}
+";
+
+/// Answers each line with `NAME line` until the client closes.
+fn serve_echo(ns: &Netns, name: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let listener = TcpListener::bind(("0.0.0.0", 9090)).expect("bind echo");
+        let _ = tx.send(());
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+}
+
+fn reach(from: &Netns, dst: &str, tries: usize) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..tries {
+        match tcp_connect(from, None, sa(dst), Duration::from_secs(5)) {
+            Reached::Server(name, _) => {
+                seen.insert(name);
+            }
+            other => panic!("{dst}: {other:?}"),
+        }
+    }
+    seen
+}
+
+/// A line-oriented connection from a namespace.
+fn connect_in(ns: &Netns, dst: SocketAddr) -> TcpStream {
+    ns.run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(5)).expect("connect"))
+}
+
+#[test]
+fn userspace_end_to_end() {
+    if require(
+        "userspace_end_to_end",
+        &["ip", "iptables-restore", "iptables-save", "iptables"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    serve_echo(&env.topo.pod("web-0").ns, "web-0");
+    serve_echo(&env.topo.pod("web-1").ns, "web-1");
+    let yaml = format!("{CLUSTER}{ECHO}");
+    let snap = snapshot_of(&yaml, None);
+
+    // The runtime's workers live in the node namespace, and so do the portals.
+    let rt = node.run(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    });
+    let mut config = UserspaceConfig::default();
+    config.udp_idle_timeout = Duration::from_secs(2);
+    let mut proxier = UserspaceProxier::new(
+        UserspaceProxy::new(config, rt.handle().clone()),
+        SystemRunner::in_netns(node.name()),
+    );
+    let report = proxier.sync(&snap).expect("first sync");
+    assert!(report.rules > 0, "{report:?}");
+    let pod = &env.topo.pods[env.client_pod].ns;
+
+    // Round robin over every endpoint, from a pod and from outside through a node port.
+    assert_eq!(
+        reach(pod, "10.96.0.10:80", 6),
+        names(&["web-0", "web-1", "web-2"])
+    );
+    assert_eq!(
+        reach(&env.topo.client, "192.168.0.2:30080", 6),
+        names(&["web-0", "web-2"])
+    );
+    // The node's own traffic to a ClusterIP.
+    assert_eq!(reach(node, "10.96.0.10:80", 3).len(), 3);
+    // ClientIP affinity.
+    assert_eq!(reach(pod, "10.96.0.11:80", 10).len(), 1);
+
+    // UDP: a session keeps the client on one endpoint.
+    let resolver = UdpClient::new(pod);
+    let first = match resolver.ask(sa("10.96.0.53:53"), TIMEOUT) {
+        Reached::Server(name, _) => name,
+        other => panic!("UDP service: {other:?}"),
+    };
+    for _ in 0..5 {
+        match resolver.ask(sa("10.96.0.53:53"), TIMEOUT) {
+            Reached::Server(name, _) => assert_eq!(name, first),
+            other => panic!("UDP service: {other:?}"),
+        }
+    }
+
+    // web-1 stops answering (its packets are dropped): the dial retries move every
+    // connection on to the other endpoints.
+    env.topo.pod("web-1").ns.exec(
+        "iptables",
+        &["-A", "INPUT", "-p", "tcp", "--dport", "8080", "-j", "DROP"],
+    );
+    assert_eq!(reach(pod, "10.96.0.10:80", 6), names(&["web-0", "web-2"]));
+
+    // An established connection outlives its endpoint leaving the Service.
+    let mut conn = connect_in(pod, sa("10.96.0.20:7"));
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    conn.write_all(b"one\n").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let owner = line.split_whitespace().next().unwrap().to_owned();
+    let owner_line = format!(
+        "- {{addresses: [{}], nodeName: node-a}}\n",
+        env.topo.pod(&owner).ip
+    );
+    let next = snapshot_of(
+        &format!("{CLUSTER}{}", ECHO.replace(&owner_line, "")),
+        Some(&snap),
+    );
+    let report = proxier.sync(&next).expect("endpoint change");
+    assert_eq!(report.portals.updated, 1, "{report:?}");
+    conn.write_all(b"two\n").unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("{owner} two"));
+    for _ in 0..4 {
+        let mut c = connect_in(pod, sa("10.96.0.20:7"));
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"x\n").unwrap();
+        let mut l = String::new();
+        BufReader::new(c).read_line(&mut l).unwrap();
+        assert!(!l.starts_with(&owner), "{l}");
+    }
+
+    // Cleanup: no rules left, and the ClusterIP is no longer served.
+    proxier.cleanup().expect("cleanup");
+    let nat = node.exec_text("iptables-save", &["-t", "nat"]);
+    assert!(!nat.contains("KUBE-"), "{nat}");
+    assert!(!matches!(
+        tcp_connect(pod, None, sa("10.96.0.10:80"), Duration::from_millis(700)),
+        Reached::Server(..)
+    ));
+}
