@@ -30,6 +30,8 @@ pub enum BackendArg {
     Iptables,
     /// kube-proxy's nftables layout (with our leaner DNAT maps).
     Nftables,
+    /// The userspace L4 proxy (`proxy` only).
+    Userspace,
 }
 
 /// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.

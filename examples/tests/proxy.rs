@@ -176,3 +176,50 @@ fn proxy_daemon_iptables() {
         "10.244.2.99:8080",
     );
 }
+
+#[test]
+fn proxy_daemon_userspace() {
+    if require(
+        "proxy_daemon_userspace",
+        &["ip", "iptables-restore", "iptables-save", "kill"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let ns = Netns::new("proxyd");
+    let file = Manifest::new("userspace");
+    let child = spawn(&ns, "userspace", file.path());
+    let nat = |ns: &Netns| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The web Service's ClusterIP is redirected to a portal.
+    eventually(
+        "the portal rules",
+        || nat(&ns),
+        |s| {
+            s.lines().any(|l| {
+                l.starts_with("-A KUBE-PORTALS-CONTAINER -d 10.96.10.20/32 -p tcp")
+                    && l.contains("-j REDIRECT --to-ports")
+            })
+        },
+    );
+    // A Service moves to another ClusterIP: its rules follow.
+    file.edit("10.96.10.20", "10.96.10.21");
+    eventually(
+        "the changed ClusterIP",
+        || nat(&ns),
+        |s| s.contains("-d 10.96.10.21/32") && !s.contains("-d 10.96.10.20/32"),
+    );
+    let (ok, log) = terminate(child);
+    assert!(ok, "{log}");
+    assert!(log.contains("portals opened"), "{log}");
+    assert!(
+        !nat(&ns).contains("KUBE-"),
+        "rules left behind:\n{}",
+        nat(&ns)
+    );
+}

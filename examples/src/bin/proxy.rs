@@ -1,4 +1,4 @@
-//! `proxy --backend {iptables|nftables} [--apply] [NODE FLAGS] FILE...`: the proxy daemon's
+//! `proxy --backend {iptables|nftables|userspace} [--apply] [NODE FLAGS] FILE...`: the proxy daemon's
 //! shape. Loads the files, syncs, watches them, and re-syncs when they change (SIGHUP also
 //! reloads): at most once per `--min-sync-period`, with a full resync every
 //! `--sync-period`, and exponential backoff (1 s up to 30 s) after a failed sync. Every sync
@@ -6,7 +6,8 @@
 //! removes the rules it installed and exits.
 //!
 //! Without `--apply` nothing touches the kernel: each sync prints what it would send on
-//! standard output (`iptables-restore` input, or an `nft -f` script).
+//! standard output (`iptables-restore` input, or an `nft -f` script; the userspace backend
+//! listens and prints its redirect rules).
 //!
 //! One IP family per process: the family of the first `--node-ip` (or `--ip-family`).
 
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
+use service_core::model::IpFamily;
 use service_core::snapshot::Snapshot;
 use service_examples::{BackendArg, EXIT_INVALID, IpFamilyArg, NodeArgs, load_cluster};
 use service_proxy::conntrack::Conntrack;
@@ -24,6 +26,7 @@ use service_proxy::iptables::apply::{NoConntrack, Proxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer as IptRenderer};
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer, Ruleset};
+use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
 use service_proxy::{SyncEngine, SyncKind};
 
 /// Keep a node's Service rules in sync with manifest files.
@@ -135,6 +138,58 @@ impl Backend for Nftables {
 
     fn cleanup(&mut self) -> Result<(), String> {
         self.0.cleanup().map_err(|e| e.to_string())
+    }
+}
+
+/// The userspace proxy: portals on its own runtime, and their redirect rules (printed
+/// instead of applied without `--apply`).
+struct Userspace {
+    proxier: Option<UserspaceProxier<SystemRunner>>,
+    dry: Option<(UserspaceProxy, IpFamily)>,
+    // Declared last: dropped after the portals.
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Backend for Userspace {
+    fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
+        if let Some(p) = self.proxier.as_mut() {
+            let r = p.sync(snapshot).map_err(|e| e.to_string())?;
+            return Ok(Done {
+                kind: SyncKind::Full,
+                changed: r.portals.opened + r.portals.closed + r.portals.updated,
+                detail: format!(
+                    "{} portals opened, {} closed, {} updated, {} redirect rules",
+                    r.portals.opened, r.portals.closed, r.portals.updated, r.rules
+                ),
+            });
+        }
+        let Some((proxy, family)) = self.dry.as_mut() else {
+            return Err("no proxy".into());
+        };
+        let s = proxy.sync(snapshot).map_err(|e| e.to_string())?;
+        let rules = service_proxy::userspace::rules::render(snapshot, &proxy.portals(), family);
+        let text = service_proxy::userspace::rules::restore_input(
+            &rules,
+            &service_proxy::userspace::rules::PortalChain::ALL,
+        );
+        print_out(&text)?;
+        Ok(Done {
+            kind: SyncKind::Full,
+            changed: s.opened + s.closed + s.updated,
+            detail: format!("{} redirect rules printed", rules.len()),
+        })
+    }
+
+    fn force_full(&mut self) {}
+
+    fn cleanup(&mut self) -> Result<(), String> {
+        if let Some(p) = self.proxier.as_mut() {
+            p.cleanup().map_err(|e| e.to_string())?;
+        }
+        if let Some((proxy, _)) = self.dry.as_mut() {
+            proxy.shutdown();
+        }
+        Ok(())
     }
 }
 
@@ -274,6 +329,38 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                 engine: SyncEngine::new(),
                 localhost,
             })
+        }
+        (BackendArg::Userspace, apply) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: starting the runtime: {e}");
+                    std::process::exit(1);
+                }
+            };
+            let mut config = UserspaceConfig::default();
+            if ipv6 {
+                config.listen_ip = std::net::Ipv6Addr::UNSPECIFIED.into();
+                config.family = IpFamily::Ipv6;
+            }
+            let family = config.family.clone();
+            let proxy = UserspaceProxy::new(config, runtime.handle().clone());
+            if apply {
+                Box::new(Userspace {
+                    proxier: Some(UserspaceProxier::new(proxy, SystemRunner::new())),
+                    dry: None,
+                    _runtime: runtime,
+                })
+            } else {
+                Box::new(Userspace {
+                    proxier: None,
+                    dry: Some((proxy, family)),
+                    _runtime: runtime,
+                })
+            }
         }
         (BackendArg::Nftables, false) => Box::new(NftablesDryRun {
             renderer: NftRenderer::new(NftablesConfig::new(proxy), ipv6),

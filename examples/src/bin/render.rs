@@ -53,6 +53,12 @@ fn main() -> ExitCode {
                 .create_one()
                 .to_string()
         }
+        BackendArg::Userspace => {
+            eprintln!(
+                "error: the userspace backend's rules name the ports its portals listen on: run `proxy --backend userspace` (without --apply it prints them)"
+            );
+            return ExitCode::from(2);
+        }
     };
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

@@ -72,6 +72,12 @@ fn main() -> ExitCode {
                 .render(&snapshot)
                 .trace(&packet, &config.local_addresses)
         }
+        BackendArg::Userspace => {
+            eprintln!(
+                "error: the userspace backend relays connections: there are no rules to trace"
+            );
+            return ExitCode::from(2);
+        }
     };
     println!(
         "{} -> {} ({})",
