@@ -73,11 +73,48 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((r, w))
 }
 
-/// Moves everything `src` sends to `dst`, then half-closes `dst`.
+/// Bytes copied through user space before a direction switches to `splice` (small
+/// request/response exchanges never pay for the pipes).
+const COPY_BUFFER: usize = 16 << 10;
+
+/// Moves everything `src` sends to `dst`, then half-closes `dst`. Starts by copying
+/// through a small buffer; the first read that fills it switches to `splice` for the rest.
 async fn pump(src: &TcpStream, dst: &TcpStream) -> io::Result<u64> {
+    // Read into spare capacity: no zeroing per connection.
+    let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        buf.clear();
+        let n = match src.try_read_buf(&mut buf) {
+            Ok(0) => {
+                let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(dst), Shutdown::Write);
+                return Ok(total);
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += n as u64;
+        if n == COPY_BUFFER {
+            return splice_rest(src, dst, total).await;
+        }
+    }
+}
+
+/// Moves the rest with `splice(2)` through a pipe, then half-closes `dst`.
+async fn splice_rest(src: &TcpStream, dst: &TcpStream, mut total: u64) -> io::Result<u64> {
     let (pr, pw) = pipe()?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
-    let mut total = 0u64;
     loop {
         src.readable().await?;
         let n = match src.try_io(Interest::READABLE, || {
