@@ -148,7 +148,20 @@ fn userspace_end_to_end() {
     );
     assert_eq!(reach(pod, "10.96.0.10:80", 6), names(&["web-0", "web-2"]));
 
-    // An established connection outlives its endpoint leaving the Service.
+    // Established connections outlive an endpoint leaving the Service: twenty open
+    // connections, each still answering after the change.
+    let mut open: Vec<(TcpStream, BufReader<TcpStream>, String)> = (0..20)
+        .map(|_| {
+            let mut c = connect_in(pod, sa("10.96.0.20:7"));
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            c.write_all(b"hello\n").unwrap();
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            let who = l.split_whitespace().next().unwrap().to_owned();
+            (c, r, who)
+        })
+        .collect();
     let mut conn = connect_in(pod, sa("10.96.0.20:7"));
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut reader = BufReader::new(conn.try_clone().unwrap());
@@ -170,6 +183,12 @@ fn userspace_end_to_end() {
     line.clear();
     reader.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), format!("{owner} two"));
+    for (c, r, who) in &mut open {
+        c.write_all(b"still\n").unwrap();
+        let mut l = String::new();
+        r.read_line(&mut l).unwrap();
+        assert_eq!(l.trim(), format!("{who} still"));
+    }
     for _ in 0..4 {
         let mut c = connect_in(pod, sa("10.96.0.20:7"));
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
