@@ -30,6 +30,8 @@ pub enum BackendArg {
     Iptables,
     /// kube-proxy's nftables layout (with our leaner DNAT maps).
     Nftables,
+    /// kube-proxy's IPVS mode (`render` only, for now).
+    Ipvs,
     /// The userspace L4 proxy (`proxy` only).
     Userspace,
 }

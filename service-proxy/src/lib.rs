@@ -20,6 +20,8 @@
 //! - `iptables` (default): render kube-proxy's iptables layout as `iptables-restore` input.
 //! - `nftables` (default): render kube-proxy's nftables layout as typed transactions, printed
 //!   as `nft -f` scripts or encoded as nf_tables netlink batches.
+//! - `ipvs`: kube-proxy's IPVS plan (virtual and real servers, addresses, ipsets) and the
+//!   IPVS generic-netlink encoding (pure; no kernel applier yet).
 //! - `userspace`: the userspace L4 proxy (tokio, `splice(2)`), as Kubernetes v1.0's.
 //! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` on stdin, never through
 //!   a shell) and stale-conntrack cleanup over netlink.
@@ -40,6 +42,9 @@ pub mod conntrack;
 #[cfg(feature = "iptables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "iptables")))]
 pub mod iptables;
+#[cfg(feature = "ipvs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ipvs")))]
+pub mod ipvs;
 #[cfg(feature = "nftables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nftables")))]
 pub mod nftables;

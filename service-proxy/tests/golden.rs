@@ -80,3 +80,24 @@ fn nftables_goldens() {
         insta::assert_snapshot!("nftables", out);
     });
 }
+
+#[test]
+fn ipvs_goldens() {
+    use service_proxy::ipvs::{IpvsConfig, IpvsPlan};
+    insta::glob!("fixtures/*.yaml", |path| {
+        let yaml = std::fs::read_to_string(path).unwrap();
+        let node = node_line(&yaml);
+        let ips: Vec<&str> = node.ips.iter().map(String::as_str).collect();
+        let snapshot = fixtures::snapshot(&yaml, &node.name, &ips);
+        let mut proxy = ProxyConfig::default();
+        proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
+        proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        let config = IpvsConfig::new(proxy);
+        let mut out = IpvsPlan::build(&config, &snapshot, false).to_string();
+        if ips.iter().any(|ip| ip.contains(':')) {
+            out.push_str("# ---- IPv6 ----\n");
+            out.push_str(&IpvsPlan::build(&config, &snapshot, true).to_string());
+        }
+        insta::assert_snapshot!("ipvs", out);
+    });
+}

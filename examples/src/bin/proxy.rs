@@ -362,6 +362,12 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                 })
             }
         }
+        (BackendArg::Ipvs, _) => {
+            eprintln!(
+                "error: the IPVS backend cannot apply rules yet (`render --backend ipvs` prints its plan)"
+            );
+            std::process::exit(2);
+        }
         (BackendArg::Nftables, false) => Box::new(NftablesDryRun {
             renderer: NftRenderer::new(NftablesConfig::new(proxy), ipv6),
             engine: SyncEngine::new(),

@@ -5,7 +5,8 @@
 //! `--ip-family ipv6`) including the jump rules from the built-in chains: restored without
 //! `--noflush` on a host without other rules, it reproduces exactly what the proxy installs.
 //! For nftables it is an `nft -f` script that replaces the `kube-proxy` table of the family
-//! (`ip`, or `ip6` with `--ip-family ipv6`) with what the proxy sends over netlink.
+//! (`ip`, or `ip6` with `--ip-family ipv6`) with what the proxy sends over netlink. For
+//! IPVS it is the plan: `ipvsadm -S -n` lines, then the addresses and ipset entries.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
                 .render(&snapshot)
                 .create_one()
                 .to_string()
+        }
+        BackendArg::Ipvs => {
+            let config = service_proxy::ipvs::IpvsConfig::new(args.node.proxy_config());
+            service_proxy::ipvs::IpvsPlan::build(&config, &snapshot, ipv6).to_string()
         }
         BackendArg::Userspace => {
             eprintln!(

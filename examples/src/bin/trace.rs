@@ -72,6 +72,12 @@ fn main() -> ExitCode {
                 .render(&snapshot)
                 .trace(&packet, &config.local_addresses)
         }
+        BackendArg::Ipvs => {
+            eprintln!(
+                "error: tracing the IPVS backend is not supported yet (`render --backend ipvs` prints its plan)"
+            );
+            return ExitCode::from(2);
+        }
         BackendArg::Userspace => {
             eprintln!(
                 "error: the userspace backend relays connections: there are no rules to trace"

@@ -1,0 +1,50 @@
+//! IPVS planning at scale: the plan (virtual servers, real servers, addresses, ipsets) of
+//! 1k/10k services × 10 endpoints, and encoding every message a cold start sends.
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use service_proxy::ProxyConfig;
+use service_proxy::ipvs::genl::{Command, dest_message, service_message};
+use service_proxy::ipvs::{IpvsConfig, IpvsPlan};
+
+fn config() -> IpvsConfig {
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    proxy.local_addresses = vec!["192.168.0.2".parse().expect("ip")];
+    IpvsConfig::new(proxy)
+}
+
+fn plan(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipvs_plan");
+    g.sample_size(10);
+    for services in [1_000, 10_000] {
+        let snap = service_benches::snapshot(services, 10);
+        g.bench_with_input(BenchmarkId::from_parameter(services), &services, |b, _| {
+            b.iter_with_large_drop(|| IpvsPlan::build(&config(), &snap, false));
+        });
+    }
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipvs_encode_cold_start");
+    g.sample_size(10);
+    let snap = service_benches::snapshot(10_000, 10);
+    let p = IpvsPlan::build(&config(), &snap, false);
+    g.bench_function("10000", |b| {
+        b.iter(|| {
+            let mut bytes = 0;
+            for (seq, (vs, servers)) in p.services.iter().enumerate() {
+                let seq = u32::try_from(seq).unwrap_or(0);
+                bytes += service_message(0x1c, seq, Command::NewService, vs).len();
+                for rs in servers {
+                    bytes += dest_message(0x1c, seq, Command::NewDest, vs, rs).len();
+                }
+            }
+            bytes
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(benches, plan, encode);
+criterion_main!(benches);

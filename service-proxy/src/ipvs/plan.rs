@@ -1,0 +1,309 @@
+//! The IPVS plan for a node (kube-proxy's IPVS proxier, `pkg/proxy/ipvs/proxier.go`): a
+//! virtual server per (address, protocol, port) for ClusterIPs, external IPs and
+//! load-balancer IPs, one per node address for node ports; their real servers; the
+//! addresses to bind to the dummy interface; and the ipset entries the fixed iptables
+//! rules match. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{ServicePort, Snapshot};
+
+use super::model::{FLAG_PERSISTENT, IpvsProtocol, RealServer, Scheduler, VirtualServer};
+use crate::ProxyConfig;
+
+/// The dummy interface the virtual addresses are bound to.
+pub const DUMMY_DEVICE: &str = "kube-ipvs0";
+
+/// Settings of the IPVS backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpvsConfig {
+    /// Node-level settings shared by every backend.
+    pub proxy: ProxyConfig,
+    /// The scheduler (`--ipvs-scheduler`, default `rr`).
+    pub scheduler: Scheduler,
+}
+
+impl IpvsConfig {
+    /// A configuration around shared proxy settings, with round robin.
+    pub fn new(proxy: ProxyConfig) -> Self {
+        Self {
+            proxy,
+            scheduler: Scheduler::Rr,
+        }
+    }
+}
+
+/// The ipsets of IPVS mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpSet {
+    /// `KUBE-CLUSTER-IP` (hash:ip,port): every ClusterIP and port.
+    ClusterIp,
+    /// `KUBE-LOOP-BACK` (hash:ip,port,ip): endpoint, port, endpoint, for hairpin masquerade.
+    LoopBack,
+    /// `KUBE-EXTERNAL-IP` (hash:ip,port).
+    ExternalIp,
+    /// `KUBE-EXTERNAL-IP-LOCAL` (hash:ip,port): externalTrafficPolicy Local.
+    ExternalIpLocal,
+    /// `KUBE-LOAD-BALANCER` (hash:ip,port).
+    LoadBalancer,
+    /// `KUBE-LOAD-BALANCER-LOCAL` (hash:ip,port).
+    LoadBalancerLocal,
+    /// `KUBE-LOAD-BALANCER-FW` (hash:ip,port): load balancers with source ranges.
+    LoadBalancerFw,
+    /// `KUBE-LOAD-BALANCER-SOURCE-CIDR` (hash:ip,port,net).
+    LoadBalancerSourceCidr,
+    /// `KUBE-NODE-PORT-TCP` (bitmap:port).
+    NodePortTcp,
+    /// `KUBE-NODE-PORT-UDP` (bitmap:port).
+    NodePortUdp,
+    /// `KUBE-NODE-PORT-LOCAL-TCP` (bitmap:port).
+    NodePortLocalTcp,
+    /// `KUBE-NODE-PORT-LOCAL-UDP` (bitmap:port).
+    NodePortLocalUdp,
+    /// `KUBE-HEALTH-CHECK-NODE-PORT` (bitmap:port).
+    HealthCheckNodePort,
+    /// `KUBE-IPVS-IPS` (hash:ip): every address on the dummy interface.
+    IpvsIps,
+}
+
+impl IpSet {
+    /// The set's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ClusterIp => "KUBE-CLUSTER-IP",
+            Self::LoopBack => "KUBE-LOOP-BACK",
+            Self::ExternalIp => "KUBE-EXTERNAL-IP",
+            Self::ExternalIpLocal => "KUBE-EXTERNAL-IP-LOCAL",
+            Self::LoadBalancer => "KUBE-LOAD-BALANCER",
+            Self::LoadBalancerLocal => "KUBE-LOAD-BALANCER-LOCAL",
+            Self::LoadBalancerFw => "KUBE-LOAD-BALANCER-FW",
+            Self::LoadBalancerSourceCidr => "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+            Self::NodePortTcp => "KUBE-NODE-PORT-TCP",
+            Self::NodePortUdp => "KUBE-NODE-PORT-UDP",
+            Self::NodePortLocalTcp => "KUBE-NODE-PORT-LOCAL-TCP",
+            Self::NodePortLocalUdp => "KUBE-NODE-PORT-LOCAL-UDP",
+            Self::HealthCheckNodePort => "KUBE-HEALTH-CHECK-NODE-PORT",
+            Self::IpvsIps => "KUBE-IPVS-IPS",
+        }
+    }
+
+    /// The set's ipset type.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::LoopBack => "hash:ip,port,ip",
+            Self::LoadBalancerSourceCidr => "hash:ip,port,net",
+            Self::NodePortTcp
+            | Self::NodePortUdp
+            | Self::NodePortLocalTcp
+            | Self::NodePortLocalUdp
+            | Self::HealthCheckNodePort => "bitmap:port",
+            Self::IpvsIps => "hash:ip",
+            _ => "hash:ip,port",
+        }
+    }
+}
+
+/// Everything IPVS mode sets up for a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpvsPlan {
+    /// Virtual servers and their real servers.
+    pub services: BTreeMap<VirtualServer, BTreeSet<RealServer>>,
+    /// Addresses bound to [`DUMMY_DEVICE`].
+    pub addresses: BTreeSet<IpAddr>,
+    /// ipset entries, in `ipset add` syntax.
+    pub ipsets: BTreeMap<IpSet, BTreeSet<String>>,
+}
+
+fn protocol(p: &Protocol) -> Option<IpvsProtocol> {
+    match p {
+        Protocol::Tcp => Some(IpvsProtocol::Tcp),
+        Protocol::Udp => Some(IpvsProtocol::Udp),
+        Protocol::Sctp => Some(IpvsProtocol::Sctp),
+        _ => None,
+    }
+}
+
+impl IpvsPlan {
+    /// The plan for `snapshot` on this node, for one family.
+    pub fn build(config: &IpvsConfig, snapshot: &Snapshot, ipv6: bool) -> Self {
+        let family = if ipv6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 };
+        let node_ips: Vec<IpAddr> = match config.proxy.nodeport_ips(&family) {
+            Some(ips) => ips,
+            None => config
+                .proxy
+                .local_addresses
+                .iter()
+                .copied()
+                .filter(|ip| IpFamily::of(ip) == family)
+                .collect(),
+        };
+        let mut plan = Self::default();
+        for sp in snapshot.ports.values() {
+            plan.add_port(config, sp, &family, &node_ips);
+        }
+        let bound: Vec<String> = plan.addresses.iter().map(IpAddr::to_string).collect();
+        plan.ipsets.entry(IpSet::IpvsIps).or_default().extend(bound);
+        plan
+    }
+
+    fn add_port(
+        &mut self,
+        config: &IpvsConfig,
+        sp: &ServicePort,
+        family: &IpFamily,
+        node_ips: &[IpAddr],
+    ) {
+        let Some(plan) = sp.family(family) else {
+            return;
+        };
+        let Some(proto) = protocol(sp.protocol()) else {
+            return;
+        };
+        let (flags, timeout) = match sp.session_affinity_timeout {
+            Some(t) => (FLAG_PERSISTENT, t),
+            None => (0, 0),
+        };
+        let vs = |addr: IpAddr, port: u16| VirtualServer {
+            addr,
+            protocol: proto,
+            port,
+            scheduler: config.scheduler.as_str().to_owned(),
+            flags: flags | config.scheduler.flags(),
+            timeout,
+        };
+        let servers = |idx: &[u32]| -> BTreeSet<RealServer> {
+            idx.iter()
+                .map(|&i| RealServer::new(plan.endpoints[i as usize].addr()))
+                .collect()
+        };
+        // Internal traffic: the cluster (or, with internalTrafficPolicy Local, local)
+        // endpoints. External traffic with externalTrafficPolicy Local: the local ones,
+        // falling back to the cluster's when the node has none (kubernetes#97081).
+        let internal = if sp.internal_policy_local {
+            servers(&plan.selection.local)
+        } else {
+            servers(&plan.selection.cluster)
+        };
+        let external = if sp.external_policy_local && !plan.selection.local.is_empty() {
+            servers(&plan.selection.local)
+        } else {
+            servers(&plan.selection.cluster)
+        };
+        let entry = |ip: IpAddr, port: u16| format!("{ip},{}:{port}", proto.as_str());
+        let set = |s: &mut Self, set: IpSet, e: String| {
+            s.ipsets.entry(set).or_default().insert(e);
+        };
+
+        // ClusterIP.
+        self.services.insert(vs(plan.cluster_ip, sp.port), internal);
+        self.addresses.insert(plan.cluster_ip);
+        set(self, IpSet::ClusterIp, entry(plan.cluster_ip, sp.port));
+        // Hairpin: an endpoint reaching itself.
+        for &i in &plan.selection.all_reachable {
+            let ep = &plan.endpoints[i as usize];
+            set(
+                self,
+                IpSet::LoopBack,
+                format!("{},{}:{},{}", ep.ip, proto.as_str(), ep.port, ep.ip),
+            );
+        }
+        let is_node = |ip: &IpAddr| config.proxy.local_addresses.contains(ip);
+        // External IPs.
+        for &ip in &plan.external_ips {
+            self.services.insert(vs(ip, sp.port), external.clone());
+            if !is_node(&ip) {
+                self.addresses.insert(ip);
+            }
+            let s = if sp.external_policy_local {
+                IpSet::ExternalIpLocal
+            } else {
+                IpSet::ExternalIp
+            };
+            set(self, s, entry(ip, sp.port));
+        }
+        // Load-balancer IPs.
+        for &ip in &plan.load_balancer_ips {
+            self.services.insert(vs(ip, sp.port), external.clone());
+            if !is_node(&ip) {
+                self.addresses.insert(ip);
+            }
+            set(self, IpSet::LoadBalancer, entry(ip, sp.port));
+            if sp.external_policy_local {
+                set(self, IpSet::LoadBalancerLocal, entry(ip, sp.port));
+            }
+            if !plan.load_balancer_source_ranges.is_empty() {
+                set(self, IpSet::LoadBalancerFw, entry(ip, sp.port));
+                for cidr in &plan.load_balancer_source_ranges {
+                    set(
+                        self,
+                        IpSet::LoadBalancerSourceCidr,
+                        format!("{},{cidr}", entry(ip, sp.port)),
+                    );
+                }
+            }
+        }
+        // Node ports: a virtual server per node address.
+        if let Some(np) = sp.node_port {
+            for &ip in node_ips {
+                self.services.insert(vs(ip, np), external.clone());
+            }
+            let s = match (proto, sp.external_policy_local) {
+                (IpvsProtocol::Tcp, false) => Some(IpSet::NodePortTcp),
+                (IpvsProtocol::Tcp, true) => Some(IpSet::NodePortLocalTcp),
+                (IpvsProtocol::Udp, false) => Some(IpSet::NodePortUdp),
+                (IpvsProtocol::Udp, true) => Some(IpSet::NodePortLocalUdp),
+                (IpvsProtocol::Sctp, _) => None,
+            };
+            if let Some(s) = s {
+                set(self, s, np.to_string());
+            }
+        }
+        if let Some(hc) = sp.health_check_node_port {
+            set(self, IpSet::HealthCheckNodePort, hc.to_string());
+        }
+    }
+
+    /// The real servers of a virtual server at this address and port.
+    pub fn real_servers(
+        &self,
+        addr: SocketAddr,
+        protocol: IpvsProtocol,
+    ) -> Option<&BTreeSet<RealServer>> {
+        self.services
+            .iter()
+            .find(|(vs, _)| {
+                vs.addr == addr.ip() && vs.port == addr.port() && vs.protocol == protocol
+            })
+            .map(|(_, rs)| rs)
+    }
+}
+
+/// The plan as `render` prints it: `ipvsadm -S -n` lines, then the addresses to bind and
+/// the ipset entries as comments-free commands.
+impl fmt::Display for IpvsPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "# ipvsadm -S -n")?;
+        for (vs, servers) in &self.services {
+            writeln!(f, "{vs}")?;
+            for rs in servers {
+                writeln!(f, "{}", rs.save_line(vs))?;
+            }
+        }
+        writeln!(f, "# ip link add {DUMMY_DEVICE} type dummy")?;
+        for ip in &self.addresses {
+            let len = if ip.is_ipv4() { 32 } else { 128 };
+            writeln!(f, "# ip addr add {ip}/{len} dev {DUMMY_DEVICE}")?;
+        }
+        for (set, entries) in &self.ipsets {
+            writeln!(f, "# ipset create {} {}", set.name(), set.kind())?;
+            for e in entries {
+                writeln!(f, "# ipset add {} {e}", set.name())?;
+            }
+        }
+        Ok(())
+    }
+}
