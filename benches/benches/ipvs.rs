@@ -1,5 +1,6 @@
 //! IPVS planning at scale: the plan (virtual servers, real servers, addresses, ipsets) of
-//! 1k/10k services × 10 endpoints, and encoding every message a cold start sends.
+//! 1k/10k services × 10 endpoints, encoding every message a cold start sends, and the diff
+//! between a loaded table and a plan after one endpoint changed (10k).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use service_proxy::ProxyConfig;
@@ -46,5 +47,16 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, plan, encode);
+fn diff(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ipvs_diff_one_change");
+    let (before, after, _) = service_benches::one_change(10_000, 10);
+    let kernel = service_proxy::ipvs::applied(&IpvsPlan::build(&config(), &before, false));
+    let next = IpvsPlan::build(&config(), &after, false);
+    g.bench_function("10000", |b| {
+        b.iter(|| service_proxy::ipvs::diff(&next, &kernel).len());
+    });
+    g.finish();
+}
+
+criterion_group!(benches, plan, encode, diff);
 criterion_main!(benches);

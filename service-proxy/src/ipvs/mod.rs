@@ -1,12 +1,16 @@
 //! The IPVS backend (feature `ipvs`), pure parts so far: the objects, the plan a snapshot
 //! asks for (kube-proxy's IPVS mode: virtual servers, real servers, bound addresses,
-//! ipsets), and the IPVS generic-netlink encoding (byte for byte as `ipvsadm` sends it).
-//! Applying the plan to a kernel is not built yet.
+//! ipsets), the changes that bring a kernel's table to it (with graceful termination of
+//! TCP real servers), and the IPVS generic-netlink encoding (byte for byte as `ipvsadm`
+//! sends it). Applying them to a kernel (the socket, the dummy interface, ipsets, the fixed
+//! iptables rules) is not built yet.
 
+mod diff;
 pub mod genl;
 mod model;
 mod plan;
 
+pub use diff::{IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff};
 pub use model::{
     FLAG_HASHED, FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2, Forward, IpvsProtocol, RealServer,
     Scheduler, VirtualServer,
