@@ -150,3 +150,25 @@ pub fn load_snapshot(files: &[String], node: &NodeArgs) -> Result<Snapshot, Exit
         ExitCode::from(EXIT_INVALID)
     })
 }
+
+/// The flags a daemon polls: `reload` is raised by SIGHUP, `stop` by SIGTERM and SIGINT
+/// (a signal that cannot be handled is reported on stderr).
+pub fn daemon_signals() -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let reload = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    for (sig, flag) in [
+        (signal_hook::consts::SIGHUP, &reload),
+        (signal_hook::consts::SIGTERM, &stop),
+        (signal_hook::consts::SIGINT, &stop),
+    ] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
+            eprintln!("warning: cannot handle signal {sig}: {e}");
+        }
+    }
+    (reload, stop)
+}

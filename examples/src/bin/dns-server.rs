@@ -7,8 +7,7 @@
 //! Prints `listening on ADDR` on standard error once it serves (useful with port 0).
 
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Parser, ValueEnum};
@@ -16,7 +15,7 @@ use service_core::cluster::Cluster;
 use service_core::snapshot::{NodeInfo, Snapshot};
 use service_dns::server::{DnsServer, ServerConfig};
 use service_dns::{DnsConfig, PodRecords, Zone};
-use service_examples::{EXIT_INVALID, load_cluster};
+use service_examples::{EXIT_INVALID, daemon_signals, load_cluster};
 
 /// Serve Kubernetes cluster DNS for manifests.
 #[derive(Parser)]
@@ -112,17 +111,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let reload = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    for (sig, flag) in [
-        (signal_hook::consts::SIGHUP, &reload),
-        (signal_hook::consts::SIGTERM, &stop),
-        (signal_hook::consts::SIGINT, &stop),
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
-            eprintln!("warning: cannot handle signal {sig}: {e}");
-        }
-    }
+    let (reload, stop) = daemon_signals();
     eprintln!(
         "listening on {} (zone {}, {} services, {} names)",
         server.local_addr(),

@@ -13,14 +13,15 @@
 
 use std::io::Write as _;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use clap::Parser;
 use service_core::model::IpFamily;
 use service_core::snapshot::Snapshot;
-use service_examples::{BackendArg, EXIT_INVALID, IpFamilyArg, NodeArgs, load_cluster};
+use service_examples::{
+    BackendArg, EXIT_INVALID, IpFamilyArg, NodeArgs, daemon_signals, load_cluster,
+};
 use service_proxy::conntrack::Conntrack;
 use service_proxy::iptables::apply::{NoConntrack, Proxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer as IptRenderer};
@@ -410,17 +411,7 @@ fn main() -> ExitCode {
     let Some(mut snapshot) = load(&args, None) else {
         return ExitCode::from(EXIT_INVALID);
     };
-    let reload = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    for (sig, flag) in [
-        (signal_hook::consts::SIGHUP, &reload),
-        (signal_hook::consts::SIGTERM, &stop),
-        (signal_hook::consts::SIGINT, &stop),
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
-            eprintln!("warning: cannot handle signal {sig}: {e}");
-        }
-    }
+    let (reload, stop) = daemon_signals();
     let mut backend = backend(&args);
     let mut seen = mtimes(&args.files);
     let mut dirty = true;
