@@ -223,3 +223,41 @@ fn proxy_daemon_userspace() {
         nat(&ns)
     );
 }
+
+#[test]
+fn proxy_daemon_ipvs_falls_back_to_iptables_without_ipvs() {
+    if require(
+        "proxy_daemon_ipvs_falls_back_to_iptables_without_ipvs",
+        &["ip", "iptables-restore", "iptables-save", "kill"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        eprintln!("this kernel has IPVS: the fallback does not apply");
+        return;
+    }
+    let ns = Netns::new("proxyd");
+    let file = Manifest::new("ipvs");
+    let child = spawn(&ns, "ipvs", file.path());
+    let nat = |ns: &Netns| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eventually(
+        "the iptables rules",
+        || nat(&ns),
+        |s| s.contains("shop/web:http cluster IP"),
+    );
+    let (ok, log) = terminate(child);
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("the kernel has no IPVS")
+            && log.contains("falling back to the iptables backend"),
+        "{log}"
+    );
+    assert!(!nat(&ns).contains("KUBE-"));
+}

@@ -1,4 +1,4 @@
-//! `proxy --backend {iptables|nftables|userspace} [--apply] [NODE FLAGS] FILE...`: the proxy daemon's
+//! `proxy --backend {iptables|nftables|ipvs|userspace} [--apply] [NODE FLAGS] FILE...`: the proxy daemon's
 //! shape. Loads the files, syncs, watches them, and re-syncs when they change (SIGHUP also
 //! reloads): at most once per `--min-sync-period`, with a full resync every
 //! `--sync-period`, and exponential backoff (1 s up to 30 s) after a failed sync. Every sync
@@ -10,6 +10,10 @@
 //! listens and prints its redirect rules).
 //!
 //! One IP family per process: the family of the first `--node-ip` (or `--ip-family`).
+//!
+//! `--backend ipvs --apply` checks that the kernel has IPVS and, as kube-proxy does, falls
+//! back to the iptables backend with a warning when it has not (applying the IPVS plan
+//! itself is not built yet; without `--apply` the plan is printed).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -194,6 +198,30 @@ impl Backend for Userspace {
     }
 }
 
+/// Prints the IPVS plan.
+struct IpvsDryRun {
+    config: service_proxy::ipvs::IpvsConfig,
+    ipv6: bool,
+}
+
+impl Backend for IpvsDryRun {
+    fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
+        let plan = service_proxy::ipvs::IpvsPlan::build(&self.config, snapshot, self.ipv6);
+        print_out(&plan.to_string())?;
+        Ok(Done {
+            kind: SyncKind::Full,
+            changed: plan.services.len(),
+            detail: format!("{} virtual servers planned", plan.services.len()),
+        })
+    }
+
+    fn force_full(&mut self) {}
+
+    fn cleanup(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
 /// Prints what the iptables backend would restore.
 struct IptablesDryRun {
     renderer: IptRenderer,
@@ -363,12 +391,38 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                 })
             }
         }
-        (BackendArg::Ipvs, _) => {
-            eprintln!(
-                "error: the IPVS backend cannot apply rules yet (`render --backend ipvs` prints its plan)"
-            );
-            std::process::exit(2);
-        }
+        (BackendArg::Ipvs, false) => Box::new(IpvsDryRun {
+            config: service_proxy::ipvs::IpvsConfig::new(proxy),
+            ipv6,
+        }),
+        (BackendArg::Ipvs, true) => match service_proxy::ipvs::IpvsSocket::open() {
+            // As kube-proxy does: without IPVS in the kernel, run the iptables backend.
+            Err(service_proxy::ipvs::IpvsError::Unavailable) => {
+                eprintln!(
+                    "warning: {}; falling back to the iptables backend",
+                    service_proxy::ipvs::IpvsError::Unavailable
+                );
+                let renderer = IptRenderer::new(IptablesConfig::new(proxy), ipv6);
+                match conntrack() {
+                    Some(c) => Box::new(Iptables(Proxier::new(renderer, SystemRunner::new(), c))),
+                    None => Box::new(Iptables(Proxier::new(
+                        renderer,
+                        SystemRunner::new(),
+                        NoConntrack,
+                    ))),
+                }
+            }
+            Err(e) => {
+                eprintln!("error: IPVS: {e}");
+                std::process::exit(1);
+            }
+            Ok(_) => {
+                eprintln!(
+                    "error: the kernel has IPVS, but applying the IPVS plan is not built yet (`render --backend ipvs` prints it)"
+                );
+                std::process::exit(2);
+            }
+        },
         (BackendArg::Nftables, false) => Box::new(NftablesDryRun {
             renderer: NftRenderer::new(NftablesConfig::new(proxy), ipv6),
             engine: SyncEngine::new(),

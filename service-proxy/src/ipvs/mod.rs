@@ -9,6 +9,8 @@ mod diff;
 pub mod genl;
 mod model;
 mod plan;
+#[cfg(feature = "apply")]
+mod socket;
 
 pub use diff::{IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff};
 pub use model::{
@@ -16,3 +18,6 @@ pub use model::{
     Scheduler, VirtualServer,
 };
 pub use plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
+#[cfg(feature = "apply")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
+pub use socket::{IpvsError, IpvsSocket};
