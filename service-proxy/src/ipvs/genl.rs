@@ -68,6 +68,8 @@ const DEST_ATTR_FWD_METHOD: u16 = 3;
 const DEST_ATTR_WEIGHT: u16 = 4;
 const DEST_ATTR_U_THRESH: u16 = 5;
 const DEST_ATTR_L_THRESH: u16 = 6;
+const DEST_ATTR_ACTIVE_CONNS: u16 = 7;
+const DEST_ATTR_INACT_CONNS: u16 = 8;
 const DEST_ATTR_ADDR_FAMILY: u16 = 11;
 const DEST_ATTR_TUN_TYPE: u16 = 13;
 const DEST_ATTR_TUN_PORT: u16 = 14;
@@ -447,5 +449,214 @@ mod tests {
             u32::from_ne_bytes([m[0], m[1], m[2], m[3]]) as usize,
             m.len()
         );
+    }
+}
+
+/// What the kernel answered, message by message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// A virtual server (dump of `GET_SERVICE`).
+    Service(VirtualServer),
+    /// A real server with its connection counts (dump of `GET_DEST`).
+    Dest(super::diff::KernelDest),
+    /// The end of a dump.
+    Done,
+    /// An acknowledgement (0) or an error (negative errno).
+    Ack(i32),
+    /// Anything else.
+    Other,
+}
+
+fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let value = &data[4..len];
+        data = &data[((len + 3) & !3).min(data.len())..];
+        Some((ty, value))
+    })
+}
+
+fn u16_at(v: &[u8]) -> Option<u16> {
+    Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?))
+}
+
+fn u32_at(v: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
+}
+
+fn be16_at(v: &[u8]) -> Option<u16> {
+    Some(u16::from_be_bytes(v.get(..2)?.try_into().ok()?))
+}
+
+fn addr_of(af: u16, v: &[u8]) -> Option<IpAddr> {
+    match af {
+        AF_INET => {
+            let o: [u8; 4] = v.get(..4)?.try_into().ok()?;
+            Some(IpAddr::from(o))
+        }
+        AF_INET6 => {
+            let o: [u8; 16] = v.get(..16)?.try_into().ok()?;
+            Some(IpAddr::from(o))
+        }
+        _ => None,
+    }
+}
+
+fn parse_service(v: &[u8]) -> Option<VirtualServer> {
+    let (mut af, mut proto, mut addr, mut port) = (None, None, None, None);
+    let (mut sched, mut flags, mut timeout) = (String::new(), 0, 0);
+    for (ty, value) in attrs(v) {
+        match ty {
+            SVC_ATTR_AF => af = u16_at(value),
+            SVC_ATTR_PROTOCOL => proto = u16_at(value),
+            SVC_ATTR_ADDR => addr = Some(value),
+            SVC_ATTR_PORT => port = be16_at(value),
+            SVC_ATTR_SCHED_NAME => {
+                sched = String::from_utf8_lossy(value)
+                    .trim_end_matches('\0')
+                    .to_owned();
+            }
+            SVC_ATTR_FLAGS => flags = u32_at(value).unwrap_or(0),
+            SVC_ATTR_TIMEOUT => timeout = u32_at(value).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let protocol = match proto? {
+        6 => super::model::IpvsProtocol::Tcp,
+        17 => super::model::IpvsProtocol::Udp,
+        132 => super::model::IpvsProtocol::Sctp,
+        _ => return None,
+    };
+    Some(VirtualServer {
+        addr: addr_of(af?, addr?)?,
+        protocol,
+        port: port?,
+        scheduler: sched,
+        flags,
+        timeout,
+    })
+}
+
+fn parse_dest(v: &[u8], service_af: Option<u16>) -> Option<super::diff::KernelDest> {
+    let (mut af, mut addr, mut port, mut fwd, mut weight) = (service_af, None, None, 0, 0);
+    let (mut active, mut inactive) = (0, 0);
+    for (ty, value) in attrs(v) {
+        match ty {
+            DEST_ATTR_ADDR_FAMILY => af = u16_at(value),
+            DEST_ATTR_ADDR => addr = Some(value),
+            DEST_ATTR_PORT => port = be16_at(value),
+            DEST_ATTR_FWD_METHOD => fwd = u32_at(value).unwrap_or(0) & 0x7,
+            DEST_ATTR_WEIGHT => weight = u32_at(value).unwrap_or(0),
+            DEST_ATTR_ACTIVE_CONNS => active = u32_at(value).unwrap_or(0),
+            DEST_ATTR_INACT_CONNS => inactive = u32_at(value).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let forward = match fwd {
+        0 => super::model::Forward::Masquerade,
+        2 => super::model::Forward::Tunnel,
+        _ => super::model::Forward::DirectRoute,
+    };
+    Some(super::diff::KernelDest {
+        server: RealServer {
+            addr: std::net::SocketAddr::new(addr_of(af?, addr?)?, port?),
+            weight,
+            forward,
+        },
+        active,
+        inactive,
+    })
+}
+
+/// Splits a datagram from the kernel into replies. A malformed message is `Other`.
+pub fn parse_replies(mut data: &[u8], family_id: u16) -> Vec<Reply> {
+    const NLMSG_ERROR: u16 = 2;
+    const NLMSG_DONE: u16 = 3;
+    let mut out = Vec::new();
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < 16 || len > data.len() {
+            break;
+        }
+        let kind = u16::from_ne_bytes([data[4], data[5]]);
+        let body = &data[16..len];
+        out.push(match kind {
+            NLMSG_DONE => Reply::Done,
+            NLMSG_ERROR if body.len() >= 4 => {
+                Reply::Ack(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
+            }
+            k if k == family_id && body.len() >= 4 => {
+                let mut service = None;
+                let mut dest = None;
+                for (ty, value) in attrs(&body[4..]) {
+                    match ty {
+                        CMD_ATTR_SERVICE => service = Some(value),
+                        CMD_ATTR_DEST => dest = Some(value),
+                        _ => {}
+                    }
+                }
+                match (body[0], service, dest) {
+                    (c, Some(s), None) if c == Command::NewService as u8 => {
+                        parse_service(s).map_or(Reply::Other, Reply::Service)
+                    }
+                    (c, _, Some(d)) if c == Command::NewDest as u8 => {
+                        let af = service.and_then(|s| {
+                            attrs(s)
+                                .find(|(t, _)| *t == SVC_ATTR_AF)
+                                .and_then(|(_, v)| u16_at(v))
+                        });
+                        parse_dest(d, af).map_or(Reply::Other, Reply::Dest)
+                    }
+                    _ => Reply::Other,
+                }
+            }
+            _ => Reply::Other,
+        });
+        data = &data[((len + 3) & !3).min(data.len())..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::super::model::{FLAG_HASHED, FLAG_PERSISTENT, Forward, IpvsProtocol};
+    use super::*;
+
+    #[test]
+    fn services_and_destinations_read_back() {
+        let vs = VirtualServer {
+            addr: "fd00::1".parse().unwrap(),
+            protocol: IpvsProtocol::Udp,
+            port: 53,
+            scheduler: "rr".into(),
+            flags: FLAG_PERSISTENT | FLAG_HASHED,
+            timeout: 10800,
+        };
+        // A kernel dump reply carries the same attributes as a NEW_SERVICE request.
+        let mut data = service_message(0x1c, 1, Command::NewService, &vs);
+        let rs = RealServer {
+            addr: "[fd00::5]:5353".parse().unwrap(),
+            weight: 0,
+            forward: Forward::Masquerade,
+        };
+        data.extend(dest_message(0x1c, 2, Command::NewDest, &vs, &rs));
+        let replies = parse_replies(&data, 0x1c);
+        assert_eq!(replies[0], Reply::Service(vs));
+        match &replies[1] {
+            Reply::Dest(d) => assert_eq!(d.server, rs),
+            other => panic!("{other:?}"),
+        }
+        // Truncated or foreign input does not panic.
+        for cut in 0..data.len() {
+            let _ = parse_replies(&data[..cut], 0x1c);
+        }
+        assert_eq!(parse_replies(&data, 0x1d), vec![Reply::Other, Reply::Other]);
     }
 }
