@@ -209,6 +209,13 @@ fn incremental_updates_leave_the_table_a_fresh_load_would() {
             ),
         // The web Service outgrows its block of the endpoint map (3 -> 5 endpoints).
         CLUSTER.replacen(web, &format!("- {{addresses: [10.244.3.1], nodeName: node-b}}\n- {{addresses: [10.244.3.2], nodeName: node-b}}\n{web}"), 1),
+        // The sticky Service's affinity timeout changes: declaring its affinity sets again
+        // with the new timeout updates them in place (this kernel does; the listing shows
+        // it), keeping the clients they hold.
+        CLUSTER.replace(
+            "  sessionAffinity: ClientIP\n",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        ),
         // Two Services claim the same external IP and port.
         CLUSTER.replace(
             "clusterIP: 10.96.0.16\n",
