@@ -422,7 +422,6 @@ impl<A: Applier> NftProxier<A> {
     /// rebuilds the table from scratch.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
         let start = Instant::now();
-        let previous = self.engine.last().cloned();
         if !self.socket.incremental() {
             self.committed = None;
         }
@@ -488,16 +487,20 @@ impl<A: Applier> NftProxier<A> {
                 }
             }
         };
+        // The engine still holds the previous snapshot: compare with it before committing.
+        let family = match self.renderer.family() {
+            Family::Ip => service_core::model::IpFamily::Ipv4,
+            Family::Ip6 => service_core::model::IpFamily::Ipv6,
+        };
+        let filters = match self.conntrack {
+            Some(_) => stale_filters(self.engine.last(), snapshot, &family),
+            None => Vec::new(),
+        };
         self.engine.committed(snapshot.clone());
-        if let Some(ct) = self.conntrack.as_mut() {
-            let family = match self.renderer.family() {
-                Family::Ip => service_core::model::IpFamily::Ipv4,
-                Family::Ip6 => service_core::model::IpFamily::Ipv6,
-            };
-            let filters = stale_filters(previous.as_ref(), snapshot, &family);
-            if !filters.is_empty() {
-                report.conntrack_deleted = ct.delete_matching(&family, &filters)?;
-            }
+        if let Some(ct) = self.conntrack.as_mut()
+            && !filters.is_empty()
+        {
+            report.conntrack_deleted = ct.delete_matching(&family, &filters)?;
         }
         report.duration = start.elapsed();
         Ok(report)
