@@ -413,6 +413,24 @@ fn collect_node_ports(svc: &Service) -> Vec<u16> {
         .collect()
 }
 
+/// The Service a write addresses (an empty namespace is `default`) and the
+/// `resourceVersion` it requires, if any.
+fn write_target(svc: &Service) -> (ServiceKey, Option<String>) {
+    let namespace = svc
+        .metadata
+        .namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default");
+    let key = ServiceKey::new(namespace, svc.metadata.name());
+    let conditional = svc
+        .metadata
+        .resource_version
+        .clone()
+        .filter(|v| !v.is_empty());
+    (key, conditional)
+}
+
 fn key_of(svc: &Service) -> ServiceKey {
     ServiceKey::new(svc.metadata.namespace(), svc.metadata.name())
 }
@@ -601,6 +619,22 @@ impl<S: Store, R: RngCore> Registry<S, R> {
     }
 
     // ---- reads ---------------------------------------------------------------------
+
+    /// Reads the Service a write replaces: 404 when it is missing, 409 when it is not at
+    /// the `resourceVersion` the write requires.
+    fn read_for_write(
+        &self,
+        key: &ServiceKey,
+        conditional: Option<&str>,
+    ) -> Result<(Service, u64), ApiError> {
+        let Some((old, version)) = self.read(key)? else {
+            return Err(ApiError::not_found(&key.name));
+        };
+        if conditional.is_some_and(|rv| rv != version.to_string()) {
+            return Err(ApiError::conflict(&key.name));
+        }
+        Ok((old, version))
+    }
 
     fn read(&self, key: &ServiceKey) -> Result<Option<(Service, u64)>, ApiError> {
         let Some(v) = self
@@ -910,28 +944,9 @@ impl<S: Store, R: RngCore> Registry<S, R> {
     /// 404, 409 (stale `resourceVersion`), 422, 500; values given up are released only
     /// after success.
     pub fn update(&mut self, svc: Service) -> Result<Service, ApiError> {
-        let key = ServiceKey::new(
-            svc.metadata
-                .namespace
-                .as_deref()
-                .filter(|n| !n.is_empty())
-                .unwrap_or("default"),
-            svc.metadata.name(),
-        );
-        let conditional = svc
-            .metadata
-            .resource_version
-            .clone()
-            .filter(|v| !v.is_empty());
+        let (key, conditional) = write_target(&svc);
         for _ in 0..MAX_ATTEMPTS {
-            let Some((old, version)) = self.read(&key)? else {
-                return Err(ApiError::not_found(&key.name));
-            };
-            if let Some(rv) = &conditional
-                && *rv != version.to_string()
-            {
-                return Err(ApiError::conflict(&key.name));
-            }
+            let (old, version) = self.read_for_write(&key, conditional.as_deref())?;
             let mut new = svc.clone();
             new.metadata.namespace = Some(key.namespace.clone());
             match self.try_update(&mut new, &old, version)? {
@@ -1136,28 +1151,9 @@ impl<S: Store, R: RngCore> Registry<S, R> {
     /// # Errors
     /// 404, 409 (stale `resourceVersion`), 422 (invalid status), 500.
     pub fn update_status(&mut self, svc: &Service) -> Result<Service, ApiError> {
-        let key = ServiceKey::new(
-            svc.metadata
-                .namespace
-                .as_deref()
-                .filter(|n| !n.is_empty())
-                .unwrap_or("default"),
-            svc.metadata.name(),
-        );
-        let conditional = svc
-            .metadata
-            .resource_version
-            .clone()
-            .filter(|v| !v.is_empty());
+        let (key, conditional) = write_target(svc);
         for _ in 0..MAX_ATTEMPTS {
-            let Some((old, version)) = self.read(&key)? else {
-                return Err(ApiError::not_found(&key.name));
-            };
-            if let Some(rv) = &conditional
-                && *rv != version.to_string()
-            {
-                return Err(ApiError::conflict(&key.name));
-            }
+            let (old, version) = self.read_for_write(&key, conditional.as_deref())?;
             let mut new = old.clone();
             new.status.clone_from(&svc.status);
             defaults::service(&mut new);
