@@ -18,16 +18,15 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use service_core::model::{IpFamily, Protocol};
 use service_core::snapshot::{ServicePort, Snapshot};
 
+use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages};
+
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_DUMP: u16 = 0x300;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
@@ -201,24 +200,6 @@ pub fn encode_delete(orig: &Tuple, seq: u32) -> Vec<u8> {
     finish(buf)
 }
 
-/// Netlink attributes: `(type, payload)` pairs.
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let payload = &data[4..len];
-        let aligned = (len + 3) & !3;
-        data = &data[aligned.min(data.len())..];
-        Some((kind, payload))
-    })
-}
-
 fn parse_tuple(data: &[u8]) -> Option<Tuple> {
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0u16, 0u16);
     for (kind, payload) in attrs(data) {
@@ -273,23 +254,14 @@ enum Reply {
 }
 
 /// Splits a datagram into netlink messages and parses each.
-fn parse_datagram(mut data: &[u8]) -> Vec<Reply> {
-    let mut out = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        let body = &data[16..len];
-        out.push(match kind {
+fn parse_datagram(data: &[u8]) -> Vec<Reply> {
+    messages(data)
+        .map(|m| match m.kind {
             NLMSG_DONE => Reply::Done,
-            NLMSG_ERROR if body.len() >= 4 => {
-                Reply::Ack(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
-            }
-            k if k >> 8 == NFNL_SUBSYS_CTNETLINK && body.len() >= 4 => {
+            NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
+            k if k >> 8 == NFNL_SUBSYS_CTNETLINK && m.body.len() >= 4 => {
                 let (mut orig, mut reply) = (None, None);
-                for (a, p) in attrs(&body[4..]) {
+                for (a, p) in attrs(&m.body[4..]) {
                     match a {
                         CTA_TUPLE_ORIG => orig = parse_tuple(p),
                         CTA_TUPLE_REPLY => reply = parse_tuple(p),
@@ -302,10 +274,8 @@ fn parse_datagram(mut data: &[u8]) -> Vec<Reply> {
                 }
             }
             _ => Reply::Other,
-        });
-        data = &data[((len + 3) & !3).min(data.len())..];
-    }
-    out
+        })
+        .collect()
 }
 
 /// A ctnetlink socket.

@@ -32,6 +32,8 @@ pub use service_core as core;
 mod config;
 #[cfg(feature = "apply")]
 mod netns;
+#[cfg(any(feature = "apply", feature = "ipvs"))]
+mod nlmsg;
 mod port_name;
 mod sync;
 pub mod trace;

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 
 use super::model::{RealServer, VirtualServer};
+use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages};
 
 /// The generic-netlink family name.
 pub const FAMILY_NAME: &str = "IPVS";
@@ -467,22 +468,6 @@ pub enum Reply {
     Other,
 }
 
-fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let ty = u16::from_ne_bytes([data[2], data[3]]) & 0x3fff;
-        if len < 4 || len > data.len() {
-            return None;
-        }
-        let value = &data[4..len];
-        data = &data[((len + 3) & !3).min(data.len())..];
-        Some((ty, value))
-    })
-}
-
 fn u16_at(v: &[u8]) -> Option<u16> {
     Some(u16::from_ne_bytes(v.get(..2)?.try_into().ok()?))
 }
@@ -576,33 +561,22 @@ fn parse_dest(v: &[u8], service_af: Option<u16>) -> Option<super::diff::KernelDe
 }
 
 /// Splits a datagram from the kernel into replies. A malformed message is `Other`.
-pub fn parse_replies(mut data: &[u8], family_id: u16) -> Vec<Reply> {
-    const NLMSG_ERROR: u16 = 2;
-    const NLMSG_DONE: u16 = 3;
-    let mut out = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([data[4], data[5]]);
-        let body = &data[16..len];
-        out.push(match kind {
+pub fn parse_replies(data: &[u8], family_id: u16) -> Vec<Reply> {
+    messages(data)
+        .map(|m| match m.kind {
             NLMSG_DONE => Reply::Done,
-            NLMSG_ERROR if body.len() >= 4 => {
-                Reply::Ack(i32::from_ne_bytes([body[0], body[1], body[2], body[3]]))
-            }
-            k if k == family_id && body.len() >= 4 => {
+            NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
+            k if k == family_id && m.body.len() >= 4 => {
                 let mut service = None;
                 let mut dest = None;
-                for (ty, value) in attrs(&body[4..]) {
+                for (ty, value) in attrs(&m.body[4..]) {
                     match ty {
                         CMD_ATTR_SERVICE => service = Some(value),
                         CMD_ATTR_DEST => dest = Some(value),
                         _ => {}
                     }
                 }
-                match (body[0], service, dest) {
+                match (m.body[0], service, dest) {
                     (c, Some(s), None) if c == Command::NewService as u8 => {
                         parse_service(s).map_or(Reply::Other, Reply::Service)
                     }
@@ -618,10 +592,8 @@ pub fn parse_replies(mut data: &[u8], family_id: u16) -> Vec<Reply> {
                 }
             }
             _ => Reply::Other,
-        });
-        data = &data[((len + 3) & !3).min(data.len())..];
-    }
-    out
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@ use std::path::Path;
 use netlink_sys::{Socket, protocols::NETLINK_GENERIC};
 
 use super::genl;
+use crate::nlmsg::{attrs, messages};
 
-const NLMSG_ERROR: u16 = 2;
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const ENOENT: i32 = 2;
 
@@ -75,39 +75,22 @@ impl IpvsSocket {
         self.socket.send(&genl::get_family(seq), 0)?;
         loop {
             let (data, _) = self.socket.recv_from_full()?;
-            let mut rest = &data[..];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < 16 || len > rest.len() {
-                    break;
+            for m in messages(&data) {
+                match m.errno() {
+                    Some(errno) if errno == -ENOENT => return Err(IpvsError::Unavailable),
+                    Some(0) => {}
+                    Some(errno) => return Err(IpvsError::Io(io::Error::from_raw_os_error(-errno))),
+                    None if m.kind == genl::GENL_ID_CTRL && m.body.len() >= 4 => {
+                        // genlmsghdr, then attributes.
+                        return attrs(&m.body[4..])
+                            .find(|(ty, v)| *ty == CTRL_ATTR_FAMILY_ID && v.len() >= 2)
+                            .map(|(_, v)| u16::from_ne_bytes([v[0], v[1]]))
+                            .ok_or_else(|| {
+                                IpvsError::Protocol("no family id in the reply".into())
+                            });
+                    }
+                    None => {}
                 }
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let body = &rest[16..len];
-                if kind == NLMSG_ERROR && body.len() >= 4 {
-                    let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-                    if errno == -ENOENT {
-                        return Err(IpvsError::Unavailable);
-                    }
-                    if errno != 0 {
-                        return Err(IpvsError::Io(io::Error::from_raw_os_error(-errno)));
-                    }
-                } else if kind == genl::GENL_ID_CTRL && body.len() >= 4 {
-                    // genlmsghdr, then attributes.
-                    let mut attrs = &body[4..];
-                    while attrs.len() >= 4 {
-                        let alen = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-                        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-                        if alen < 4 || alen > attrs.len() {
-                            break;
-                        }
-                        if ty == CTRL_ATTR_FAMILY_ID && alen >= 6 {
-                            return Ok(u16::from_ne_bytes([attrs[4], attrs[5]]));
-                        }
-                        attrs = &attrs[((alen + 3) & !3).min(attrs.len())..];
-                    }
-                    return Err(IpvsError::Protocol("no family id in the reply".into()));
-                }
-                rest = &rest[((len + 3) & !3).min(rest.len())..];
             }
         }
     }

@@ -21,9 +21,8 @@ use super::render::{Renderer, Ruleset, StaleChain};
 use super::transaction::{Op, Transaction};
 use super::wire::{Batch, EncodedBatch};
 use crate::conntrack::{Conntrack, stale_filters};
+use crate::nlmsg::messages;
 use crate::{SyncEngine, SyncKind};
-
-const NLMSG_ERROR: u16 = 2;
 
 /// Why applying failed.
 #[derive(Debug, thiserror::Error)]
@@ -251,27 +250,18 @@ impl NftSocket {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e.into()),
             }
-            let mut rest = &buf[..];
-            while rest.len() >= 16 {
-                let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-                if len < 16 || len > rest.len() {
-                    break;
-                }
-                let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-                let body = &rest[16..len];
-                if kind == NLMSG_ERROR && body.len() >= 20 {
-                    let errno = i32::from_ne_bytes([body[0], body[1], body[2], body[3]]);
-                    // The echoed header's sequence number says which message this is.
-                    let seq = u32::from_ne_bytes([body[12], body[13], body[14], body[15]]);
-                    if errno != 0 {
-                        if first_error.is_none_or(|(s, _)| seq < s) {
-                            first_error = Some((seq, errno));
-                        }
-                    } else if seq == acked {
-                        acknowledged = true;
+            for m in messages(&buf) {
+                // The echoed header's sequence number says which message this answers.
+                let (Some(errno), Some(seq)) = (m.errno(), m.answered_seq()) else {
+                    continue;
+                };
+                if errno != 0 {
+                    if first_error.is_none_or(|(s, _)| seq < s) {
+                        first_error = Some((seq, errno));
                     }
+                } else if seq == acked {
+                    acknowledged = true;
                 }
-                rest = &rest[((len + 3) & !3).min(rest.len())..];
             }
         }
         if first_error.is_none() && !acknowledged {

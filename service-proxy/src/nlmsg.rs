@@ -1,0 +1,110 @@
+//! Reading netlink datagrams: the messages in one, and the attributes in a payload. Shared
+//! by every netlink user of the crate (conntrack, nf_tables, IPVS). Pure.
+
+/// The type bits of an attribute (without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`).
+const NLA_TYPE_MASK: u16 = 0x3fff;
+
+/// `NLMSG_ERROR`: an acknowledgement or an error.
+pub(crate) const NLMSG_ERROR: u16 = 2;
+/// `NLMSG_DONE`: the end of a dump.
+pub(crate) const NLMSG_DONE: u16 = 3;
+
+/// One message of a datagram.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Message<'a> {
+    /// `nlmsg_type`.
+    pub(crate) kind: u16,
+    /// What follows the 16-byte header.
+    pub(crate) body: &'a [u8],
+}
+
+impl Message<'_> {
+    /// For `NLMSG_ERROR`: the errno (0 for an acknowledgement).
+    pub(crate) fn errno(&self) -> Option<i32> {
+        if self.kind != NLMSG_ERROR {
+            return None;
+        }
+        Some(i32::from_ne_bytes(self.body.get(..4)?.try_into().ok()?))
+    }
+
+    /// For `NLMSG_ERROR`: the sequence number of the message it answers (from the echoed
+    /// header).
+    #[cfg(feature = "apply")]
+    pub(crate) fn answered_seq(&self) -> Option<u32> {
+        if self.kind != NLMSG_ERROR {
+            return None;
+        }
+        Some(u32::from_ne_bytes(self.body.get(12..16)?.try_into().ok()?))
+    }
+}
+
+/// The messages of a datagram; stops at the first malformed one.
+pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
+    std::iter::from_fn(move || {
+        if data.len() < 16 {
+            return None;
+        }
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < 16 || len > data.len() {
+            return None;
+        }
+        let m = Message {
+            kind: u16::from_ne_bytes([data[4], data[5]]),
+            body: &data[16..len],
+        };
+        data = &data[((len + 3) & !3).min(data.len())..];
+        Some(m)
+    })
+}
+
+/// Netlink attributes: `(type, payload)` pairs; stops at the first malformed one.
+pub(crate) fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > data.len() {
+            return None;
+        }
+        let payload = &data[4..len];
+        data = &data[((len + 3) & !3).min(data.len())..];
+        Some((kind, payload))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_attributes_split_and_stop_at_garbage() {
+        // Two messages: an ack for seq 7, then DONE; then three stray bytes.
+        let mut data = Vec::new();
+        data.extend_from_slice(&36u32.to_ne_bytes());
+        data.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        data.extend_from_slice(&[0; 10]);
+        data.extend_from_slice(&0i32.to_ne_bytes());
+        data.extend_from_slice(&[0; 8]);
+        data.extend_from_slice(&7u32.to_ne_bytes());
+        data.extend_from_slice(&[0; 4]);
+        data.extend_from_slice(&16u32.to_ne_bytes());
+        data.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        data.extend_from_slice(&[0; 10]);
+        data.extend_from_slice(&[1, 2, 3]);
+        let all: Vec<Message<'_>> = messages(&data).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].errno(), Some(0));
+        #[cfg(feature = "apply")]
+        assert_eq!(all[0].answered_seq(), Some(7));
+        assert_eq!(all[1].errno(), None);
+        assert_eq!(all[1].kind, NLMSG_DONE);
+        // Attributes: a nested-flagged one, then a truncated one.
+        let a = [8, 0, 0x01, 0x80, 1, 2, 3, 4, 9, 0, 2, 0];
+        assert_eq!(
+            attrs(&a).collect::<Vec<_>>(),
+            vec![(1, &[1u8, 2, 3, 4][..])]
+        );
+    }
+}
