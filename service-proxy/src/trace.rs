@@ -61,6 +61,17 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// What a tracer concludes from every branch a packet may take: the endpoints some
+    /// branches DNAT it to, else the first other outcome (not handled when none).
+    pub fn from_branches(mut dests: Vec<Destination>, other: Option<Self>) -> Self {
+        if dests.is_empty() {
+            return other.unwrap_or(Self::NotHandled);
+        }
+        dests.sort();
+        dests.dedup();
+        Self::Endpoints(dests)
+    }
+
     /// The endpoints, if DNATed.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         match self {

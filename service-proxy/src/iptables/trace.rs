@@ -239,12 +239,7 @@ impl Tracer {
                 }
             }
         }
-        if !dests.is_empty() {
-            dests.sort();
-            dests.dedup();
-            return Verdict::Endpoints(dests);
-        }
-        other.unwrap_or(Verdict::NotHandled)
+        Verdict::from_branches(dests, other)
     }
 
     fn mark_of(&self, branches: &[(Fate, State)]) -> bool {

@@ -83,6 +83,17 @@ pub enum L4 {
 }
 
 impl L4 {
+    /// The protocol of a Service port, if nftables handles it.
+    pub fn of(p: &service_core::model::Protocol) -> Option<Self> {
+        use service_core::model::Protocol;
+        match p {
+            Protocol::Tcp => Some(Self::Tcp),
+            Protocol::Udp => Some(Self::Udp),
+            Protocol::Sctp => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
     /// The IP protocol number.
     pub fn number(self) -> u8 {
         match self {

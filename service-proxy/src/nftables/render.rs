@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 
-use service_core::model::{IpFamily, Protocol};
+use service_core::model::IpFamily;
 use service_core::snapshot::{ServicePort, ServicePortName, Snapshot};
 
 use super::model::{
@@ -452,15 +452,6 @@ pub struct Renderer {
     /// Shared names of the helper chains every port jumps to.
     mark_for_masquerade: Name,
     reject_chain: Name,
-}
-
-fn l4(p: &Protocol) -> Option<L4> {
-    match p {
-        Protocol::Tcp => Some(L4::Tcp),
-        Protocol::Udp => Some(L4::Udp),
-        Protocol::Sctp => Some(L4::Sctp),
-        _ => None,
-    }
 }
 
 fn goto(c: &Name) -> Stmt {
@@ -1052,7 +1043,7 @@ impl Renderer {
     ) -> Option<PortObjects> {
         let family = self.ip_family();
         let plan = sp.family(&family)?;
-        let proto = l4(sp.protocol())?;
+        let proto = L4::of(sp.protocol())?;
         let proxy = &self.config.proxy;
         let detector = proxy.cluster_cidr(&family);
         let node_ip = snapshot.node.primary_ip(&family);

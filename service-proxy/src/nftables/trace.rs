@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use service_core::model::Protocol;
-
 use super::model::{
     BaseHook, Chain, Data, Dir, EndpointChain, FixedSet, Hook, Key, L4, Stmt, Verdict as NftVerdict,
 };
@@ -309,12 +307,7 @@ impl<'a> Tracer<'a> {
 
     /// Where the first packet of a new connection goes.
     pub fn trace(&self, packet: &Packet) -> Verdict {
-        let proto = match packet.protocol {
-            Protocol::Tcp => Some(L4::Tcp),
-            Protocol::Udp => Some(L4::Udp),
-            Protocol::Sctp => Some(L4::Sctp),
-            _ => None,
-        };
+        let proto = L4::of(&packet.protocol);
         let start = State {
             src: packet.src,
             dst: packet.dst,
@@ -394,12 +387,7 @@ impl<'a> Tracer<'a> {
                 }
             }
         }
-        if !dests.is_empty() {
-            dests.sort();
-            dests.dedup();
-            return Verdict::Endpoints(dests);
-        }
-        other.unwrap_or(Verdict::NotHandled)
+        Verdict::from_branches(dests, other)
     }
 }
 
