@@ -142,13 +142,7 @@ fn proxy_daemon_nftables() {
     }
     run_daemon(
         "nftables",
-        |ns| {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns.name(), "nft", "list", "ruleset"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        },
+        |ns| ns.exec_text("nft", &["list", "ruleset"]),
         "10.96.10.20 . tcp . 80 : goto service-",
         "10.244.2.99 . 8080",
     );
@@ -165,13 +159,7 @@ fn proxy_daemon_iptables() {
     }
     run_daemon(
         "iptables",
-        |ns| {
-            let out = Command::new("ip")
-                .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
-                .output()
-                .unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        },
+        |ns| ns.exec_text("iptables-save", &["-t", "nat"]),
         "shop/web:http cluster IP",
         "10.244.2.99:8080",
     );
@@ -189,13 +177,7 @@ fn proxy_daemon_userspace() {
     let ns = Netns::new("proxyd");
     let file = Manifest::new("userspace");
     let child = spawn(&ns, "userspace", file.path());
-    let nat = |ns: &Netns| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let nat = |ns: &Netns| ns.exec_text("iptables-save", &["-t", "nat"]);
     // The web Service's ClusterIP is redirected to a portal.
     eventually(
         "the portal rules",
@@ -240,13 +222,7 @@ fn proxy_daemon_ipvs_falls_back_to_iptables_without_ipvs() {
     let ns = Netns::new("proxyd");
     let file = Manifest::new("ipvs");
     let child = spawn(&ns, "ipvs", file.path());
-    let nat = |ns: &Netns| {
-        let out = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "iptables-save", "-t", "nat"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let nat = |ns: &Netns| ns.exec_text("iptables-save", &["-t", "nat"]);
     eventually(
         "the iptables rules",
         || nat(&ns),

@@ -32,7 +32,7 @@ use service_proxy::iptables::{IptablesConfig, Renderer as IptRenderer};
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer, Ruleset};
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
-use service_proxy::{SyncEngine, SyncKind};
+use service_proxy::{ProxyConfig, SyncEngine, SyncKind};
 
 /// Keep a node's Service rules in sync with manifest files.
 #[derive(Parser)]
@@ -325,18 +325,19 @@ fn backend(args: &Args) -> Box<dyn Backend> {
             None
         }
     };
-    match (args.backend, args.apply) {
-        (BackendArg::Iptables, true) => {
-            let renderer = IptRenderer::new(IptablesConfig::new(proxy), ipv6);
-            match conntrack() {
-                Some(c) => Box::new(Iptables(Proxier::new(renderer, SystemRunner::new(), c))),
-                None => Box::new(Iptables(Proxier::new(
-                    renderer,
-                    SystemRunner::new(),
-                    NoConntrack,
-                ))),
-            }
+    let iptables = |proxy: ProxyConfig| -> Box<dyn Backend> {
+        let renderer = IptRenderer::new(IptablesConfig::new(proxy), ipv6);
+        match conntrack() {
+            Some(c) => Box::new(Iptables(Proxier::new(renderer, SystemRunner::new(), c))),
+            None => Box::new(Iptables(Proxier::new(
+                renderer,
+                SystemRunner::new(),
+                NoConntrack,
+            ))),
         }
+    };
+    match (args.backend, args.apply) {
+        (BackendArg::Iptables, true) => iptables(proxy),
         (BackendArg::Nftables, true) => {
             let socket = match NftSocket::new() {
                 Ok(s) => s,
@@ -402,15 +403,7 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                     "warning: {}; falling back to the iptables backend",
                     service_proxy::ipvs::IpvsError::Unavailable
                 );
-                let renderer = IptRenderer::new(IptablesConfig::new(proxy), ipv6);
-                match conntrack() {
-                    Some(c) => Box::new(Iptables(Proxier::new(renderer, SystemRunner::new(), c))),
-                    None => Box::new(Iptables(Proxier::new(
-                        renderer,
-                        SystemRunner::new(),
-                        NoConntrack,
-                    ))),
-                }
+                iptables(proxy)
             }
             Err(e) => {
                 eprintln!("error: IPVS: {e}");
