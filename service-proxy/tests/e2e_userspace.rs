@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::{CLUSTER, Env, TIMEOUT, names, sa, snapshot_of};
 use service_proxy::iptables::apply::SystemRunner;
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
-use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
+use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, serve_lines, tcp_connect};
 
 /// A Service whose endpoints echo lines (long-lived connections), on two pods.
 const ECHO: &str = "
@@ -39,26 +39,10 @@ endpoints:
 - {addresses: [10.244.1.11], nodeName: node-a}
 ";
 
-/// Answers each line with `NAME line` until the client closes.
+/// Answers each line with `NAME line` until the client closes, inside `ns`.
 fn serve_echo(ns: &Netns, name: &'static str) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    ns.spawn(move || {
-        let listener = TcpListener::bind(("0.0.0.0", 9090)).expect("bind echo");
-        let _ = tx.send(());
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut w = conn.try_clone().unwrap();
-                for line in BufReader::new(conn).lines() {
-                    let Ok(line) = line else { break };
-                    if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let _ = rx.recv_timeout(Duration::from_secs(5));
+    let listener = ns.run(|| TcpListener::bind(("0.0.0.0", 9090)).expect("bind echo"));
+    serve_lines(listener, name);
 }
 
 fn reach(from: &Netns, dst: &str, tries: usize) -> BTreeSet<String> {

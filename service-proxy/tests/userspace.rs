@@ -17,25 +17,13 @@ use service_core::model::{
 use service_core::snapshot::{NodeInfo, ServicePortName, Snapshot};
 use service_core::validation::validate_service;
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxy};
+use service_testkit::netns::serve_lines;
 
 /// A TCP server on `ip` that answers each line with `NAME line` and closes at EOF.
 fn serve_tcp(ip: &str, port: u16, name: &'static str) -> u16 {
     let listener = TcpListener::bind((ip, port)).expect("bind backend");
     let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut w = conn.try_clone().unwrap();
-                for line in BufReader::new(conn).lines() {
-                    let Ok(line) = line else { break };
-                    if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    serve_lines(listener, name);
     port
 }
 

@@ -468,3 +468,25 @@ impl UdpClient {
         }
     }
 }
+
+/// Serves `listener` (bound wherever the caller chose, e.g. inside a namespace) on a
+/// thread: every line a client sends is answered with `NAME line`, until it closes. For
+/// long-lived connections and half-closes.
+pub fn serve_lines(listener: TcpListener, name: &str) {
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let Ok(mut w) = conn.try_clone() else { return };
+                for line in io::BufRead::lines(io::BufReader::new(conn)) {
+                    let Ok(line) = line else { break };
+                    if w.write_all(format!("{name} {line}\n").as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
