@@ -221,20 +221,7 @@ fn service_records(svc: &ServiceInfo, cfg: &DnsConfig) -> BTreeMap<String, Vec<R
     let base = format!("{}.{ns}.svc.{zone}", svc.key.name);
     let base_arc: Arc<str> = Arc::from(base.as_str());
     let ready: Vec<_> = svc.endpoints.iter().filter(|e| e.ready).collect();
-    let ep_name = |e: &service_core::snapshot::ServiceEndpoint| -> String {
-        if let Some(h) = e.hostname.as_deref().filter(|h| !h.is_empty()) {
-            return h.to_ascii_lowercase();
-        }
-        if cfg.endpoint_pod_names
-            && let Some(t) = e
-                .target_name
-                .as_deref()
-                .filter(|t| !t.is_empty() && t.len() < 64)
-        {
-            return t.to_ascii_lowercase();
-        }
-        dashed_ip(e.ip)
-    };
+    let ep_name = |e: &service_core::snapshot::ServiceEndpoint| endpoint_name(e, cfg);
     let srv_weight = |n: usize| (100 / n.max(1)).max(1) as u16;
 
     if svc.type_ == ServiceType::ExternalName {
