@@ -156,10 +156,7 @@ impl IpAllocator {
     /// `--service-cluster-ip-range` changed), [`AllocError::BadSnapshot`] when it does not
     /// parse or its bitmap does not fit. The allocator is unchanged on error.
     pub fn restore(&mut self, snapshot: &RangeAllocation) -> Result<(), AllocError> {
-        let cidr: IpNet = snapshot
-            .range
-            .parse()
-            .map_err(|_| AllocError::BadSnapshot(format!("invalid CIDR {:?}", snapshot.range)))?;
+        let cidr = snapshot_cidr(snapshot)?;
         if cidr != self.cidr {
             return Err(AllocError::MismatchedRange(Resource::Ip));
         }
@@ -173,10 +170,7 @@ impl IpAllocator {
     /// # Errors
     /// As [`IpAllocator::restore`].
     pub fn from_snapshot(snapshot: &RangeAllocation) -> Result<Self, AllocError> {
-        let cidr: IpNet = snapshot
-            .range
-            .parse()
-            .map_err(|_| AllocError::BadSnapshot(format!("invalid CIDR {:?}", snapshot.range)))?;
+        let cidr = snapshot_cidr(snapshot)?;
         // Untrusted input must not make us allocate a 512 MiB bitmap for 0.0.0.0/0.
         if cidr.network().is_ipv4() && cidr.prefix_len() < MIN_IPV4_PREFIX {
             return Err(AllocError::BadSnapshot(format!(
@@ -187,6 +181,14 @@ impl IpAllocator {
         a.restore(snapshot)?;
         Ok(a)
     }
+}
+
+/// The range a snapshot covers.
+fn snapshot_cidr(snapshot: &RangeAllocation) -> Result<IpNet, AllocError> {
+    snapshot
+        .range
+        .parse()
+        .map_err(|_| AllocError::BadSnapshot(format!("invalid CIDR {:?}", snapshot.range)))
 }
 
 #[cfg(test)]

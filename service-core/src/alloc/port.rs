@@ -183,10 +183,7 @@ impl PortAllocator {
     /// `--service-node-port-range` changed), [`AllocError::BadSnapshot`] when it does not
     /// parse or does not fit. The allocator is unchanged on error.
     pub fn restore(&mut self, snapshot: &RangeAllocation) -> Result<(), AllocError> {
-        let range: PortRange = snapshot
-            .range
-            .parse()
-            .map_err(|e: PortRangeError| AllocError::BadSnapshot(e.to_string()))?;
+        let range = snapshot_range(snapshot)?;
         if range != self.range {
             return Err(AllocError::MismatchedRange(Resource::Port));
         }
@@ -200,14 +197,19 @@ impl PortAllocator {
     /// # Errors
     /// As [`PortAllocator::restore`].
     pub fn from_snapshot(snapshot: &RangeAllocation) -> Result<Self, AllocError> {
-        let range: PortRange = snapshot
-            .range
-            .parse()
-            .map_err(|e: PortRangeError| AllocError::BadSnapshot(e.to_string()))?;
+        let range = snapshot_range(snapshot)?;
         let mut a = Self::new(range);
         a.restore(snapshot)?;
         Ok(a)
     }
+}
+
+/// The range a snapshot covers.
+fn snapshot_range(snapshot: &RangeAllocation) -> Result<PortRange, AllocError> {
+    snapshot
+        .range
+        .parse()
+        .map_err(|e: PortRangeError| AllocError::BadSnapshot(e.to_string()))
 }
 
 #[cfg(test)]
