@@ -35,6 +35,8 @@ mod netns;
 #[cfg(any(feature = "apply", feature = "ipvs"))]
 mod nlmsg;
 mod port_name;
+#[cfg(all(feature = "apply", feature = "ipvs"))]
+mod rtnl;
 mod sync;
 pub mod trace;
 

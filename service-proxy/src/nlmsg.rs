@@ -14,6 +14,8 @@ pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) struct Message<'a> {
     /// `nlmsg_type`.
     pub(crate) kind: u16,
+    /// `nlmsg_seq`.
+    pub(crate) seq: u32,
     /// What follows the 16-byte header.
     pub(crate) body: &'a [u8],
 }
@@ -50,6 +52,7 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
         }
         let m = Message {
             kind: u16::from_ne_bytes([data[4], data[5]]),
+            seq: u32::from_ne_bytes([data[8], data[9], data[10], data[11]]),
             body: &data[16..len],
         };
         data = &data[((len + 3) & !3).min(data.len())..];
@@ -72,6 +75,66 @@ pub(crate) fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         data = &data[((len + 3) & !3).min(data.len())..];
         Some((kind, payload))
     })
+}
+
+/// Sends one request that asks for an acknowledgement (`NLM_F_ACK`, sequence `seq`) and
+/// waits for it; a negative errno becomes the error.
+#[cfg(feature = "apply")]
+pub(crate) fn request(socket: &netlink_sys::Socket, msg: &[u8], seq: u32) -> std::io::Result<()> {
+    request_with(socket, msg, seq, |_| {})
+}
+
+/// As [`request`], handing the answers that come before the acknowledgement (a `GET`'s
+/// reply) to `each`.
+#[cfg(feature = "apply")]
+pub(crate) fn request_with(
+    socket: &netlink_sys::Socket,
+    msg: &[u8],
+    seq: u32,
+    mut each: impl FnMut(Message<'_>),
+) -> std::io::Result<()> {
+    socket.send(msg, 0)?;
+    loop {
+        let (data, _) = socket.recv_from_full()?;
+        for m in messages(&data) {
+            match (m.errno(), m.answered_seq()) {
+                (Some(errno), Some(answered)) if answered == seq => {
+                    return match errno {
+                        0 => Ok(()),
+                        e => Err(std::io::Error::from_raw_os_error(-e)),
+                    };
+                }
+                (None, _) if m.seq == seq => each(m),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Sends a dump request (sequence `seq`) and hands every answer message to `each` until
+/// `NLMSG_DONE`; an error message ends the dump with its errno.
+#[cfg(feature = "apply")]
+pub(crate) fn dump(
+    socket: &netlink_sys::Socket,
+    msg: &[u8],
+    seq: u32,
+    mut each: impl FnMut(Message<'_>),
+) -> std::io::Result<()> {
+    socket.send(msg, 0)?;
+    loop {
+        let (data, _) = socket.recv_from_full()?;
+        for m in messages(&data) {
+            if m.seq != seq {
+                continue;
+            }
+            match (m.kind, m.errno()) {
+                (NLMSG_DONE, _) => return Ok(()),
+                (_, Some(0)) => {}
+                (_, Some(e)) => return Err(std::io::Error::from_raw_os_error(-e)),
+                _ => each(m),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

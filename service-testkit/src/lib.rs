@@ -1,6 +1,8 @@
 //! PRIVATE test support for this workspace: fixtures that turn YAML into snapshots, and
-//! (Linux, root) network namespaces with veth links for kernel end-to-end tests.
+//! (Linux, root) network namespaces with veth links for kernel end-to-end tests, and
+//! User-Mode Linux for the tests that need a kernel with IPVS.
 
 pub mod etcd;
 pub mod fixtures;
 pub mod netns;
+pub mod uml;

@@ -46,7 +46,7 @@ pub fn require_programs(test: &str, programs: &[&str]) -> E2e {
     check(test, programs, None)
 }
 
-fn check(test: &str, programs: &[&str], lacking: Option<&str>) -> E2e {
+pub(crate) fn check(test: &str, programs: &[&str], lacking: Option<&str>) -> E2e {
     let mut missing: Vec<String> = lacking.map(str::to_owned).into_iter().collect();
     for p in programs {
         if !have(p) {

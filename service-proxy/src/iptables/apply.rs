@@ -74,6 +74,13 @@ pub trait Runner {
     /// # Errors
     /// The program could not run, or failed for another reason than a missing chain.
     fn chain_exists(&mut self, ipv6: bool, table: Table, chain: &str) -> Result<bool, ApplyError>;
+
+    /// Runs `ipset ARGS...` (the IPVS backend's sets), feeding `input` on stdin; returns
+    /// what it printed.
+    ///
+    /// # Errors
+    /// The program could not run or failed.
+    fn ipset(&mut self, args: &[&str], input: Option<&[u8]>) -> Result<String, ApplyError>;
 }
 
 /// Which iptables implementation to run.
@@ -282,6 +289,10 @@ impl Runner for SystemRunner {
             Err(e) => Err(e),
         }
     }
+    fn ipset(&mut self, args: &[&str], input: Option<&[u8]>) -> Result<String, ApplyError> {
+        let chunks: Option<[&[u8]; 1]> = input.map(|i| [i]);
+        self.run("ipset", args, chunks.as_ref().map(|c| &c[..]))
+    }
 }
 
 /// Records restores and serves canned `iptables-save` output, for tests.
@@ -293,6 +304,10 @@ pub struct FakeRunner {
     pub saved: BTreeMap<(bool, Table), String>,
     /// Fail the next this-many restores.
     pub fail_restores: usize,
+    /// Every `ipset` command line, with its input after a newline.
+    pub ipset_calls: Vec<String>,
+    /// What `ipset save` returns.
+    pub ipset_saved: String,
 }
 
 impl Runner for FakeRunner {
@@ -324,6 +339,19 @@ impl Runner for FakeRunner {
                 .and_then(|r| r.split_whitespace().next())
                 == Some(chain)
         }))
+    }
+    fn ipset(&mut self, args: &[&str], input: Option<&[u8]>) -> Result<String, ApplyError> {
+        let mut call = args.join(" ");
+        if let Some(input) = input {
+            call.push('\n');
+            call.push_str(&String::from_utf8_lossy(input));
+        }
+        self.ipset_calls.push(call);
+        Ok(if args == ["save"] {
+            self.ipset_saved.clone()
+        } else {
+            String::new()
+        })
     }
 }
 

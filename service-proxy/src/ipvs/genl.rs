@@ -562,38 +562,41 @@ fn parse_dest(v: &[u8], service_af: Option<u16>) -> Option<super::diff::KernelDe
 
 /// Splits a datagram from the kernel into replies. A malformed message is `Other`.
 pub fn parse_replies(data: &[u8], family_id: u16) -> Vec<Reply> {
-    messages(data)
-        .map(|m| match m.kind {
-            NLMSG_DONE => Reply::Done,
-            NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
-            k if k == family_id && m.body.len() >= 4 => {
-                let mut service = None;
-                let mut dest = None;
-                for (ty, value) in attrs(&m.body[4..]) {
-                    match ty {
-                        CMD_ATTR_SERVICE => service = Some(value),
-                        CMD_ATTR_DEST => dest = Some(value),
-                        _ => {}
-                    }
-                }
-                match (m.body[0], service, dest) {
-                    (c, Some(s), None) if c == Command::NewService as u8 => {
-                        parse_service(s).map_or(Reply::Other, Reply::Service)
-                    }
-                    (c, _, Some(d)) if c == Command::NewDest as u8 => {
-                        let af = service.and_then(|s| {
-                            attrs(s)
-                                .find(|(t, _)| *t == SVC_ATTR_AF)
-                                .and_then(|(_, v)| u16_at(v))
-                        });
-                        parse_dest(d, af).map_or(Reply::Other, Reply::Dest)
-                    }
-                    _ => Reply::Other,
+    messages(data).map(|m| parse_reply(m, family_id)).collect()
+}
+
+/// One message from the kernel as a reply.
+pub(crate) fn parse_reply(m: crate::nlmsg::Message<'_>, family_id: u16) -> Reply {
+    match m.kind {
+        NLMSG_DONE => Reply::Done,
+        NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
+        k if k == family_id && m.body.len() >= 4 => {
+            let mut service = None;
+            let mut dest = None;
+            for (ty, value) in attrs(&m.body[4..]) {
+                match ty {
+                    CMD_ATTR_SERVICE => service = Some(value),
+                    CMD_ATTR_DEST => dest = Some(value),
+                    _ => {}
                 }
             }
-            _ => Reply::Other,
-        })
-        .collect()
+            match (m.body[0], service, dest) {
+                (c, Some(s), None) if c == Command::NewService as u8 => {
+                    parse_service(s).map_or(Reply::Other, Reply::Service)
+                }
+                (c, _, Some(d)) if c == Command::NewDest as u8 => {
+                    let af = service.and_then(|s| {
+                        attrs(s)
+                            .find(|(t, _)| *t == SVC_ATTR_AF)
+                            .and_then(|(_, v)| u16_at(v))
+                    });
+                    parse_dest(d, af).map_or(Reply::Other, Reply::Dest)
+                }
+                _ => Reply::Other,
+            }
+        }
+        _ => Reply::Other,
+    }
 }
 
 #[cfg(test)]

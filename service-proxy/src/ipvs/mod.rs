@@ -1,14 +1,17 @@
-//! The IPVS backend (feature `ipvs`), pure parts so far: the objects, the plan a snapshot
-//! asks for (kube-proxy's IPVS mode: virtual servers, real servers, bound addresses,
-//! ipsets), the changes that bring a kernel's table to it (with graceful termination of
-//! TCP real servers), and the IPVS generic-netlink encoding (byte for byte as `ipvsadm`
-//! sends it). Applying them to a kernel (the socket, the dummy interface, ipsets, the fixed
-//! iptables rules) is not built yet.
+//! The IPVS backend (feature `ipvs`): the objects, the plan a snapshot asks for
+//! (kube-proxy's IPVS mode: virtual servers, real servers, bound addresses, ipsets, the
+//! fixed iptables rules), the changes that bring a kernel's table to it (with graceful
+//! termination of TCP real servers), and the IPVS generic-netlink encoding (byte for byte
+//! as `ipvsadm` sends it) — all pure. With `apply`, [`IpvsProxier`] runs it on a kernel.
 
 mod diff;
 pub mod genl;
+pub mod ipset;
 mod model;
 mod plan;
+#[cfg(feature = "apply")]
+mod proxier;
+pub mod rules;
 #[cfg(feature = "apply")]
 mod socket;
 
@@ -18,6 +21,9 @@ pub use model::{
     Scheduler, VirtualServer,
 };
 pub use plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
+#[cfg(feature = "apply")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
+pub use proxier::{IpvsProxier, IpvsSyncReport, SYSCTLS};
 #[cfg(feature = "apply")]
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub use socket::{IpvsError, IpvsSocket};

@@ -71,6 +71,47 @@ pub enum IpSet {
 }
 
 impl IpSet {
+    /// Every set IPVS mode keeps (all are created, empty or not: the fixed rules name them).
+    pub const ALL: [Self; 14] = [
+        Self::ClusterIp,
+        Self::LoopBack,
+        Self::ExternalIp,
+        Self::ExternalIpLocal,
+        Self::LoadBalancer,
+        Self::LoadBalancerLocal,
+        Self::LoadBalancerFw,
+        Self::LoadBalancerSourceCidr,
+        Self::NodePortTcp,
+        Self::NodePortUdp,
+        Self::NodePortLocalTcp,
+        Self::NodePortLocalUdp,
+        Self::HealthCheckNodePort,
+        Self::IpvsIps,
+    ];
+
+    /// The set's name for a family: IPv6 sets are `KUBE-6-...` so that both families'
+    /// sets can exist side by side (kube-proxy's `NewIPSet`).
+    pub fn name_for(self, ipv6: bool) -> String {
+        let name = self.name();
+        match (ipv6, name.strip_prefix("KUBE-")) {
+            (true, Some(rest)) => format!("KUBE-6-{rest}"),
+            _ => name.to_owned(),
+        }
+    }
+
+    /// The `ipset create` arguments after the name (kube-proxy's defaults: hashsize 1024,
+    /// maxelem 65536; bitmap:port sets cover every port).
+    pub fn create_args(self, ipv6: bool) -> String {
+        if self.kind() == "bitmap:port" {
+            return format!("{} range 0-65535", self.kind());
+        }
+        let family = if ipv6 { "inet6" } else { "inet" };
+        format!(
+            "{} family {family} hashsize 1024 maxelem 65536",
+            self.kind()
+        )
+    }
+
     /// The set's name.
     pub fn name(self) -> &'static str {
         match self {

@@ -1,0 +1,275 @@
+//! The IPVS backend on a kernel (features `ipvs` + `apply`): kube-proxy's IPVS proxier.
+//! Starting checks that the kernel has IPVS and the scheduler, and sets IPVS mode's
+//! sysctls; each sync binds the virtual addresses to `kube-ipvs0`, brings the ipsets and
+//! the fixed iptables rules in step, then diffs the kernel's virtual servers against the
+//! plan and sends only the differences (IPVS has no transactions: each change is its own
+//! request). Removed TCP real servers with connections are drained at weight 0 and deleted
+//! by a later sync once their connections are gone.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use service_core::snapshot::Snapshot;
+
+use super::diff::{IpvsChange, KernelState, diff};
+use super::ipset;
+use super::model::IpvsProtocol;
+use super::plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
+use super::rules::{self, JUMPS, Jump};
+use super::socket::{IpvsError, IpvsSocket};
+use crate::iptables::Table;
+use crate::iptables::apply::Runner;
+use crate::rtnl::Rtnl;
+
+/// The sysctls kube-proxy's IPVS mode sets: IPVS keeps conntrack entries (needed by the
+/// masquerade rules), drops connections whose real server is gone, lets persistence
+/// templates of drained real servers expire, and the node forwards.
+pub const SYSCTLS: [(&str, &str); 4] = [
+    ("net/ipv4/vs/conntrack", "1"),
+    ("net/ipv4/vs/expire_nodest_conn", "1"),
+    ("net/ipv4/vs/expire_quiescent_template", "1"),
+    ("net/ipv4/ip_forward", "1"),
+];
+
+/// What one sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpvsSyncReport {
+    /// IPVS changes sent (virtual and real servers added, updated, deleted).
+    pub changes: usize,
+    /// Removed TCP real servers still draining (weight 0, connections left).
+    pub draining: usize,
+    /// Addresses bound to the dummy interface.
+    pub bound: usize,
+    /// Addresses removed from it.
+    pub unbound: usize,
+    /// Virtual servers in the plan.
+    pub services: usize,
+}
+
+/// The IPVS backend bound to one network namespace and IP family.
+#[derive(Debug)]
+pub struct IpvsProxier<R: Runner> {
+    config: IpvsConfig,
+    ipv6: bool,
+    ipvs: IpvsSocket,
+    rtnl: Rtnl,
+    runner: R,
+}
+
+fn write_sysctls() -> io::Result<()> {
+    for (key, value) in SYSCTLS {
+        let path = Path::new("/proc/sys").join(key);
+        std::fs::write(&path, value)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+impl<R: Runner> IpvsProxier<R> {
+    /// Starts the backend in the current network namespace: resolves IPVS, probes the
+    /// scheduler, sets the sysctls.
+    ///
+    /// # Errors
+    /// [`IpvsError::Unavailable`] without IPVS, [`IpvsError::Scheduler`] without the
+    /// scheduler; other kernel failures.
+    pub fn new(config: IpvsConfig, runner: R, ipv6: bool) -> Result<Self, IpvsError> {
+        Self::start(config, runner, ipv6, None)
+    }
+
+    /// As [`IpvsProxier::new`], in the network namespace at `path` (`/run/netns/NAME`;
+    /// give `runner` the same namespace).
+    ///
+    /// # Errors
+    /// As [`IpvsProxier::new`].
+    pub fn in_netns(
+        config: IpvsConfig,
+        runner: R,
+        ipv6: bool,
+        path: &Path,
+    ) -> Result<Self, IpvsError> {
+        Self::start(config, runner, ipv6, Some(path.to_owned()))
+    }
+
+    fn start(
+        config: IpvsConfig,
+        runner: R,
+        ipv6: bool,
+        netns: Option<PathBuf>,
+    ) -> Result<Self, IpvsError> {
+        let (mut ipvs, rtnl) = match &netns {
+            None => (IpvsSocket::open()?, Rtnl::open()?),
+            Some(p) => (IpvsSocket::in_netns(p)?, Rtnl::in_netns(p)?),
+        };
+        ipvs.probe_scheduler(config.scheduler)?;
+        match netns {
+            None => write_sysctls()?,
+            Some(p) => crate::netns::open_in(&p, write_sysctls)?,
+        }
+        Ok(Self {
+            config,
+            ipv6,
+            ipvs,
+            rtnl,
+            runner,
+        })
+    }
+
+    /// The runner (its `iptables` and `ipset` programs).
+    pub fn runner_mut(&mut self) -> &mut R {
+        &mut self.runner
+    }
+
+    /// The IPVS socket, for reading the kernel's table.
+    pub fn ipvs_mut(&mut self) -> &mut IpvsSocket {
+        &mut self.ipvs
+    }
+
+    /// The kernel's virtual servers of this proxier's family.
+    ///
+    /// # Errors
+    /// The dump failed.
+    pub fn kernel_state(&mut self) -> Result<KernelState, IpvsError> {
+        let ipv6 = self.ipv6;
+        let mut state = self.ipvs.state()?;
+        state.retain(|(addr, _, _), _| addr.is_ipv6() == ipv6);
+        Ok(state)
+    }
+
+    fn jumps_present(&mut self) -> Result<Vec<&'static Jump>, IpvsError> {
+        let nat = self.runner.save(self.ipv6, Table::Nat)?;
+        let filter = self.runner.save(self.ipv6, Table::Filter)?;
+        Ok(JUMPS
+            .iter()
+            .filter(|j| {
+                let saved = match j.to.table() {
+                    Table::Nat => &nat,
+                    _ => &filter,
+                };
+                let line = format!("-A {} {}", j.from, j.args());
+                saved.lines().any(|l| l == line)
+            })
+            .collect())
+    }
+
+    /// Brings the node to the plan for `snapshot`. Every step runs even when an IPVS
+    /// change is refused; the error then names the first refusal (the next sync retries).
+    ///
+    /// # Errors
+    /// The dummy interface, ipsets or iptables rules could not be set up, or IPVS refused
+    /// changes ([`IpvsError::Incomplete`]).
+    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<IpvsSyncReport, IpvsError> {
+        let plan = IpvsPlan::build(&self.config, snapshot, self.ipv6);
+        let mut report = IpvsSyncReport {
+            services: plan.services.len(),
+            ..IpvsSyncReport::default()
+        };
+        // Addresses first, so that the virtual servers are reachable as soon as they exist.
+        let index = self.rtnl.ensure_dummy(DUMMY_DEVICE)?;
+        let bound = self.rtnl.addresses(index, self.ipv6)?;
+        for ip in plan.addresses.difference(&bound) {
+            if self.rtnl.add_address(index, *ip)? {
+                report.bound += 1;
+            }
+        }
+        // ipsets before the rules that name them.
+        let current = ipset::parse_save(&self.runner.ipset(&["save"], None)?);
+        let input = ipset::restore_input(&plan, self.ipv6, &current);
+        if !input.is_empty() {
+            self.runner
+                .ipset(&["-exist", "restore"], Some(input.as_bytes()))?;
+        }
+        let fixed = rules::render(&plan, &self.config, self.ipv6);
+        let present = self.jumps_present()?;
+        let missing: Vec<&Jump> = JUMPS.iter().filter(|j| !present.contains(j)).collect();
+        let input = rules::restore_input(&fixed, &missing);
+        self.runner.restore(self.ipv6, &[input.as_bytes()])?;
+        // Virtual and real servers.
+        let state = self.kernel_state()?;
+        let changes = diff(&plan, &state);
+        let mut failed = Vec::new();
+        for change in &changes {
+            match self.ipvs.apply(change) {
+                Ok(()) => report.changes += 1,
+                Err(e) => failed.push(e),
+            }
+        }
+        report.draining = draining(&plan, &state, &changes);
+        // Addresses no longer planned go last, after their virtual servers.
+        let stale: BTreeSet<IpAddr> = bound.difference(&plan.addresses).copied().collect();
+        for ip in stale {
+            if self.rtnl.delete_address(index, ip)? {
+                report.unbound += 1;
+            }
+        }
+        match failed.len() {
+            0 => Ok(report),
+            n => Err(IpvsError::Incomplete {
+                failed: n,
+                total: changes.len(),
+                first: Box::new(failed.swap_remove(0)),
+            }),
+        }
+    }
+
+    /// Removes everything the backend set up: every virtual server (as kube-proxy's
+    /// cleanup, `ipvsadm -C`), the dummy interface, the iptables rules, then the ipsets.
+    ///
+    /// # Errors
+    /// A removal failed.
+    pub fn cleanup(&mut self) -> Result<(), IpvsError> {
+        self.ipvs.flush()?;
+        self.rtnl.delete_link(DUMMY_DEVICE)?;
+        let present = self.jumps_present()?;
+        let exists = [Table::Nat, Table::Filter]
+            .into_iter()
+            .map(|t| {
+                let chain = if t == Table::Nat {
+                    "KUBE-SERVICES"
+                } else {
+                    "KUBE-IPVS-FILTER"
+                };
+                self.runner.chain_exists(self.ipv6, t, chain)
+            })
+            .collect::<Result<Vec<bool>, _>>()?;
+        if !present.is_empty() || exists.contains(&true) {
+            let input = rules::cleanup_input(&present);
+            self.runner.restore(self.ipv6, &[input.as_bytes()])?;
+        }
+        let saved = ipset::parse_save(&self.runner.ipset(&["save"], None)?);
+        for set in IpSet::ALL {
+            let name = set.name_for(self.ipv6);
+            if saved.contains_key(&name) {
+                self.runner.ipset(&["destroy", &name], None)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Removed TCP real servers left at weight 0 with connections after `changes`.
+fn draining(plan: &IpvsPlan, state: &KernelState, changes: &[IpvsChange]) -> usize {
+    let deleted: BTreeSet<(IpAddr, u16, std::net::SocketAddr)> = changes
+        .iter()
+        .filter_map(|c| match c {
+            IpvsChange::DeleteDest(vs, rs) => Some((vs.addr, vs.port, rs.addr)),
+            _ => None,
+        })
+        .collect();
+    plan.services
+        .iter()
+        .filter(|(vs, _)| vs.protocol == IpvsProtocol::Tcp)
+        .filter_map(|(vs, servers)| {
+            let (_, dests) = state.get(&(vs.addr, vs.protocol, vs.port))?;
+            Some(
+                dests
+                    .iter()
+                    .filter(|d| !servers.iter().any(|rs| rs.addr == d.server.addr))
+                    .filter(|d| !deleted.contains(&(vs.addr, vs.port, d.server.addr)))
+                    .count(),
+            )
+        })
+        .sum()
+}

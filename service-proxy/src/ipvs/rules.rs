@@ -1,0 +1,407 @@
+//! The iptables rules IPVS mode still needs (kube-proxy's IPVS proxier
+//! `writeIptablesRules`): a constant number of rules that match the ipsets of the plan —
+//! masquerade for node-originated and off-cluster traffic to cluster IPs, for node ports,
+//! load balancers and hairpin connections; the load-balancer source-range firewall; and the
+//! filter that rejects new connections to a virtual address on a port that is no service
+//! (kubernetes#72236). Pure: rendered as `iptables-restore --noflush` input.
+
+use std::fmt::Write as _;
+
+use service_core::model::IpFamily;
+
+use super::plan::{IpSet, IpvsConfig, IpvsPlan};
+use crate::iptables::Table;
+
+/// A chain IPVS mode owns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpvsChain {
+    /// nat `KUBE-SERVICES`, from PREROUTING and OUTPUT.
+    Services,
+    /// nat `KUBE-POSTROUTING`: masquerade marked packets and hairpin connections.
+    Postrouting,
+    /// nat `KUBE-NODE-PORT`: mark node-port traffic for masquerade.
+    NatNodePort,
+    /// nat `KUBE-LOAD-BALANCER`: mark load-balancer traffic for masquerade.
+    LoadBalancer,
+    /// nat `KUBE-MARK-MASQ`.
+    MarkMasq,
+    /// filter `KUBE-FORWARD`: forward marked and established traffic.
+    Forward,
+    /// filter `KUBE-NODE-PORT`: accept health-check node ports.
+    FilterNodePort,
+    /// filter `KUBE-PROXY-FIREWALL`: load balancers with source ranges.
+    ProxyFirewall,
+    /// filter `KUBE-SOURCE-RANGES-FIREWALL`: allowed sources, else DROP.
+    SourceRangesFirewall,
+    /// filter `KUBE-IPVS-FILTER`: reject new connections to virtual addresses on other ports.
+    IpvsFilter,
+    /// filter `KUBE-IPVS-OUT-FILTER`.
+    IpvsOutFilter,
+}
+
+impl IpvsChain {
+    /// Every chain.
+    pub const ALL: [Self; 11] = [
+        Self::Services,
+        Self::Postrouting,
+        Self::NatNodePort,
+        Self::LoadBalancer,
+        Self::MarkMasq,
+        Self::Forward,
+        Self::FilterNodePort,
+        Self::ProxyFirewall,
+        Self::SourceRangesFirewall,
+        Self::IpvsFilter,
+        Self::IpvsOutFilter,
+    ];
+
+    /// The chain's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Services => "KUBE-SERVICES",
+            Self::Postrouting => "KUBE-POSTROUTING",
+            Self::NatNodePort | Self::FilterNodePort => "KUBE-NODE-PORT",
+            Self::LoadBalancer => "KUBE-LOAD-BALANCER",
+            Self::MarkMasq => "KUBE-MARK-MASQ",
+            Self::Forward => "KUBE-FORWARD",
+            Self::ProxyFirewall => "KUBE-PROXY-FIREWALL",
+            Self::SourceRangesFirewall => "KUBE-SOURCE-RANGES-FIREWALL",
+            Self::IpvsFilter => "KUBE-IPVS-FILTER",
+            Self::IpvsOutFilter => "KUBE-IPVS-OUT-FILTER",
+        }
+    }
+
+    /// The chain's table.
+    pub fn table(self) -> Table {
+        match self {
+            Self::Services
+            | Self::Postrouting
+            | Self::NatNodePort
+            | Self::LoadBalancer
+            | Self::MarkMasq => Table::Nat,
+            _ => Table::Filter,
+        }
+    }
+}
+
+/// A jump from a built-in chain into one of ours (kube-proxy's `iptablesJumpChain`,
+/// prepended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Jump {
+    /// The built-in chain.
+    pub from: &'static str,
+    /// Our chain.
+    pub to: IpvsChain,
+    /// The rule's comment.
+    pub comment: &'static str,
+}
+
+impl Jump {
+    /// The rule after `-A FROM`, as `iptables-save` prints it.
+    pub fn args(&self) -> String {
+        format!(
+            "-m comment --comment \"{}\" -j {}",
+            self.comment,
+            self.to.name()
+        )
+    }
+}
+
+/// The jumps, per table.
+pub const JUMPS: [Jump; 9] = [
+    Jump {
+        from: "OUTPUT",
+        to: IpvsChain::Services,
+        comment: "kubernetes service portals",
+    },
+    Jump {
+        from: "PREROUTING",
+        to: IpvsChain::Services,
+        comment: "kubernetes service portals",
+    },
+    Jump {
+        from: "POSTROUTING",
+        to: IpvsChain::Postrouting,
+        comment: "kubernetes postrouting rules",
+    },
+    Jump {
+        from: "FORWARD",
+        to: IpvsChain::Forward,
+        comment: "kubernetes forwarding rules",
+    },
+    Jump {
+        from: "INPUT",
+        to: IpvsChain::FilterNodePort,
+        comment: "kubernetes health check rules",
+    },
+    Jump {
+        from: "INPUT",
+        to: IpvsChain::ProxyFirewall,
+        comment: "kube-proxy firewall rules",
+    },
+    Jump {
+        from: "FORWARD",
+        to: IpvsChain::ProxyFirewall,
+        comment: "kube-proxy firewall rules",
+    },
+    Jump {
+        from: "INPUT",
+        to: IpvsChain::IpvsFilter,
+        comment: "kubernetes ipvs access filter",
+    },
+    Jump {
+        from: "OUTPUT",
+        to: IpvsChain::IpvsOutFilter,
+        comment: "kubernetes ipvs access filter",
+    },
+];
+
+/// The rules of both tables, as `-A CHAIN ...` lines.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FixedRules {
+    /// nat table rules.
+    pub nat: Vec<String>,
+    /// filter table rules.
+    pub filter: Vec<String>,
+}
+
+/// The set-driven rules (kube-proxy's `ipsetWithIptablesChain`): set, chain, match
+/// directions, target, protocol.
+const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 9] = [
+    (
+        IpSet::LoopBack,
+        IpvsChain::Postrouting,
+        "dst,dst,src",
+        "MASQUERADE",
+        None,
+    ),
+    (
+        IpSet::LoadBalancer,
+        IpvsChain::Services,
+        "dst,dst",
+        "KUBE-LOAD-BALANCER",
+        None,
+    ),
+    (
+        IpSet::LoadBalancerLocal,
+        IpvsChain::LoadBalancer,
+        "dst,dst",
+        "RETURN",
+        None,
+    ),
+    (
+        IpSet::NodePortLocalTcp,
+        IpvsChain::NatNodePort,
+        "dst",
+        "RETURN",
+        Some("tcp"),
+    ),
+    (
+        IpSet::NodePortTcp,
+        IpvsChain::NatNodePort,
+        "dst",
+        "KUBE-MARK-MASQ",
+        Some("tcp"),
+    ),
+    (
+        IpSet::NodePortLocalUdp,
+        IpvsChain::NatNodePort,
+        "dst",
+        "RETURN",
+        Some("udp"),
+    ),
+    (
+        IpSet::NodePortUdp,
+        IpvsChain::NatNodePort,
+        "dst",
+        "KUBE-MARK-MASQ",
+        Some("udp"),
+    ),
+    (
+        IpSet::LoadBalancerFw,
+        IpvsChain::ProxyFirewall,
+        "dst,dst",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        None,
+    ),
+    (
+        IpSet::LoadBalancerSourceCidr,
+        IpvsChain::SourceRangesFirewall,
+        "dst,dst,src",
+        "RETURN",
+        None,
+    ),
+];
+
+/// The fixed rules for a plan: rules matching an empty set are left out, as kube-proxy
+/// does.
+pub fn render(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> FixedRules {
+    let mut r = FixedRules::default();
+    let used = |s: IpSet| plan.ipsets.get(&s).is_some_and(|e| !e.is_empty());
+    let name = |s: IpSet| s.name_for(ipv6);
+    let mark = config.proxy.masquerade_mark();
+    let loopback = if ipv6 { "::1/128" } else { "127.0.0.0/8" };
+    let mut rule = |chain: IpvsChain, text: String| {
+        let line = format!("-A {} {text}", chain.name());
+        match chain.table() {
+            Table::Nat => r.nat.push(line),
+            _ => r.filter.push(line),
+        }
+    };
+    // Connections to localhost leave the service chain at once.
+    rule(IpvsChain::Services, format!("-s {loopback} -j RETURN"));
+    for (set, chain, dirs, target, proto) in SET_RULES {
+        if !used(set) {
+            continue;
+        }
+        let p = proto.map(|p| format!("-p {p} ")).unwrap_or_default();
+        rule(
+            chain,
+            format!("{p}-m set --match-set {} {dirs} -j {target}", name(set)),
+        );
+    }
+    if used(IpSet::ClusterIp) {
+        let family = if ipv6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 };
+        let m = format!("-m set --match-set {}", name(IpSet::ClusterIp));
+        let text = if config.proxy.masquerade_all {
+            format!("{m} dst,dst -j KUBE-MARK-MASQ")
+        } else if let Some(cidr) = config.proxy.cluster_cidr(&family) {
+            // Off-cluster traffic to a cluster IP is masqueraded.
+            format!("{m} dst,dst ! -s {cidr} -j KUBE-MARK-MASQ")
+        } else {
+            // The node picks a virtual address as the source of its own connections to
+            // another one: masquerade those.
+            format!("{m} src,dst -j KUBE-MARK-MASQ")
+        };
+        rule(IpvsChain::Services, text);
+    }
+    let external = |set: IpSet| format!("-m set --match-set {} dst,dst", name(set));
+    for (set, masq) in [(IpSet::ExternalIp, true), (IpSet::ExternalIpLocal, false)] {
+        if !used(set) {
+            continue;
+        }
+        let m = external(set);
+        if masq {
+            rule(IpvsChain::Services, format!("{m} -j KUBE-MARK-MASQ"));
+        }
+        // Off-machine traffic (not from a bridge port, not from a local address), and
+        // traffic to external IPs that are local addresses, is accepted.
+        rule(
+            IpvsChain::Services,
+            format!("{m} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"),
+        );
+        rule(
+            IpvsChain::Services,
+            format!("{m} -m addrtype --dst-type LOCAL -j ACCEPT"),
+        );
+    }
+    rule(
+        IpvsChain::Services,
+        "-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT".into(),
+    );
+    rule(IpvsChain::LoadBalancer, "-j KUBE-MARK-MASQ".into());
+    rule(IpvsChain::SourceRangesFirewall, "-j DROP".into());
+    // Accept traffic to virtual servers in case other rules would drop it.
+    for set in [IpSet::ClusterIp, IpSet::LoadBalancer] {
+        if used(set) {
+            rule(
+                IpvsChain::Services,
+                format!("-m set --match-set {} dst,dst -j ACCEPT", name(set)),
+            );
+        }
+    }
+    rule(
+        IpvsChain::Forward,
+        format!(
+            "-m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
+        ),
+    );
+    rule(
+        IpvsChain::Forward,
+        "-m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT".into(),
+    );
+    let hc = name(IpSet::HealthCheckNodePort);
+    rule(
+        IpvsChain::FilterNodePort,
+        format!("-m set --match-set {hc} dst -j ACCEPT"),
+    );
+    for set in [
+        IpSet::LoadBalancer,
+        IpSet::ClusterIp,
+        IpSet::ExternalIp,
+        IpSet::ExternalIpLocal,
+    ] {
+        rule(
+            IpvsChain::IpvsFilter,
+            format!("-m set --match-set {} dst,dst -j REJECT", name(set)),
+        );
+    }
+    rule(
+        IpvsChain::IpvsFilter,
+        format!("-m set --match-set {hc} dst -j RETURN"),
+    );
+    rule(
+        IpvsChain::IpvsFilter,
+        format!(
+            "-m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
+            name(IpSet::IpvsIps)
+        ),
+    );
+    rule(
+        IpvsChain::Postrouting,
+        format!("-m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"),
+    );
+    rule(
+        IpvsChain::Postrouting,
+        format!("-j MARK --xor-mark {mark:#x}"),
+    );
+    rule(
+        IpvsChain::Postrouting,
+        "-m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully".into(),
+    );
+    rule(IpvsChain::MarkMasq, format!("-j MARK --or-mark {mark:#x}"));
+    r
+}
+
+fn table_text(out: &mut String, table: Table, rules: &[String], jumps: &[&Jump]) {
+    let _ = writeln!(out, "*{}", table.as_str());
+    for c in IpvsChain::ALL.iter().filter(|c| c.table() == table) {
+        let _ = writeln!(out, ":{} - [0:0]", c.name());
+    }
+    for r in rules {
+        out.push_str(r);
+        out.push('\n');
+    }
+    for j in jumps.iter().filter(|j| j.to.table() == table) {
+        let _ = writeln!(out, "-I {} 1 {}", j.from, j.args());
+    }
+    out.push_str("COMMIT\n");
+}
+
+/// `iptables-restore --noflush` input that rewrites our chains (declaring a chain flushes
+/// it) and prepends the jumps in `missing`.
+pub fn restore_input(rules: &FixedRules, missing: &[&Jump]) -> String {
+    let mut out = String::new();
+    table_text(&mut out, Table::Nat, &rules.nat, missing);
+    table_text(&mut out, Table::Filter, &rules.filter, missing);
+    out
+}
+
+/// Input that deletes the jumps in `present`, then our chains.
+pub fn cleanup_input(present: &[&Jump]) -> String {
+    let mut out = String::new();
+    for table in [Table::Nat, Table::Filter] {
+        let _ = writeln!(out, "*{}", table.as_str());
+        for j in present.iter().filter(|j| j.to.table() == table) {
+            let _ = writeln!(out, "-D {} {}", j.from, j.args());
+        }
+        for c in IpvsChain::ALL.iter().filter(|c| c.table() == table) {
+            let _ = writeln!(out, ":{} - [0:0]", c.name());
+        }
+        for c in IpvsChain::ALL.iter().filter(|c| c.table() == table) {
+            let _ = writeln!(out, "-X {}", c.name());
+        }
+        out.push_str("COMMIT\n");
+    }
+    out
+}

@@ -1,0 +1,299 @@
+//! Kernel end-to-end test of the IPVS backend. The host kernel has no IPVS, so the test
+//! boots User-Mode Linux (Debian's `user-mode-linux`, see
+//! `../shared/reference/uml-ipvs-recipe.md`) and runs `ipvs_in_uml` inside it: the same
+//! node, client and pod namespaces as the other backends' tests, our `IpvsProxier`
+//! applying snapshots there (IPVS over generic netlink, `kube-ipvs0` over rtnetlink,
+//! ipsets, iptables-legacy rules), and real TCP through the virtual servers.
+//!
+//! Needs root and UML; skips with a message otherwise (fails with `SERVICE_E2E=require`).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::{CLUSTER, Env, names, sa, snapshot_of};
+use service_proxy::ProxyConfig;
+use service_proxy::iptables::apply::{Flavor, SystemRunner};
+use service_proxy::ipvs::{
+    DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsProtocol, IpvsProxier,
+    Scheduler,
+};
+use service_testkit::netns::{E2e, Netns, Reached, serve_lines, tcp_connect};
+use service_testkit::uml;
+
+/// Enough for a connection through UML, where every syscall is slow.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The modules the test needs, beyond what the UML kernel has built in.
+const MODULES: &[&str] = &[
+    "veth",
+    "dummy",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_set",
+    "ip_set_hash_ip",
+    "ip_set_hash_ipport",
+    "ip_set_hash_ipportip",
+    "ip_set_hash_ipportnet",
+    "ip_set_bitmap_port",
+    "xt_set",
+    "ip_tables",
+    "iptable_nat",
+    "iptable_filter",
+    "xt_comment",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_conntrack",
+    "xt_physdev",
+    "xt_tcpudp",
+    "ipt_REJECT",
+];
+
+/// A Service whose endpoints keep connections open (line echo), for draining.
+fn echo(endpoints: &[&str]) -> String {
+    let mut yaml = String::from(
+        "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: e2e}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: echo, port: 7, targetPort: 9090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: e2e, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{name: echo, port: 9090, protocol: TCP}]
+endpoints:
+",
+    );
+    for ip in endpoints {
+        yaml.push_str(&format!("- {{addresses: [{ip}], nodeName: node-a}}\n"));
+    }
+    yaml
+}
+
+#[test]
+fn ipvs_end_to_end() {
+    if uml::require(
+        "ipvs_end_to_end",
+        &["ip", "ipset", "iptables-legacy-restore"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let console = uml::run_inside("ipvs_in_uml", Duration::from_secs(600));
+    for l in console
+        .lines()
+        .filter(|l| l.starts_with("CHECK") || l.starts_with("test "))
+    {
+        println!("uml: {l}");
+    }
+    // The inner test reports each check it passed; all of them must be there.
+    for check in [
+        "round robin",
+        "persistence",
+        "node port",
+        "node to cluster IP",
+        "ipvs filter",
+        "draining",
+        "resync",
+        "scheduler probe",
+        "cleanup",
+    ] {
+        assert!(
+            console.contains(&format!("CHECK {check}: ok")),
+            "check {check:?} did not pass; console:\n{console}"
+        );
+    }
+}
+
+fn reach(from: &Netns, dst: &str, tries: usize) -> Vec<String> {
+    (0..tries)
+        .map(|_| match tcp_connect(from, None, sa(dst), WAIT) {
+            Reached::Server(name, _) => name,
+            other => panic!("{dst}: {other:?}"),
+        })
+        .collect()
+}
+
+fn passed(check: &str) {
+    println!("CHECK {check}: ok");
+}
+
+fn line(conn: &mut BufReader<TcpStream>, text: &str) -> String {
+    conn.get_mut()
+        .write_all(format!("{text}\n").as_bytes())
+        .expect("send a line");
+    let mut answer = String::new();
+    conn.read_line(&mut answer).expect("read the answer");
+    answer
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn start_backend(env: &Env, scheduler: Scheduler) -> Result<IpvsProxier<SystemRunner>, IpvsError> {
+    let mut proxy = ProxyConfig::default();
+    proxy.local_addresses = vec![env.topo.node_ip];
+    proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+    let mut config = IpvsConfig::new(proxy);
+    config.scheduler = scheduler;
+    let runner = SystemRunner::in_netns(env.topo.node.name()).with_flavor(Flavor::Legacy);
+    IpvsProxier::in_netns(config, runner, false, &env.topo.node.path())
+}
+
+#[test]
+#[ignore = "runs inside User-Mode Linux, started by ipvs_end_to_end"]
+fn ipvs_in_uml() {
+    assert!(
+        uml::inside(),
+        "this test runs inside UML only (see ipvs_end_to_end)"
+    );
+    uml::load_modules(MODULES).expect("load the UML kernel modules");
+    let env = Env::new();
+    let node = &env.topo.node;
+    let pod = &env.topo.pods[env.client_pod].ns;
+    for p in ["web-0", "web-1"] {
+        let ns = &env.topo.pod(p).ns;
+        let listener = ns.run(|| TcpListener::bind(("0.0.0.0", 9090)).expect("bind echo"));
+        serve_lines(listener, p);
+    }
+    let yaml = format!("{CLUSTER}{}", echo(&["10.244.1.10", "10.244.1.11"]));
+    let snap = snapshot_of(&yaml, None);
+    let mut proxier = start_backend(&env, Scheduler::Rr).expect("start the IPVS backend");
+    let report = proxier.sync(&snap).expect("first sync");
+    assert!(report.changes > 0 && report.bound > 0, "{report:?}");
+    let again = proxier.sync(&snap).expect("second sync");
+    assert_eq!(again.changes, 0, "a sync with nothing new changes nothing");
+
+    // Round robin over the three endpoints, in turn.
+    let got = reach(pod, "10.96.0.10:80", 6);
+    assert_eq!(
+        got.iter().cloned().collect::<BTreeSet<_>>(),
+        names(&["web-0", "web-1", "web-2"])
+    );
+    assert_eq!(got[..3], got[3..], "rr repeats the same order: {got:?}");
+    passed("round robin");
+
+    // ClientIP affinity is IPVS persistence: one endpoint for every connection.
+    let state = proxier.kernel_state().unwrap();
+    let (sticky, _) = &state[&(common::ip("10.96.0.11"), IpvsProtocol::Tcp, 80)];
+    assert_eq!(sticky.flags & FLAG_PERSISTENT, FLAG_PERSISTENT);
+    assert_eq!(sticky.timeout, 10800);
+    let got = reach(pod, "10.96.0.11:80", 6);
+    assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 1, "{got:?}");
+    passed("persistence");
+
+    // A node port on the node's address, from outside; masqueraded (KUBE-NODE-PORT-TCP).
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        match tcp_connect(&env.topo.client, None, sa("192.168.0.2:30080"), WAIT) {
+            Reached::Server(name, src) => {
+                assert_ne!(src, env.topo.client_ip, "node port traffic is masqueraded");
+                seen.insert(name);
+            }
+            other => panic!("node port: {other:?}"),
+        }
+    }
+    assert_eq!(seen, names(&["web-0", "web-2"]));
+    passed("node port");
+
+    // The node's own connection to a cluster IP (source: the address on kube-ipvs0,
+    // masqueraded by the KUBE-CLUSTER-IP src,dst rule).
+    match tcp_connect(node, None, sa("10.96.0.12:80"), WAIT) {
+        Reached::Server(name, _) => assert!(["web-0", "web-2"].contains(&name.as_str())),
+        other => panic!("node to cluster IP: {other:?}"),
+    }
+    passed("node to cluster IP");
+
+    // A port that is no Service on a virtual address is rejected, even though the node
+    // listens on it (kubernetes#72236).
+    let listener = node.run(|| TcpListener::bind(("0.0.0.0", 9999)).expect("bind"));
+    serve_lines(listener, "node");
+    assert_eq!(
+        tcp_connect(pod, None, sa("10.96.0.10:9999"), WAIT),
+        Reached::Refused
+    );
+    passed("ipvs filter");
+
+    // Draining: an established connection keeps its endpoint when the endpoint goes away;
+    // the real server stays at weight 0 and new connections avoid it.
+    let dst: SocketAddr = sa("10.96.0.20:7");
+    let conn = pod.run(move || TcpStream::connect_timeout(&dst, WAIT).expect("connect"));
+    conn.set_read_timeout(Some(WAIT)).unwrap();
+    let mut conn = BufReader::new(conn);
+    let first = line(&mut conn, "hello");
+    let (gone_ip, kept) = if first == "web-0" {
+        ("10.244.1.10", "10.244.1.11")
+    } else {
+        ("10.244.1.11", "10.244.1.10")
+    };
+    let without = format!("{CLUSTER}{}", echo(&[kept]));
+    let snap2 = snapshot_of(&without, Some(&snap));
+    let report = proxier.sync(&snap2).expect("sync without the endpoint");
+    assert_eq!(report.draining, 1, "{report:?}");
+    let state = proxier.kernel_state().unwrap();
+    let (_, dests) = &state[&(common::ip("10.96.0.20"), IpvsProtocol::Tcp, 7)];
+    let drained = dests
+        .iter()
+        .find(|d| d.server.addr.ip() == common::ip(gone_ip))
+        .expect("the drained real server stays while it has connections");
+    assert_eq!(drained.server.weight, 0);
+    assert!(drained.active >= 1, "{drained:?}");
+    assert_eq!(line(&mut conn, "still there"), first);
+    for _ in 0..4 {
+        let dst: SocketAddr = sa("10.96.0.20:7");
+        let c = pod.run(move || TcpStream::connect_timeout(&dst, WAIT).expect("connect"));
+        c.set_read_timeout(Some(WAIT)).unwrap();
+        let name = line(&mut BufReader::new(c), "new");
+        assert_ne!(name, first, "a new connection reached the drained endpoint");
+    }
+    drop(conn);
+    passed("draining");
+
+    // A virtual server deleted behind our back is restored by the next sync.
+    let state = proxier.kernel_state().unwrap();
+    let (web, _) = state[&(common::ip("10.96.0.10"), IpvsProtocol::Tcp, 80)].clone();
+    proxier
+        .ipvs_mut()
+        .apply(&IpvsChange::DeleteService(web))
+        .expect("delete a virtual server");
+    assert_ne!(
+        tcp_connect(pod, None, sa("10.96.0.10:80"), WAIT),
+        Reached::Server("web-0".into(), env.topo.pods[env.client_pod].ip)
+    );
+    let report = proxier.sync(&snap2).expect("resync");
+    assert_eq!(
+        report.changes, 4,
+        "the service and its three real servers: {report:?}"
+    );
+    assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
+    passed("resync");
+
+    // Starting with a scheduler the kernel lacks (ip_vs_sed is not loaded, and UML has
+    // no modprobe to load it) is a typed error.
+    match start_backend(&env, Scheduler::Sed) {
+        Err(IpvsError::Scheduler { scheduler, .. }) => assert_eq!(scheduler, "sed"),
+        other => panic!("expected a scheduler error, got {:?}", other.map(|_| ())),
+    }
+    passed("scheduler probe");
+
+    // Cleanup removes virtual servers, the dummy interface, rules and sets.
+    proxier.cleanup().expect("cleanup");
+    assert!(proxier.kernel_state().unwrap().is_empty());
+    let links = node.exec_text("ip", &["link", "show"]);
+    assert!(!links.contains(DUMMY_DEVICE), "{links}");
+    let sets = node.exec_text("ipset", &["list", "-n"]);
+    assert!(!sets.contains("KUBE-"), "{sets}");
+    let rules = node.exec_text("iptables-legacy-save", &[]);
+    assert!(!rules.contains("KUBE-"), "{rules}");
+    passed("cleanup");
+}
