@@ -1,6 +1,7 @@
 //! The `proxy` daemon run as a user runs it, inside a network namespace: it installs the
 //! rules, follows the manifest file as it changes (keeping the rules when a change is
-//! invalid), and removes its rules on SIGTERM. Both kernel backends.
+//! invalid), and removes its rules on SIGTERM. Every backend; IPVS inside User-Mode Linux
+//! (the host kernel has no IPVS).
 //!
 //! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
 
@@ -10,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use service_testkit::netns::{E2e, Netns, require};
+use service_testkit::uml;
 
 /// A copy of the demo manifests the test edits.
 struct Manifest(PathBuf);
@@ -45,6 +47,10 @@ impl Drop for Manifest {
 }
 
 fn spawn(ns: &Netns, backend: &str, file: &str) -> Child {
+    spawn_with(ns, backend, file, &[])
+}
+
+fn spawn_with(ns: &Netns, backend: &str, file: &str, extra: &[&str]) -> Child {
     Command::new("ip")
         .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
         .args([
@@ -55,6 +61,7 @@ fn spawn(ns: &Netns, backend: &str, file: &str) -> Child {
             "100ms",
         ])
         .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
+        .args(extra)
         .args(["--cluster-cidr", "10.244.0.0/16", file])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -236,4 +243,75 @@ fn proxy_daemon_ipvs_falls_back_to_iptables_without_ipvs() {
         "{log}"
     );
     assert!(!nat(&ns).contains("KUBE-"));
+}
+
+#[test]
+fn proxy_daemon_ipvs() {
+    if uml::require(
+        "proxy_daemon_ipvs",
+        &["ip", "ipset", "ipvsadm", "iptables-legacy-save", "kill"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    uml::run_inside("proxy_daemon_ipvs_in_uml", Duration::from_secs(600));
+}
+
+#[test]
+#[ignore = "runs inside User-Mode Linux, started by proxy_daemon_ipvs"]
+fn proxy_daemon_ipvs_in_uml() {
+    assert!(
+        uml::inside(),
+        "this test runs inside UML only (see proxy_daemon_ipvs)"
+    );
+    uml::load_modules(uml::IPVS_NODE_MODULES).expect("load the UML kernel modules");
+    let ns = Netns::new("proxyd");
+    let file = Manifest::new("ipvs-uml");
+    let legacy = ["--iptables-flavor", "legacy"];
+    let child = spawn_with(&ns, "ipvs", file.path(), &legacy);
+    let ipvs = |ns: &Netns| ns.exec_text("ipvsadm", &["-S", "-n"]);
+    eventually(
+        "the virtual servers",
+        || ipvs(&ns),
+        |s| s.contains("-a -t 10.96.10.20:80 -r 10.244.2.10:8080 -m -w 1"),
+    );
+    let addrs = ns.exec_text("ip", &["addr", "show", "kube-ipvs0"]);
+    assert!(addrs.contains("inet 10.96.10.20/32"), "{addrs}");
+    // An endpoint moves: the real servers follow.
+    file.edit("10.244.2.10", "10.244.2.99");
+    eventually(
+        "the endpoint change",
+        || ipvs(&ns),
+        |s| s.contains("-r 10.244.2.99:8080") && !s.contains("-r 10.244.2.10:8080"),
+    );
+    let (ok, log) = terminate(child);
+    assert!(ok, "{log}");
+    assert!(log.contains("sync 1: full"), "{log}");
+    assert!(log.contains("virtual servers"), "{log}");
+    assert!(log.contains("stopped: rules removed"), "{log}");
+    assert!(!ipvs(&ns).contains("-A"), "virtual servers left behind");
+    let rules = ns.exec_text("iptables-legacy-save", &[]);
+    assert!(!rules.contains("KUBE-"), "rules left behind:\n{rules}");
+
+    // A scheduler the kernel lacks (ip_vs_sed is not loaded): the iptables backend instead.
+    let child = spawn_with(
+        &ns,
+        "ipvs",
+        file.path(),
+        &["--iptables-flavor", "legacy", "--ipvs-scheduler", "sed"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let nat = || ns.exec_text("iptables-legacy-save", &["-t", "nat"]);
+    while !nat().contains("shop/web:http cluster IP") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let installed = nat().contains("shop/web:http cluster IP");
+    let (ok, log) = terminate(child);
+    assert!(installed, "the iptables backend did not install its rules:\n{log}");
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("no IPVS scheduler \"sed\"")
+            && log.contains("falling back to the iptables backend"),
+        "{log}"
+    );
 }

@@ -21,37 +21,11 @@ use service_proxy::ipvs::{
     DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsProtocol, IpvsProxier,
     Scheduler,
 };
-use service_testkit::netns::{E2e, Netns, Reached, serve_lines, tcp_connect};
+use service_testkit::netns::{E2e, Netns, Reached, UdpClient, serve_lines, tcp_connect};
 use service_testkit::uml;
 
 /// Enough for a connection through UML, where every syscall is slow.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// The modules the test needs, beyond what the UML kernel has built in.
-const MODULES: &[&str] = &[
-    "veth",
-    "dummy",
-    "ip_vs",
-    "ip_vs_rr",
-    "ip_set",
-    "ip_set_hash_ip",
-    "ip_set_hash_ipport",
-    "ip_set_hash_ipportip",
-    "ip_set_hash_ipportnet",
-    "ip_set_bitmap_port",
-    "xt_set",
-    "ip_tables",
-    "iptable_nat",
-    "iptable_filter",
-    "xt_comment",
-    "xt_mark",
-    "xt_MASQUERADE",
-    "xt_addrtype",
-    "xt_conntrack",
-    "xt_physdev",
-    "xt_tcpudp",
-    "ipt_REJECT",
-];
 
 /// A Service whose endpoints keep connections open (line echo), for draining.
 fn echo(endpoints: &[&str]) -> String {
@@ -99,6 +73,7 @@ fn ipvs_end_to_end() {
     for check in [
         "round robin",
         "persistence",
+        "udp",
         "node port",
         "node to cluster IP",
         "ipvs filter",
@@ -157,7 +132,7 @@ fn ipvs_in_uml() {
         uml::inside(),
         "this test runs inside UML only (see ipvs_end_to_end)"
     );
-    uml::load_modules(MODULES).expect("load the UML kernel modules");
+    uml::load_modules(uml::IPVS_NODE_MODULES).expect("load the UML kernel modules");
     let env = Env::new();
     let node = &env.topo.node;
     let pod = &env.topo.pods[env.client_pod].ns;
@@ -191,6 +166,17 @@ fn ipvs_in_uml() {
     let got = reach(pod, "10.96.0.11:80", 6);
     assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), 1, "{got:?}");
     passed("persistence");
+
+    // UDP: each new client socket is a new IPVS connection, scheduled in turn.
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        match UdpClient::new(pod).ask(sa("10.96.0.53:53"), WAIT) {
+            Reached::Server(name, _) => seen.insert(name),
+            other => panic!("UDP: {other:?}"),
+        };
+    }
+    assert_eq!(seen, names(&["web-0", "web-1", "web-2"]));
+    passed("udp");
 
     // A node port on the node's address, from outside; masqueraded (KUBE-NODE-PORT-TCP).
     let mut seen = BTreeSet::new();
@@ -256,7 +242,35 @@ fn ipvs_in_uml() {
         let name = line(&mut BufReader::new(c), "new");
         assert_ne!(name, first, "a new connection reached the drained endpoint");
     }
+    // Once its connection is gone (reset: IPVS forgets a closed connection after 10 s, a
+    // TIME_WAIT one after 2 min), a later sync deletes the real server.
+    let conn = conn.into_inner();
+    nix::sys::socket::setsockopt(
+        &conn,
+        nix::sys::socket::sockopt::Linger,
+        &nix::libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    )
+    .expect("SO_LINGER");
     drop(conn);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let report = proxier.sync(&snap2).expect("sync while draining");
+        if report.draining == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still draining: {report:?}"
+        );
+    }
+    let state = proxier.kernel_state().unwrap();
+    let (_, dests) = &state[&(common::ip("10.96.0.20"), IpvsProtocol::Tcp, 7)];
+    assert_eq!(dests.len(), 1, "{dests:?}");
+    assert_eq!(dests[0].server.addr.ip(), common::ip(kept));
     passed("draining");
 
     // A virtual server deleted behind our back is restored by the next sync.

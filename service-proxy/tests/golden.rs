@@ -83,7 +83,7 @@ fn nftables_goldens() {
 
 #[test]
 fn ipvs_goldens() {
-    use service_proxy::ipvs::{IpvsConfig, IpvsPlan};
+    use service_proxy::ipvs::{IpvsConfig, IpvsPlan, ipvs_text};
     insta::glob!("fixtures/*.yaml", |path| {
         let yaml = std::fs::read_to_string(path).unwrap();
         let node = node_line(&yaml);
@@ -93,10 +93,14 @@ fn ipvs_goldens() {
         proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
         proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
         let config = IpvsConfig::new(proxy);
-        let mut out = IpvsPlan::build(&config, &snapshot, false).to_string();
+        let mut out = ipvs_text(&IpvsPlan::build(&config, &snapshot, false), &config, false);
         if ips.iter().any(|ip| ip.contains(':')) {
             out.push_str("# ---- IPv6 ----\n");
-            out.push_str(&IpvsPlan::build(&config, &snapshot, true).to_string());
+            out.push_str(&ipvs_text(
+                &IpvsPlan::build(&config, &snapshot, true),
+                &config,
+                true,
+            ));
         }
         insta::assert_snapshot!("ipvs", out);
     });

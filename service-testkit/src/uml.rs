@@ -61,6 +61,41 @@ pub fn require(test: &str, programs: &[&str]) -> crate::netns::E2e {
     crate::netns::check(test, programs, lacking)
 }
 
+/// The modules a node in IPVS mode needs beyond what the UML kernel has built in: veth
+/// (test namespaces), dummy, IPVS with round robin, the ipset types, and the legacy
+/// iptables tables and matches of the fixed rules (and of the iptables backend, which
+/// the daemon falls back to). (Debian's UML kernel has no
+/// `nft_chain_nat`, so the nft variant of iptables cannot write nat rules there: use
+/// `iptables-legacy`.)
+pub const IPVS_NODE_MODULES: &[&str] = &[
+    "veth",
+    "dummy",
+    "ip_vs",
+    "ip_vs_rr",
+    "ip_set",
+    "ip_set_hash_ip",
+    "ip_set_hash_ipport",
+    "ip_set_hash_ipportip",
+    "ip_set_hash_ipportnet",
+    "ip_set_bitmap_port",
+    "xt_set",
+    "ip_tables",
+    "iptable_nat",
+    "iptable_filter",
+    "iptable_mangle",
+    "xt_comment",
+    "xt_mark",
+    "xt_MASQUERADE",
+    "xt_addrtype",
+    "xt_conntrack",
+    "xt_physdev",
+    "xt_tcpudp",
+    "xt_statistic",
+    "xt_recent",
+    "xt_nat",
+    "ipt_REJECT",
+];
+
 /// Whether this process runs inside UML (started by [`run_inside`]).
 pub fn inside() -> bool {
     std::env::var_os(INSIDE).is_some()

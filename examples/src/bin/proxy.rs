@@ -11,9 +11,11 @@
 //!
 //! One IP family per process: the family of the first `--node-ip` (or `--ip-family`).
 //!
-//! `--backend ipvs --apply` checks that the kernel has IPVS and, as kube-proxy does, falls
-//! back to the iptables backend with a warning when it has not (applying the IPVS plan
-//! itself is not built yet; without `--apply` the plan is printed).
+//! `--backend ipvs --apply` checks that the kernel has IPVS and the scheduler and, as
+//! kube-proxy did, falls back to the iptables backend with a warning when it has not. IPVS
+//! syncs are always full (a diff against the kernel's table); a drained real server is
+//! deleted by the first sync after its connections are gone (at the latest the next
+//! periodic resync).
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -27,8 +29,9 @@ use service_examples::{
     BackendArg, EXIT_INVALID, IpFamilyArg, NodeArgs, daemon_signals, load_cluster,
 };
 use service_proxy::conntrack::Conntrack;
-use service_proxy::iptables::apply::{NoConntrack, Proxier, SystemRunner};
+use service_proxy::iptables::apply::{Flavor, NoConntrack, Proxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer as IptRenderer};
+use service_proxy::ipvs::{IpvsConfig, IpvsError, IpvsPlan, IpvsProxier, Scheduler, ipvs_text};
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer, Ruleset};
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
@@ -53,11 +56,47 @@ struct Args {
     /// Full resync interval (kube-proxy's --sync-period).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     sync_period: Duration,
+    /// The IPVS scheduler (kube-proxy's --ipvs-scheduler): rr, lc, dh, sh, sed, nq, wrr,
+    /// wlc or mh.
+    #[arg(long, value_parser = parse_scheduler, default_value = "rr")]
+    ipvs_scheduler: Scheduler,
+    /// Which iptables programs to run: the system's `iptables-restore`, the nft or the
+    /// legacy variant, or `detect` (legacy if the legacy tables hold more rules, as
+    /// kube-proxy's iptables-wrapper decides).
+    #[arg(long, value_enum, default_value = "system")]
+    iptables_flavor: FlavorArg,
     #[command(flatten)]
     node: NodeArgs,
     /// Manifest files (YAML, JSON, `kind: List`).
     #[arg(required = true)]
     files: Vec<String>,
+}
+
+/// `--iptables-flavor`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FlavorArg {
+    System,
+    Nft,
+    Legacy,
+    Detect,
+}
+
+impl FlavorArg {
+    fn runner(self) -> SystemRunner {
+        let flavor = match self {
+            Self::System => Flavor::System,
+            Self::Nft => Flavor::Nft,
+            Self::Legacy => Flavor::Legacy,
+            Self::Detect => Flavor::detect(&SystemRunner::new()),
+        };
+        SystemRunner::new().with_flavor(flavor)
+    }
+}
+
+fn parse_scheduler(s: &str) -> Result<Scheduler, String> {
+    Scheduler::parse(s).ok_or_else(|| {
+        format!("unknown IPVS scheduler {s:?} (rr, lc, dh, sh, sed, nq, wrr, wlc, mh)")
+    })
 }
 
 /// `1s`, `250ms`, `2m`.
@@ -198,16 +237,39 @@ impl Backend for Userspace {
     }
 }
 
-/// Prints the IPVS plan.
+/// The IPVS proxier, applying to the kernel.
+struct Ipvs(IpvsProxier<SystemRunner>);
+
+impl Backend for Ipvs {
+    fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
+        let r = self.0.sync(snapshot).map_err(|e| e.to_string())?;
+        Ok(Done {
+            kind: SyncKind::Full,
+            changed: r.changes,
+            detail: format!(
+                "{} virtual servers, {} IPVS changes, {} real servers draining, {} addresses bound, {} unbound",
+                r.services, r.changes, r.draining, r.bound, r.unbound
+            ),
+        })
+    }
+
+    fn force_full(&mut self) {}
+
+    fn cleanup(&mut self) -> Result<(), String> {
+        self.0.cleanup().map_err(|e| e.to_string())
+    }
+}
+
+/// Prints the IPVS plan and its iptables rules.
 struct IpvsDryRun {
-    config: service_proxy::ipvs::IpvsConfig,
+    config: IpvsConfig,
     ipv6: bool,
 }
 
 impl Backend for IpvsDryRun {
     fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
-        let plan = service_proxy::ipvs::IpvsPlan::build(&self.config, snapshot, self.ipv6);
-        print_out(&plan.to_string())?;
+        let plan = IpvsPlan::build(&self.config, snapshot, self.ipv6);
+        print_out(&ipvs_text(&plan, &self.config, self.ipv6))?;
         Ok(Done {
             kind: SyncKind::Full,
             changed: plan.services.len(),
@@ -328,10 +390,14 @@ fn backend(args: &Args) -> Box<dyn Backend> {
     let iptables = |proxy: ProxyConfig| -> Box<dyn Backend> {
         let renderer = IptRenderer::new(IptablesConfig::new(proxy), ipv6);
         match conntrack() {
-            Some(c) => Box::new(Iptables(Proxier::new(renderer, SystemRunner::new(), c))),
+            Some(c) => Box::new(Iptables(Proxier::new(
+                renderer,
+                args.iptables_flavor.runner(),
+                c,
+            ))),
             None => Box::new(Iptables(Proxier::new(
                 renderer,
-                SystemRunner::new(),
+                args.iptables_flavor.runner(),
                 NoConntrack,
             ))),
         }
@@ -380,7 +446,7 @@ fn backend(args: &Args) -> Box<dyn Backend> {
             let proxy = UserspaceProxy::new(config, runtime.handle().clone());
             if apply {
                 Box::new(Userspace {
-                    proxier: Some(UserspaceProxier::new(proxy, SystemRunner::new())),
+                    proxier: Some(UserspaceProxier::new(proxy, args.iptables_flavor.runner())),
                     dry: None,
                     _runtime: runtime,
                 })
@@ -392,30 +458,28 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                 })
             }
         }
-        (BackendArg::Ipvs, false) => Box::new(IpvsDryRun {
-            config: service_proxy::ipvs::IpvsConfig::new(proxy),
-            ipv6,
-        }),
-        (BackendArg::Ipvs, true) => match service_proxy::ipvs::IpvsSocket::open() {
-            // As kube-proxy does: without IPVS in the kernel, run the iptables backend.
-            Err(service_proxy::ipvs::IpvsError::Unavailable) => {
-                eprintln!(
-                    "warning: {}; falling back to the iptables backend",
-                    service_proxy::ipvs::IpvsError::Unavailable
-                );
-                iptables(proxy)
+        (BackendArg::Ipvs, false) => {
+            let mut config = IpvsConfig::new(proxy);
+            config.scheduler = args.ipvs_scheduler;
+            Box::new(IpvsDryRun { config, ipv6 })
+        }
+        (BackendArg::Ipvs, true) => {
+            let mut config = IpvsConfig::new(proxy.clone());
+            config.scheduler = args.ipvs_scheduler;
+            match IpvsProxier::new(config, args.iptables_flavor.runner(), ipv6) {
+                Ok(p) => Box::new(Ipvs(p)),
+                // As kube-proxy did: without IPVS (or the scheduler) in the kernel, run the
+                // iptables backend.
+                Err(e @ (IpvsError::Unavailable | IpvsError::Scheduler { .. })) => {
+                    eprintln!("warning: {e}; falling back to the iptables backend");
+                    iptables(proxy)
+                }
+                Err(e) => {
+                    eprintln!("error: starting the IPVS backend: {e}");
+                    std::process::exit(1);
+                }
             }
-            Err(e) => {
-                eprintln!("error: IPVS: {e}");
-                std::process::exit(1);
-            }
-            Ok(_) => {
-                eprintln!(
-                    "error: the kernel has IPVS, but applying the IPVS plan is not built yet (`render --backend ipvs` prints it)"
-                );
-                std::process::exit(2);
-            }
-        },
+        }
         (BackendArg::Nftables, false) => Box::new(NftablesDryRun {
             renderer: NftRenderer::new(NftablesConfig::new(proxy), ipv6),
             engine: SyncEngine::new(),

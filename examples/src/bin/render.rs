@@ -6,7 +6,8 @@
 //! `--noflush` on a host without other rules, it reproduces exactly what the proxy installs.
 //! For nftables it is an `nft -f` script that replaces the `kube-proxy` table of the family
 //! (`ip`, or `ip6` with `--ip-family ipv6`) with what the proxy sends over netlink. For
-//! IPVS it is the plan: `ipvsadm -S -n` lines, then the addresses and ipset entries.
+//! IPVS it is the plan: `ipvsadm -S -n` lines, then the addresses and ipset entries, then
+//! the fixed iptables rules IPVS mode adds.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -56,7 +57,8 @@ fn main() -> ExitCode {
         }
         BackendArg::Ipvs => {
             let config = service_proxy::ipvs::IpvsConfig::new(args.node.proxy_config());
-            service_proxy::ipvs::IpvsPlan::build(&config, &snapshot, ipv6).to_string()
+            let plan = service_proxy::ipvs::IpvsPlan::build(&config, &snapshot, ipv6);
+            service_proxy::ipvs::ipvs_text(&plan, &config, ipv6)
         }
         BackendArg::Userspace => {
             eprintln!(

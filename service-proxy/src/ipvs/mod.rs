@@ -24,6 +24,7 @@ pub use plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
 #[cfg(feature = "apply")]
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub use proxier::{IpvsProxier, IpvsSyncReport, SYSCTLS};
+pub use rules::ipvs_text;
 #[cfg(feature = "apply")]
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub use socket::{IpvsError, IpvsSocket};

@@ -333,7 +333,7 @@ pub fn render(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> FixedRules {
     ] {
         rule(
             IpvsChain::IpvsFilter,
-            format!("-m set --match-set {} dst,dst -j REJECT", name(set)),
+            format!("-m set --match-set {} dst,dst -j RETURN", name(set)),
         );
     }
     rule(
@@ -404,4 +404,106 @@ pub fn cleanup_input(present: &[&Jump]) -> String {
         out.push_str("COMMIT\n");
     }
     out
+}
+
+/// Everything IPVS mode sets up for `plan`, as `render --backend ipvs` prints it: the plan
+/// (`ipvsadm -S -n` lines, addresses, ipsets), then the fixed iptables rules with their
+/// jumps as `iptables-restore --noflush` input.
+pub fn ipvs_text(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> String {
+    let jumps: Vec<&Jump> = JUMPS.iter().collect();
+    format!(
+        "{plan}# iptables-restore --noflush\n{}",
+        restore_input(&render(plan, config, ipv6), &jumps)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ProxyConfig;
+
+    fn plan_with(sets: &[(IpSet, &str)]) -> IpvsPlan {
+        let mut plan = IpvsPlan::default();
+        for (set, entry) in sets {
+            plan.ipsets
+                .entry(*set)
+                .or_default()
+                .insert((*entry).to_owned());
+        }
+        plan
+    }
+
+    fn chain<'a>(lines: &'a [String], name: &str) -> Vec<&'a str> {
+        let prefix = format!("-A {name} ");
+        lines
+            .iter()
+            .filter_map(|l| l.strip_prefix(prefix.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn cluster_ip_masquerade_follows_the_local_traffic_detector() {
+        let plan = plan_with(&[(IpSet::ClusterIp, "10.96.0.1,tcp:443")]);
+        let mut config = IpvsConfig::new(ProxyConfig::default());
+        let masq = |config: &IpvsConfig| {
+            chain(&render(&plan, config, false).nat, "KUBE-SERVICES")
+                .into_iter()
+                .filter(|r| r.ends_with("-j KUBE-MARK-MASQ"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        // No cluster CIDR: only the node's own connections with a virtual source address.
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ"]
+        );
+        config.proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"]
+        );
+        config.proxy.masquerade_all = true;
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP dst,dst -j KUBE-MARK-MASQ"]
+        );
+    }
+
+    #[test]
+    fn the_ipvs_filter_returns_for_services_and_rejects_the_rest_last() {
+        let plan = plan_with(&[]);
+        let config = IpvsConfig::new(ProxyConfig::default());
+        let r = render(&plan, &config, true);
+        let filter = chain(&r.filter, "KUBE-IPVS-FILTER");
+        assert_eq!(filter.len(), 6);
+        assert!(filter[..5].iter().all(|l| l.ends_with("-j RETURN")));
+        assert_eq!(
+            filter[5],
+            "-m conntrack --ctstate NEW -m set --match-set KUBE-6-IPVS-IPS dst -j REJECT"
+        );
+        // Rules that match an empty set are left out; the IPv6 loopback returns early.
+        let services = chain(&r.nat, "KUBE-SERVICES");
+        assert_eq!(services[0], "-s ::1/128 -j RETURN");
+        assert!(!services.iter().any(|l| l.contains("CLUSTER-IP")));
+        assert!(chain(&r.nat, "KUBE-NODE-PORT").is_empty());
+    }
+
+    #[test]
+    fn restore_input_declares_every_chain_and_prepends_missing_jumps() {
+        let config = IpvsConfig::new(ProxyConfig::default());
+        let rules = render(&IpvsPlan::default(), &config, false);
+        let input = restore_input(&rules, &[&JUMPS[1]]);
+        for c in IpvsChain::ALL {
+            assert!(input.contains(&format!(":{} - [0:0]\n", c.name())), "{c:?}");
+        }
+        assert!(input.contains(
+            "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\nCOMMIT\n*filter"
+        ));
+        assert_eq!(input.matches("-I ").count(), 1);
+        let cleanup = cleanup_input(&[&JUMPS[0]]);
+        assert!(cleanup.starts_with(
+            "*nat\n-D OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
+        ));
+        assert_eq!(cleanup.matches("-X ").count(), IpvsChain::ALL.len());
+    }
 }
