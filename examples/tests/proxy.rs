@@ -307,7 +307,10 @@ fn proxy_daemon_ipvs_in_uml() {
     }
     let installed = nat().contains("shop/web:http cluster IP");
     let (ok, log) = terminate(child);
-    assert!(installed, "the iptables backend did not install its rules:\n{log}");
+    assert!(
+        installed,
+        "the iptables backend did not install its rules:\n{log}"
+    );
     assert!(ok, "{log}");
     assert!(
         log.contains("no IPVS scheduler \"sed\"")

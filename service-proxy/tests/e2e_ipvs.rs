@@ -53,6 +53,25 @@ endpoints:
     yaml
 }
 
+/// An IPv6 Service for the second proxier.
+const V6: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web6, namespace: e2e}
+spec:
+  ipFamilies: [IPv6]
+  clusterIP: fd00:10:96::10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web6-1, namespace: e2e, labels: {kubernetes.io/service-name: web6}}
+addressType: IPv6
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: ['fd00:10:244::10'], nodeName: node-a}
+";
+
 #[test]
 fn ipvs_end_to_end() {
     if uml::require(
@@ -80,6 +99,7 @@ fn ipvs_end_to_end() {
         "draining",
         "resync",
         "scheduler probe",
+        "ipv6",
         "cleanup",
     ] {
         assert!(
@@ -299,6 +319,49 @@ fn ipvs_in_uml() {
         other => panic!("expected a scheduler error, got {:?}", other.map(|_| ())),
     }
     passed("scheduler probe");
+
+    // IPv6: a second proxier for the other family in the same node. The kernel takes
+    // our IPv6 encodings and reads back what we planned; each family's cleanup leaves the
+    // other's virtual servers alone.
+    let snap6 = snapshot_of(V6, None);
+    let mut config = IpvsConfig::new(ProxyConfig::default());
+    config.scheduler = Scheduler::Rr;
+    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
+    let mut proxier6 =
+        IpvsProxier::in_netns(config, runner, true, &node.path()).expect("start for IPv6");
+    let report = proxier6.sync(&snap6).expect("IPv6 sync");
+    assert_eq!(
+        report.changes, 2,
+        "a virtual server and its real server: {report:?}"
+    );
+    assert_eq!(proxier6.sync(&snap6).expect("IPv6 resync").changes, 0);
+    let state6 = proxier6.kernel_state().unwrap();
+    assert_eq!(state6.len(), 1, "{state6:?}");
+    let (vs6, dests6) = &state6[&(common::ip("fd00:10:96::10"), IpvsProtocol::Tcp, 80)];
+    assert_eq!(vs6.scheduler, "rr");
+    assert_eq!(dests6[0].server.addr, sa("[fd00:10:244::10]:8080"));
+    let addrs = node.exec_text("ip", &["-6", "addr", "show", DUMMY_DEVICE]);
+    assert!(addrs.contains("fd00:10:96::10/128"), "{addrs}");
+    let sets = node.exec_text("ipset", &["list", "-n"]);
+    assert!(
+        sets.contains("KUBE-6-CLUSTER-IP") && sets.contains("KUBE-CLUSTER-IP"),
+        "{sets}"
+    );
+    let rules6 = node.exec_text("ip6tables-legacy-save", &[]);
+    assert!(
+        rules6.contains("-A KUBE-SERVICES -s ::1/128 -j RETURN"),
+        "{rules6}"
+    );
+    proxier6.cleanup().expect("IPv6 cleanup");
+    assert!(proxier6.kernel_state().unwrap().is_empty());
+    assert!(
+        !proxier.kernel_state().unwrap().is_empty(),
+        "IPv4 left alone"
+    );
+    assert_eq!(reach(pod, "10.96.0.10:80", 1).len(), 1);
+    let rules6 = node.exec_text("ip6tables-legacy-save", &[]);
+    assert!(!rules6.contains("KUBE-"), "{rules6}");
+    passed("ipv6");
 
     // Cleanup removes virtual servers, the dummy interface, rules and sets.
     proxier.cleanup().expect("cleanup");

@@ -123,4 +123,21 @@ mod tests {
             "fd00::1,tcp:80,fd00::5"
         );
     }
+
+    /// kube-proxy's `NewIPSet` (pkg/proxy/ipvs/ipset.go) cuts IPv6 set names to ipset's
+    /// 31 characters, so one IPv6 set loses the last letter of its name.
+    #[test]
+    fn one_ipv6_set_name_is_cut_to_31_characters() {
+        assert_eq!(
+            IpSet::LoadBalancerSourceCidr.name_for(true),
+            "KUBE-6-LOAD-BALANCER-SOURCE-CID"
+        );
+        assert_eq!(
+            IpSet::LoadBalancerSourceCidr.name_for(false),
+            "KUBE-LOAD-BALANCER-SOURCE-CIDR"
+        );
+        for set in IpSet::ALL {
+            assert!(set.name_for(true).len() <= 31, "{set:?}");
+        }
+    }
 }

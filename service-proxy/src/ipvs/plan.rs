@@ -37,6 +37,9 @@ impl IpvsConfig {
     }
 }
 
+/// The longest name ipset accepts (`IPSET_MAXNAMELEN` - 1).
+const MAX_IPSET_NAME: usize = 31;
+
 /// The ipsets of IPVS mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum IpSet {
@@ -90,11 +93,16 @@ impl IpSet {
     ];
 
     /// The set's name for a family: IPv6 sets are `KUBE-6-...` so that both families'
-    /// sets can exist side by side (kube-proxy's `NewIPSet`).
+    /// sets can exist side by side, cut to ipset's 31 characters (kube-proxy's
+    /// `NewIPSet`).
     pub fn name_for(self, ipv6: bool) -> String {
         let name = self.name();
         match (ipv6, name.strip_prefix("KUBE-")) {
-            (true, Some(rest)) => format!("KUBE-6-{rest}"),
+            (true, Some(rest)) => {
+                let mut v6 = format!("KUBE-6-{rest}");
+                v6.truncate(MAX_IPSET_NAME);
+                v6
+            }
             _ => name.to_owned(),
         }
     }

@@ -214,14 +214,26 @@ impl<R: Runner> IpvsProxier<R> {
         }
     }
 
-    /// Removes everything the backend set up: every virtual server (as kube-proxy's
-    /// cleanup, `ipvsadm -C`), the dummy interface, the iptables rules, then the ipsets.
+    /// Removes everything the backend set up for its family: its virtual servers, its
+    /// addresses on the dummy interface (and the interface once no family uses it), the
+    /// iptables rules, then the ipsets. (kube-proxy's `--cleanup` flushes the whole IPVS
+    /// table; this leaves the other family's proxier, and foreign virtual servers of
+    /// the other family, alone.)
     ///
     /// # Errors
     /// A removal failed.
     pub fn cleanup(&mut self) -> Result<(), IpvsError> {
-        self.ipvs.flush()?;
-        self.rtnl.delete_link(DUMMY_DEVICE)?;
+        for (vs, _) in self.kernel_state()?.into_values() {
+            self.ipvs.apply(&IpvsChange::DeleteService(vs))?;
+        }
+        if let Some(index) = self.rtnl.link_index(DUMMY_DEVICE)? {
+            for ip in self.rtnl.addresses(index, self.ipv6)? {
+                self.rtnl.delete_address(index, ip)?;
+            }
+            if self.rtnl.addresses(index, !self.ipv6)?.is_empty() {
+                self.rtnl.delete_link(DUMMY_DEVICE)?;
+            }
+        }
         let present = self.jumps_present()?;
         let exists = [Table::Nat, Table::Filter]
             .into_iter()
