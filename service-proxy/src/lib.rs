@@ -20,11 +20,12 @@
 //! - `iptables` (default): render kube-proxy's iptables layout as `iptables-restore` input.
 //! - `nftables` (default): render kube-proxy's nftables layout as typed transactions, printed
 //!   as `nft -f` scripts or encoded as nf_tables netlink batches.
-//! - `ipvs`: kube-proxy's IPVS plan (virtual and real servers, addresses, ipsets) and the
-//!   IPVS generic-netlink encoding (pure; no kernel applier yet).
+//! - `ipvs` (implies `iptables`): kube-proxy's IPVS plan (virtual and real servers,
+//!   addresses, ipsets, the fixed iptables rules) and the IPVS generic-netlink encoding
+//!   (pure); with `apply`, [`ipvs::IpvsProxier`] applies it.
 //! - `userspace`: the userspace L4 proxy (tokio, `splice(2)`), as Kubernetes v1.0's.
-//! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` on stdin, never through
-//!   a shell) and stale-conntrack cleanup over netlink.
+//! - `apply`: kernel appliers (`iptables-restore`/`ip6tables-restore` and `ipset` on stdin,
+//!   never through a shell; nf_tables, IPVS, rtnetlink and conntrack over netlink).
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use service_core as core;
