@@ -14,7 +14,8 @@ pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) struct Message<'a> {
     /// `nlmsg_type`.
     pub(crate) kind: u16,
-    /// `nlmsg_seq`.
+    /// `nlmsg_seq` (read by the socket loops of `apply`).
+    #[cfg_attr(not(feature = "apply"), allow(dead_code))]
     pub(crate) seq: u32,
     /// What follows the 16-byte header.
     pub(crate) body: &'a [u8],

@@ -147,6 +147,9 @@ pub fn load_modules(names: &[&str]) -> io::Result<()> {
     Ok(())
 }
 
+/// The init script: private `/proc`, `/sys`, `/dev`, and a tmpfs on `/run` for
+/// everything the test writes (temporary files go to `/run/tmp`), so nothing lands on the
+/// host through hostfs. `/tmp` stays the host's: the test binary may live there.
 fn init_script(exe: &Path, test: &str) -> String {
     format!(
         "#!/bin/sh\n\
@@ -154,10 +157,9 @@ fn init_script(exe: &Path, test: &str) -> String {
          mount -t sysfs sysfs /sys\n\
          mount -t devtmpfs devtmpfs /dev 2>/dev/null\n\
          mount -t tmpfs tmpfs /run\n\
-         mount -t tmpfs tmpfs /tmp\n\
-         mkdir -p /dev/shm /run/netns && mount -t tmpfs tmpfs /dev/shm\n\
-         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp {INSIDE}=1 RUST_BACKTRACE=1\n\
-         cd /tmp\n\
+         mkdir -p /dev/shm /run/netns /run/tmp && mount -t tmpfs tmpfs /dev/shm\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp {INSIDE}=1 RUST_BACKTRACE=1\n\
+         cd /run/tmp\n\
          ip link set lo up\n\
          '{exe}' --exact '{test}' --include-ignored --nocapture --test-threads=1\n\
          echo {EXIT_MARK} $?\n\
