@@ -82,7 +82,7 @@ pub(crate) fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 /// waits for it; a negative errno becomes the error.
 #[cfg(feature = "apply")]
 pub(crate) fn request(socket: &netlink_sys::Socket, msg: &[u8], seq: u32) -> std::io::Result<()> {
-    request_with(socket, msg, seq, |_| {})
+    exchange(socket, msg, seq, false, |_| {})
 }
 
 /// As [`request`], handing the answers that come before the acknowledgement (a `GET`'s
@@ -92,24 +92,9 @@ pub(crate) fn request_with(
     socket: &netlink_sys::Socket,
     msg: &[u8],
     seq: u32,
-    mut each: impl FnMut(Message<'_>),
+    each: impl FnMut(Message<'_>),
 ) -> std::io::Result<()> {
-    socket.send(msg, 0)?;
-    loop {
-        let (data, _) = socket.recv_from_full()?;
-        for m in messages(&data) {
-            match (m.errno(), m.answered_seq()) {
-                (Some(errno), Some(answered)) if answered == seq => {
-                    return match errno {
-                        0 => Ok(()),
-                        e => Err(std::io::Error::from_raw_os_error(-e)),
-                    };
-                }
-                (None, _) if m.seq == seq => each(m),
-                _ => {}
-            }
-        }
-    }
+    exchange(socket, msg, seq, false, each)
 }
 
 /// Sends a dump request (sequence `seq`) and hands every answer message to `each` until
@@ -119,6 +104,19 @@ pub(crate) fn dump(
     socket: &netlink_sys::Socket,
     msg: &[u8],
     seq: u32,
+    each: impl FnMut(Message<'_>),
+) -> std::io::Result<()> {
+    exchange(socket, msg, seq, true, each)
+}
+
+/// Sends `msg` and reads the answers with its sequence number (stale ones from earlier
+/// requests are skipped) until the acknowledgement, or for a dump `NLMSG_DONE`.
+#[cfg(feature = "apply")]
+fn exchange(
+    socket: &netlink_sys::Socket,
+    msg: &[u8],
+    seq: u32,
+    is_dump: bool,
     mut each: impl FnMut(Message<'_>),
 ) -> std::io::Result<()> {
     socket.send(msg, 0)?;
@@ -129,7 +127,8 @@ pub(crate) fn dump(
                 continue;
             }
             match (m.kind, m.errno()) {
-                (NLMSG_DONE, _) => return Ok(()),
+                (NLMSG_DONE, _) if is_dump => return Ok(()),
+                (_, Some(0)) if !is_dump => return Ok(()),
                 (_, Some(0)) => {}
                 (_, Some(e)) => return Err(std::io::Error::from_raw_os_error(-e)),
                 _ => each(m),

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{CLUSTER, Env, names, sa, snapshot_of};
+use common::{CLUSTER, Env, echo, names, sa, snapshot_of};
 use service_proxy::ProxyConfig;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{
@@ -26,32 +26,6 @@ use service_testkit::uml;
 
 /// Enough for a connection through UML, where every syscall is slow.
 const WAIT: Duration = Duration::from_secs(5);
-
-/// A Service whose endpoints keep connections open (line echo), for draining.
-fn echo(endpoints: &[&str]) -> String {
-    let mut yaml = String::from(
-        "
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: e2e}
-spec:
-  clusterIP: 10.96.0.20
-  ports: [{name: echo, port: 7, targetPort: 9090}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: e2e, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports: [{name: echo, port: 9090, protocol: TCP}]
-endpoints:
-",
-    );
-    for ip in endpoints {
-        yaml.push_str(&format!("- {{addresses: [{ip}], nodeName: node-a}}\n"));
-    }
-    yaml
-}
 
 /// An IPv6 Service for the second proxier.
 const V6: &str = "

@@ -14,30 +14,10 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{CLUSTER, Env, TIMEOUT, names, sa, snapshot_of};
+use common::{CLUSTER, Env, TIMEOUT, echo, names, sa, snapshot_of};
 use service_proxy::iptables::apply::SystemRunner;
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, serve_lines, tcp_connect};
-
-/// A Service whose endpoints echo lines (long-lived connections), on two pods.
-const ECHO: &str = "
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: e2e}
-spec:
-  clusterIP: 10.96.0.20
-  ports: [{name: echo, port: 7, targetPort: 9090}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: echo-1, namespace: e2e, labels: {kubernetes.io/service-name: echo}}
-addressType: IPv4
-ports: [{name: echo, port: 9090, protocol: TCP}]
-endpoints:
-- {addresses: [10.244.1.10], nodeName: node-a}
-- {addresses: [10.244.1.11], nodeName: node-a}
-";
 
 /// Answers each line with `NAME line` until the client closes, inside `ns`.
 fn serve_echo(ns: &Netns, name: &'static str) {
@@ -76,7 +56,7 @@ fn userspace_end_to_end() {
     let node = &env.topo.node;
     serve_echo(&env.topo.pod("web-0").ns, "web-0");
     serve_echo(&env.topo.pod("web-1").ns, "web-1");
-    let yaml = format!("{CLUSTER}{ECHO}");
+    let yaml = format!("{CLUSTER}{}", echo(&["10.244.1.10", "10.244.1.11"]));
     let snap = snapshot_of(&yaml, None);
 
     // The runtime's workers live in the node namespace, and so do the portals.
@@ -153,14 +133,12 @@ fn userspace_end_to_end() {
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();
     let owner = line.split_whitespace().next().unwrap().to_owned();
-    let owner_line = format!(
-        "- {{addresses: [{}], nodeName: node-a}}\n",
-        env.topo.pod(&owner).ip
-    );
-    let next = snapshot_of(
-        &format!("{CLUSTER}{}", ECHO.replace(&owner_line, "")),
-        Some(&snap),
-    );
+    let other = if owner == "web-0" {
+        "10.244.1.11"
+    } else {
+        "10.244.1.10"
+    };
+    let next = snapshot_of(&format!("{CLUSTER}{}", echo(&[other])), Some(&snap));
     let report = proxier.sync(&next).expect("endpoint change");
     assert_eq!(report.portals.updated, 1, "{report:?}");
     conn.write_all(b"two\n").unwrap();

@@ -167,6 +167,33 @@ endpoints:
 - {addresses: [10.244.2.12], nodeName: node-b}
 ";
 
+/// A Service (`e2e/echo`, 10.96.0.20:7) on these endpoints of `node-a`, port 9090: for
+/// servers that keep connections open (line echo).
+pub fn echo(endpoints: &[&str]) -> String {
+    let mut yaml = String::from(
+        "
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: e2e}
+spec:
+  clusterIP: 10.96.0.20
+  ports: [{name: echo, port: 7, targetPort: 9090}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: e2e, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+ports: [{name: echo, port: 9090, protocol: TCP}]
+endpoints:
+",
+    );
+    for ip in endpoints {
+        yaml.push_str(&format!("- {{addresses: [{ip}], nodeName: node-a}}\n"));
+    }
+    yaml
+}
+
 pub const TIMEOUT: Duration = Duration::from_millis(700);
 
 pub fn ip(s: &str) -> IpAddr {
