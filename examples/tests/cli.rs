@@ -230,6 +230,39 @@ fn node_flags() -> Vec<String> {
 }
 
 #[test]
+fn render_ipvs_prints_the_plan_then_its_iptables_rules() {
+    let mut args: Vec<String> = vec!["--backend".into(), "ipvs".into()];
+    args.extend(node_flags());
+    args.push(demo());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = stdout(&run(env!("CARGO_BIN_EXE_render"), &args));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "# ipvsadm -S -n");
+    assert!(lines.contains(&"-A -t 10.96.10.20:80 -s rr"), "{out}");
+    assert!(
+        lines.contains(&"# ip addr add 10.96.10.20/32 dev kube-ipvs0"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"# ipset add KUBE-CLUSTER-IP 10.96.10.20,tcp:80"),
+        "{out}"
+    );
+    // Then the fixed rules, ready for `iptables-restore --noflush`.
+    let rules = out
+        .split_once("# iptables-restore --noflush\n")
+        .map(|(_, r)| r)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        rules.starts_with("*nat\n:KUBE-SERVICES - [0:0]\n"),
+        "{rules}"
+    );
+    assert!(rules.contains(
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT"
+    ));
+    assert!(rules.trim_end().ends_with("COMMIT"));
+}
+
+#[test]
 fn render_nftables_prints_a_script_that_replaces_our_table() {
     let mut args: Vec<String> = vec!["--backend".into(), "nftables".into()];
     args.extend(node_flags());
