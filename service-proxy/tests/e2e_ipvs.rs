@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use common::{CLUSTER, Env, echo, names, sa, snapshot_of};
 use service_proxy::ProxyConfig;
+use service_proxy::conntrack::Conntrack;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{
     DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsProtocol, IpvsProxier,
@@ -137,7 +138,10 @@ fn ipvs_in_uml() {
     }
     let yaml = format!("{CLUSTER}{}", echo(&["10.244.1.10", "10.244.1.11"]));
     let snap = snapshot_of(&yaml, None);
-    let mut proxier = start_backend(&env, Scheduler::Rr).expect("start the IPVS backend");
+    let conntrack = Conntrack::in_netns(&node.path()).expect("conntrack socket");
+    let mut proxier = start_backend(&env, Scheduler::Rr)
+        .expect("start the IPVS backend")
+        .with_conntrack(conntrack);
     let report = proxier.sync(&snap).expect("first sync");
     assert!(report.changes > 0 && report.bound > 0, "{report:?}");
     let again = proxier.sync(&snap).expect("second sync");
@@ -170,6 +174,37 @@ fn ipvs_in_uml() {
         };
     }
     assert_eq!(seen, names(&["web-0", "web-1", "web-2"]));
+    // A client that keeps its socket moves on when its endpoint goes away: the UDP real
+    // server is deleted at once and its conntrack entries are cleared.
+    let client = UdpClient::new(pod);
+    let Reached::Server(first, _) = client.ask(sa("10.96.0.53:53"), WAIT) else {
+        panic!("UDP before the change");
+    };
+    let gone = env.topo.pod(&first).ip.to_string();
+    let (head, dns) = yaml.split_at(yaml.find("metadata: {name: dns-1").unwrap());
+    let gone_line = format!("- {{addresses: [{gone}], nodeName: ");
+    let dns: String = dns
+        .lines()
+        .filter(|l| !l.starts_with(&gone_line))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let snap_udp = snapshot_of(&format!("{head}{dns}"), Some(&snap));
+    let report = proxier
+        .sync(&snap_udp)
+        .expect("sync without a UDP endpoint");
+    assert!(report.conntrack_deleted >= 1, "{report:?}");
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        if let Reached::Server(name, _) = client.ask(sa("10.96.0.53:53"), WAIT) {
+            answers.push(name);
+        }
+    }
+    assert!(!answers.is_empty(), "no answer after the change");
+    assert!(
+        !answers.contains(&first),
+        "{first} still answers: {answers:?}"
+    );
+    proxier.sync(&snap).expect("the endpoint back");
     passed("udp");
 
     // A node port on the node's address, from outside; masqueraded (KUBE-NODE-PORT-TCP).

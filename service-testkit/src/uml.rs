@@ -99,6 +99,7 @@ pub const IPVS_NODE_MODULES: &[&str] = &[
     "xt_recent",
     "xt_nat",
     "ipt_REJECT",
+    "nf_conntrack_netlink",
 ];
 
 /// Whether this process runs inside UML (started by [`run_inside`]).

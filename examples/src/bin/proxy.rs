@@ -29,7 +29,9 @@ use service_examples::{
     BackendArg, EXIT_INVALID, IpFamilyArg, NodeArgs, daemon_signals, load_cluster,
 };
 use service_proxy::conntrack::Conntrack;
-use service_proxy::iptables::apply::{Flavor, NoConntrack, Proxier, SystemRunner};
+use service_proxy::iptables::apply::{
+    ConntrackCleaner, Flavor, NoConntrack, Proxier, SystemRunner,
+};
 use service_proxy::iptables::{IptablesConfig, Renderer as IptRenderer};
 use service_proxy::ipvs::{IpvsConfig, IpvsError, IpvsPlan, IpvsProxier, Scheduler, ipvs_text};
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
@@ -136,9 +138,9 @@ fn kind_of(k: SyncKind) -> &'static str {
 }
 
 /// The iptables proxier, applying to the kernel.
-struct Iptables<C: service_proxy::iptables::apply::ConntrackCleaner>(Proxier<SystemRunner, C>);
+struct Iptables<C: ConntrackCleaner>(Proxier<SystemRunner, C>);
 
-impl<C: service_proxy::iptables::apply::ConntrackCleaner> Backend for Iptables<C> {
+impl<C: ConntrackCleaner> Backend for Iptables<C> {
     fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
         let r = self.0.sync(snapshot).map_err(|e| e.to_string())?;
         Ok(Done {
@@ -238,17 +240,17 @@ impl Backend for Userspace {
 }
 
 /// The IPVS proxier, applying to the kernel.
-struct Ipvs(IpvsProxier<SystemRunner>);
+struct Ipvs<C: ConntrackCleaner>(IpvsProxier<SystemRunner, C>);
 
-impl Backend for Ipvs {
+impl<C: ConntrackCleaner> Backend for Ipvs<C> {
     fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
         let r = self.0.sync(snapshot).map_err(|e| e.to_string())?;
         Ok(Done {
             kind: SyncKind::Full,
             changed: r.changes,
             detail: format!(
-                "{} virtual servers, {} IPVS changes, {} real servers draining, {} addresses bound, {} unbound",
-                r.services, r.changes, r.draining, r.bound, r.unbound
+                "{} virtual servers, {} IPVS changes, {} real servers draining, {} addresses bound, {} unbound, {} conntrack entries cleared",
+                r.services, r.changes, r.draining, r.bound, r.unbound, r.conntrack_deleted
             ),
         })
     }
@@ -467,7 +469,10 @@ fn backend(args: &Args) -> Box<dyn Backend> {
             let mut config = IpvsConfig::new(proxy.clone());
             config.scheduler = args.ipvs_scheduler;
             match IpvsProxier::new(config, args.iptables_flavor.runner(), ipv6) {
-                Ok(p) => Box::new(Ipvs(p)),
+                Ok(p) => match conntrack() {
+                    Some(c) => Box::new(Ipvs(p.with_conntrack(c))),
+                    None => Box::new(Ipvs(p)),
+                },
                 // As kube-proxy did: without IPVS (or the scheduler) in the kernel, run the
                 // iptables backend.
                 Err(e @ (IpvsError::Unavailable | IpvsError::Scheduler { .. })) => {

@@ -20,7 +20,9 @@ use super::plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
 use super::rules::{self, JUMPS, Jump};
 use super::socket::{IpvsError, IpvsSocket};
 use crate::iptables::Table;
-use crate::iptables::apply::Runner;
+use service_core::model::IpFamily;
+
+use crate::iptables::apply::{ConntrackCleaner, NoConntrack, Runner};
 use crate::rtnl::Rtnl;
 
 /// The sysctls kube-proxy's IPVS mode sets: IPVS keeps conntrack entries (needed by the
@@ -47,16 +49,21 @@ pub struct IpvsSyncReport {
     pub unbound: usize,
     /// Virtual servers in the plan.
     pub services: usize,
+    /// Stale UDP conntrack entries deleted (see [`IpvsProxier::with_conntrack`]).
+    pub conntrack_deleted: usize,
 }
 
 /// The IPVS backend bound to one network namespace and IP family.
 #[derive(Debug)]
-pub struct IpvsProxier<R: Runner> {
+pub struct IpvsProxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
     config: IpvsConfig,
     ipv6: bool,
     ipvs: IpvsSocket,
     rtnl: Rtnl,
     runner: R,
+    conntrack: C,
+    /// The last snapshot fully applied, for the conntrack filters of the next sync.
+    last: Option<Snapshot>,
 }
 
 fn write_sysctls() -> io::Result<()> {
@@ -114,9 +121,29 @@ impl<R: Runner> IpvsProxier<R> {
             ipvs,
             rtnl,
             runner,
+            conntrack: NoConntrack,
+            last: None,
         })
     }
 
+    /// Also clears stale UDP conntrack entries after each sync, as kube-proxy does: for a
+    /// UDP service port that gained its first endpoint, entries to its addresses; for a UDP
+    /// endpoint that went away, entries to it. (IPVS drops its own connection to a deleted
+    /// real server on the next packet, with `expire_nodest_conn=1`.)
+    pub fn with_conntrack<D: ConntrackCleaner>(self, conntrack: D) -> IpvsProxier<R, D> {
+        IpvsProxier {
+            config: self.config,
+            ipv6: self.ipv6,
+            ipvs: self.ipvs,
+            rtnl: self.rtnl,
+            runner: self.runner,
+            conntrack,
+            last: self.last,
+        }
+    }
+}
+
+impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// The runner (its `iptables` and `ipset` programs).
     pub fn runner_mut(&mut self) -> &mut R {
         &mut self.runner
@@ -197,6 +224,14 @@ impl<R: Runner> IpvsProxier<R> {
             }
         }
         report.draining = draining(&plan, &state, &changes);
+        let family = if self.ipv6 {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        };
+        let filters = crate::conntrack::stale_filters(self.last.as_ref(), snapshot, &family);
+        // Stale entries cost a retry, not correctness: a failure shows in the count only.
+        report.conntrack_deleted = self.conntrack.clear(&family, &filters).unwrap_or(0);
         // Addresses no longer planned go last, after their virtual servers.
         let stale: BTreeSet<IpAddr> = bound.difference(&plan.addresses).copied().collect();
         for ip in stale {
@@ -205,7 +240,10 @@ impl<R: Runner> IpvsProxier<R> {
             }
         }
         match failed.len() {
-            0 => Ok(report),
+            0 => {
+                self.last = Some(snapshot.clone());
+                Ok(report)
+            }
             n => Err(IpvsError::Incomplete {
                 failed: n,
                 total: changes.len(),
