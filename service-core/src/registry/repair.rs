@@ -12,15 +12,18 @@
 //!   with its Service's write is never taken away.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
+
+use ipnet::IpNet;
 
 use rand_core::RngCore;
 
 use super::{
     ApiError, Precondition, Registry, Store, collect_node_ports, key_of, needs_health_check,
 };
-use crate::alloc::{AllocError, IpAllocator, PortAllocator, RangeAllocation};
+use crate::alloc::{AllocError, IpAllocator, PortAllocator, PortRange, RangeAllocation};
 use crate::model::{IpFamily, Protocol, Service};
 use crate::valid::ServiceKey;
 use crate::validation::names::parse_ip_sloppy;
@@ -141,6 +144,80 @@ fn sweep_leaks<T: Copy + Eq + Hash>(
     (suspected, freed)
 }
 
+/// What a repair pass finds wrong with one value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Problem {
+    /// A Service holds it, the stored bitmap does not.
+    NotAllocated,
+    /// Two Services hold it.
+    AlreadyAllocated,
+    /// It is outside the range.
+    OutOfRange,
+    /// Allocated, used by no Service for three passes: freed.
+    Leaked,
+}
+
+/// What a repair pass needs of an allocator (ClusterIPs per service CIDR, node ports).
+trait Repairable: Sized {
+    type Value: Copy + Eq + Hash;
+    type Range: Copy + fmt::Display;
+    fn fresh(range: Self::Range) -> Self;
+    fn restore(snapshot: &RangeAllocation) -> Result<Self, AllocError>;
+    fn allocate(&mut self, value: Self::Value) -> Result<(), AllocError>;
+    fn release(&mut self, value: Self::Value) -> bool;
+    fn values(&self) -> Vec<Self::Value>;
+    fn snapshot(&self) -> RangeAllocation;
+}
+
+impl Repairable for IpAllocator {
+    type Value = IpAddr;
+    type Range = IpNet;
+    fn fresh(range: IpNet) -> Self {
+        Self::new(range)
+    }
+    fn restore(snapshot: &RangeAllocation) -> Result<Self, AllocError> {
+        Self::from_snapshot(snapshot)
+    }
+    fn allocate(&mut self, value: IpAddr) -> Result<(), AllocError> {
+        self.allocate(value)
+    }
+    fn release(&mut self, value: IpAddr) -> bool {
+        self.release(value)
+    }
+    fn values(&self) -> Vec<IpAddr> {
+        self.iter().collect()
+    }
+    fn snapshot(&self) -> RangeAllocation {
+        self.snapshot()
+    }
+}
+
+impl Repairable for PortAllocator {
+    type Value = u16;
+    type Range = PortRange;
+    fn fresh(range: PortRange) -> Self {
+        Self::new(range)
+    }
+    fn restore(snapshot: &RangeAllocation) -> Result<Self, AllocError> {
+        Self::from_snapshot(snapshot)
+    }
+    fn allocate(&mut self, value: u16) -> Result<(), AllocError> {
+        self.allocate(value)
+    }
+    fn release(&mut self, value: u16) -> bool {
+        self.release(value)
+    }
+    fn values(&self) -> Vec<u16> {
+        self.iter().collect()
+    }
+    fn snapshot(&self) -> RangeAllocation {
+        self.snapshot()
+    }
+}
+
+/// A pass that was written: its findings and the leak counters to keep.
+type Written<V> = (RepairReport, HashMap<V, u8>);
+
 impl<S: Store, R: RngCore> Registry<S, R> {
     /// One repair pass over every allocator. Run it at start-up and periodically (the API
     /// server runs it every three minutes); the leak counters live in this registry, so run
@@ -168,6 +245,74 @@ impl<S: Store, R: RngCore> Registry<S, R> {
         }
     }
 
+    /// One allocator's pass, retried on concurrent writes: rebuild the bitmap from the
+    /// values the Services hold (`held`, which may report invalid ones), compare with the
+    /// stored bitmap, count and free leaks, write. `text` words each finding as the API
+    /// server does.
+    fn repair_range<A: Repairable>(
+        &self,
+        key: &str,
+        range: A::Range,
+        leaks: &HashMap<A::Value, u8>,
+        mut held: impl FnMut(&Service, &mut RepairReport) -> Vec<A::Value>,
+        text: impl Fn(Problem, A::Value) -> (&'static str, String),
+    ) -> Result<Written<A::Value>, ApiError> {
+        for _ in 0..super::MAX_ATTEMPTS {
+            let mut pass = RepairReport::default();
+            // The range first, then the Services: an allocation made in between belongs to
+            // a Service we may not see yet, and is only ever flagged, never freed, by this pass.
+            let (snapshot, precondition) = self.read_range(key)?;
+            let mut stored = match &snapshot {
+                // A snapshot of a former range: its values are only leak candidates.
+                Some(s) => A::restore(s).map_err(ApiError::internal)?,
+                None => A::fresh(range),
+            };
+            let services = self.list()?;
+            let mut rebuilt = A::fresh(range);
+            let mut leaks = leaks.clone();
+            for svc in &services {
+                for value in held(svc, &mut pass) {
+                    let problem = match rebuilt.allocate(value) {
+                        Ok(()) => {
+                            leaks.remove(&value);
+                            if stored.release(value) {
+                                continue;
+                            }
+                            Problem::NotAllocated
+                        }
+                        Err(AllocError::Allocated(_)) => Problem::AlreadyAllocated,
+                        Err(AllocError::NotInRange { .. }) => Problem::OutOfRange,
+                        Err(e) => {
+                            return Err(ApiError::internal(format!("repairing {range}: {e}")));
+                        }
+                    };
+                    let (reason, message) = text(problem, value);
+                    event(&mut pass, Some(svc), reason, message);
+                }
+            }
+            let (suspected, freed) = sweep_leaks(stored.values().into_iter(), &mut leaks, |v| {
+                // Out of the current range (a former range's value): nothing to keep.
+                let _ = rebuilt.allocate(v);
+            });
+            for v in &freed {
+                let (reason, message) = text(Problem::Leaked, *v);
+                event(&mut pass, None, reason, message);
+            }
+            let written = self
+                .store
+                .put(key, &rebuilt.snapshot().to_json(), precondition)
+                .map_err(ApiError::internal)?;
+            if written.is_some() {
+                pass.suspected_leaks = suspected;
+                pass.freed = freed.len();
+                return Ok((pass, leaks));
+            }
+        }
+        Err(ApiError::internal(format!(
+            "repairing {range}: too many concurrent updates"
+        )))
+    }
+
     fn repair_ips(&mut self, index: usize, report: &mut RepairReport) -> Result<(), ApiError> {
         let cidr = self.ips[index].alloc.cidr();
         let family = if cidr.network().is_ipv4() {
@@ -175,212 +320,114 @@ impl<S: Store, R: RngCore> Registry<S, R> {
         } else {
             IpFamily::Ipv6
         };
+        let configured: Vec<IpFamily> = [IpFamily::Ipv4, IpFamily::Ipv6]
+            .into_iter()
+            .filter(|f| self.configured(f))
+            .collect();
         let key = self.ips[index].key.clone();
-        for _ in 0..super::MAX_ATTEMPTS {
-            let mut pass = RepairReport::default();
-            // The range first, then the Services: an allocation made in between belongs to
-            // a Service we may not see yet, and is only ever flagged, never freed, by this pass.
-            let (snapshot, precondition) = self.read_range(&key)?;
-            let mut stored = match &snapshot {
-                // A snapshot of a former range: its addresses are only leak candidates.
-                Some(s) => IpAllocator::from_snapshot(s).map_err(ApiError::internal)?,
-                None => IpAllocator::new(cidr),
-            };
-            let services = self.list()?;
-            let mut rebuilt = IpAllocator::new(cidr);
-            let mut leaks = self.ip_leaks.clone();
-            for svc in services.iter().filter(|s| ip_set(s)) {
-                for text in &svc.spec.cluster_ips {
-                    let Some(ip) = parse_ip_sloppy(text) else {
-                        if index == 0 {
-                            event(
-                                &mut pass,
-                                Some(svc),
-                                "ClusterIPNotValid",
-                                format!(
-                                    "Cluster IP {text} is not a valid IP; please recreate service"
-                                ),
-                            );
-                        }
-                        continue;
-                    };
-                    let fam = IpFamily::of(&ip);
-                    if !self.configured(&fam) {
-                        if index == 0 {
-                            event(
-                                &mut pass,
-                                Some(svc),
-                                "ClusterIPNotValid",
-                                format!(
-                                    "Cluster IP {text} is of ip family that is no longer configured on cluster; please recreate service"
-                                ),
-                            );
-                        }
-                        continue;
-                    }
-                    if fam != family {
-                        continue;
-                    }
-                    match rebuilt.allocate(ip) {
-                        Ok(()) => {
-                            if !stored.release(ip) {
-                                event(
-                                    &mut pass,
-                                    Some(svc),
-                                    "ClusterIPNotAllocated",
-                                    format!(
-                                        "Cluster IP [{family}]:{ip} is not allocated; repairing"
-                                    ),
-                                );
-                            }
-                            leaks.remove(&ip);
-                        }
-                        Err(AllocError::Allocated(_)) => event(
-                            &mut pass,
+        let leaks = self.ip_leaks.clone();
+        // Invalid addresses are reported once, by the first range's pass.
+        let held = |svc: &Service, pass: &mut RepairReport| -> Vec<IpAddr> {
+            let mut out = Vec::new();
+            if !ip_set(svc) {
+                return out;
+            }
+            for text in &svc.spec.cluster_ips {
+                let Some(ip) = parse_ip_sloppy(text) else {
+                    if index == 0 {
+                        event(
+                            pass,
                             Some(svc),
-                            "ClusterIPAlreadyAllocated",
-                            format!(
-                                "Cluster IP [{family}]:{ip} was assigned to multiple services; please recreate service"
-                            ),
-                        ),
-                        Err(AllocError::NotInRange { .. }) => event(
-                            &mut pass,
-                            Some(svc),
-                            "ClusterIPOutOfRange",
-                            format!(
-                                "Cluster IP [{family}]:{ip} is not within the service CIDR {cidr}; please recreate service"
-                            ),
-                        ),
-                        Err(e) => {
-                            event(
-                                &mut pass,
-                                Some(svc),
-                                "ServiceCIDRFull",
-                                format!(
-                                    "Service CIDR {cidr} is full; you must widen the CIDR in order to create new services for Cluster IP [{family}]:{ip}"
-                                ),
-                            );
-                            return Err(ApiError::internal(format!("repairing {cidr}: {e}")));
-                        }
+                            "ClusterIPNotValid",
+                            format!("Cluster IP {text} is not a valid IP; please recreate service"),
+                        );
                     }
+                    continue;
+                };
+                let fam = IpFamily::of(&ip);
+                if !configured.contains(&fam) {
+                    if index == 0 {
+                        event(
+                            pass,
+                            Some(svc),
+                            "ClusterIPNotValid",
+                            format!(
+                                "Cluster IP {text} is of ip family that is no longer configured on cluster; please recreate service"
+                            ),
+                        );
+                    }
+                    continue;
+                }
+                if fam == family {
+                    out.push(ip);
                 }
             }
-            let leftover: Vec<IpAddr> = stored.iter().collect();
-            let (suspected, freed) = sweep_leaks(leftover.into_iter(), &mut leaks, |ip| {
-                // Out of the current range (a former range's address): nothing to keep.
-                let _ = rebuilt.allocate(ip);
-            });
-            for ip in &freed {
-                event(
-                    &mut pass,
-                    None,
-                    "ClusterIPLeaked",
-                    format!("the cluster IP {ip} appears to have leaked: cleaning up"),
-                );
-            }
-            let written = self
-                .store
-                .put(&key, &rebuilt.snapshot().to_json(), precondition)
-                .map_err(ApiError::internal)?;
-            if written.is_some() {
-                self.ips[index].version = None;
-                self.ip_leaks = leaks;
-                report.events.append(&mut pass.events);
-                report.suspected_leaks += suspected;
-                report.freed += freed.len();
-                return Ok(());
-            }
-        }
-        Err(ApiError::internal(format!(
-            "repairing {cidr}: too many concurrent updates"
-        )))
+            out
+        };
+        let text = |problem: Problem, ip: IpAddr| match problem {
+            Problem::NotAllocated => (
+                "ClusterIPNotAllocated",
+                format!("Cluster IP [{family}]:{ip} is not allocated; repairing"),
+            ),
+            Problem::AlreadyAllocated => (
+                "ClusterIPAlreadyAllocated",
+                format!(
+                    "Cluster IP [{family}]:{ip} was assigned to multiple services; please recreate service"
+                ),
+            ),
+            Problem::OutOfRange => (
+                "ClusterIPOutOfRange",
+                format!(
+                    "Cluster IP [{family}]:{ip} is not within the service CIDR {cidr}; please recreate service"
+                ),
+            ),
+            Problem::Leaked => (
+                "ClusterIPLeaked",
+                format!("the cluster IP {ip} appears to have leaked: cleaning up"),
+            ),
+        };
+        let (mut pass, leaks) = self.repair_range::<IpAllocator>(&key, cidr, &leaks, held, text)?;
+        self.ips[index].version = None;
+        self.ip_leaks = leaks;
+        report.events.append(&mut pass.events);
+        report.suspected_leaks += pass.suspected_leaks;
+        report.freed += pass.freed;
+        Ok(())
     }
 
     fn repair_ports(&mut self, report: &mut RepairReport) -> Result<(), ApiError> {
         let range = self.config.node_ports;
         let key = self.ports.key.clone();
-        for _ in 0..super::MAX_ATTEMPTS {
-            let mut pass = RepairReport::default();
-            let (snapshot, precondition) = self.read_range(&key)?;
-            let mut stored = match &snapshot {
-                Some(s) => PortAllocator::from_snapshot(s).map_err(ApiError::internal)?,
-                None => PortAllocator::new(range),
-            };
-            let services = self.list()?;
-            let mut rebuilt = PortAllocator::new(range);
-            let mut leaks = self.port_leaks.clone();
-            for svc in &services {
-                for port in held_node_ports(svc) {
-                    match rebuilt.allocate(port) {
-                        Ok(()) => {
-                            if !stored.release(port) {
-                                event(
-                                    &mut pass,
-                                    Some(svc),
-                                    "PortNotAllocated",
-                                    format!("Port {port} is not allocated; repairing"),
-                                );
-                            }
-                            leaks.remove(&port);
-                        }
-                        Err(AllocError::Allocated(_)) => event(
-                            &mut pass,
-                            Some(svc),
-                            "PortAlreadyAllocated",
-                            format!(
-                                "Port {port} was assigned to multiple services; please recreate service"
-                            ),
-                        ),
-                        Err(AllocError::NotInRange { .. }) => event(
-                            &mut pass,
-                            Some(svc),
-                            "PortOutOfRange",
-                            format!(
-                                "Port {port} is not within the port range {range}; please recreate service"
-                            ),
-                        ),
-                        Err(e) => {
-                            event(
-                                &mut pass,
-                                Some(svc),
-                                "PortRangeFull",
-                                format!(
-                                    "Port range {range} is full; you must widen the port range in order to create new services"
-                                ),
-                            );
-                            return Err(ApiError::internal(format!("repairing {range}: {e}")));
-                        }
-                    }
-                }
-            }
-            let leftover: Vec<u16> = stored.iter().collect();
-            let (suspected, freed) = sweep_leaks(leftover.into_iter(), &mut leaks, |p| {
-                let _ = rebuilt.allocate(p);
-            });
-            for p in &freed {
-                event(
-                    &mut pass,
-                    None,
-                    "PortLeaked",
-                    format!("the node port {p} appears to have leaked: cleaning up"),
-                );
-            }
-            let written = self
-                .store
-                .put(&key, &rebuilt.snapshot().to_json(), precondition)
-                .map_err(ApiError::internal)?;
-            if written.is_some() {
-                self.ports.version = None;
-                self.port_leaks = leaks;
-                report.events.append(&mut pass.events);
-                report.suspected_leaks += suspected;
-                report.freed += freed.len();
-                return Ok(());
-            }
-        }
-        Err(ApiError::internal(format!(
-            "repairing {range}: too many concurrent updates"
-        )))
+        let leaks = self.port_leaks.clone();
+        let text = |problem: Problem, port: u16| match problem {
+            Problem::NotAllocated => (
+                "PortNotAllocated",
+                format!("Port {port} is not allocated; repairing"),
+            ),
+            Problem::AlreadyAllocated => (
+                "PortAlreadyAllocated",
+                format!("Port {port} was assigned to multiple services; please recreate service"),
+            ),
+            Problem::OutOfRange => (
+                "PortOutOfRange",
+                format!(
+                    "Port {port} is not within the port range {range}; please recreate service"
+                ),
+            ),
+            Problem::Leaked => (
+                "PortLeaked",
+                format!("the node port {port} appears to have leaked: cleaning up"),
+            ),
+        };
+        let held = |svc: &Service, _: &mut RepairReport| held_node_ports(svc);
+        let (mut pass, leaks) =
+            self.repair_range::<PortAllocator>(&key, range, &leaks, held, text)?;
+        self.ports.version = None;
+        self.port_leaks = leaks;
+        report.events.append(&mut pass.events);
+        report.suspected_leaks += pass.suspected_leaks;
+        report.freed += pass.freed;
+        Ok(())
     }
 }
 
