@@ -309,7 +309,10 @@ fn trace_agrees_between_backends_and_shows_their_differences() {
     let expected = "10.244.1.5 -> 10.96.10.20:80 (TCP)\n  -> 10.244.1.10:8080 (source kept)\n  -> 10.244.2.10:8080 (source kept)\n";
     assert_eq!(trace("iptables", "10.96.10.20:80"), expected);
     assert_eq!(trace("nftables", "10.96.10.20:80"), expected);
-    // A port the Service does not have: nftables mode rejects it, iptables mode lets it by.
+    assert_eq!(trace("ipvs", "10.96.10.20:80"), expected);
+    // A port the Service does not have: nftables and IPVS modes reject it, iptables mode
+    // lets it by.
     assert!(trace("nftables", "10.96.10.20:81").ends_with("  REJECT\n"));
+    assert!(trace("ipvs", "10.96.10.20:81").ends_with("  REJECT\n"));
     assert!(trace("iptables", "10.96.10.20:81").ends_with("  not handled\n"));
 }

@@ -14,13 +14,13 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{CLUSTER, Env, echo, names, sa, snapshot_of};
+use common::{Backend, CLUSTER, Env, echo, names, run_flows, sa, snapshot_of};
 use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{
-    DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsProtocol, IpvsProxier,
-    Scheduler,
+    DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsPlan, IpvsProtocol,
+    IpvsProxier, Scheduler,
 };
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, serve_lines, tcp_connect};
 use service_testkit::uml;
@@ -65,6 +65,7 @@ fn ipvs_end_to_end() {
     }
     // The inner test reports each check it passed; all of them must be there.
     for check in [
+        "flow table",
         "round robin",
         "persistence",
         "udp",
@@ -110,12 +111,18 @@ fn line(conn: &mut BufReader<TcpStream>, text: &str) -> String {
         .to_owned()
 }
 
-fn start_backend(env: &Env, scheduler: Scheduler) -> Result<IpvsProxier<SystemRunner>, IpvsError> {
+/// The node's settings, as the other backends' tests use them.
+fn node_config(env: &Env, scheduler: Scheduler) -> IpvsConfig {
     let mut proxy = ProxyConfig::default();
     proxy.local_addresses = vec![env.topo.node_ip];
     proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
     let mut config = IpvsConfig::new(proxy);
     config.scheduler = scheduler;
+    config
+}
+
+fn start_backend(env: &Env, scheduler: Scheduler) -> Result<IpvsProxier<SystemRunner>, IpvsError> {
+    let config = node_config(env, scheduler);
     let runner = SystemRunner::in_netns(env.topo.node.name()).with_flavor(Flavor::Legacy);
     IpvsProxier::in_netns(config, runner, false, &env.topo.node.path())
 }
@@ -146,6 +153,12 @@ fn ipvs_in_uml() {
     assert!(report.changes > 0 && report.bound > 0, "{report:?}");
     let again = proxier.sync(&snap).expect("second sync");
     assert_eq!(again.changes, 0, "a sync with nothing new changes nothing");
+
+    // The flow table every backend passes, the tracer checked against the kernel on each.
+    let config = node_config(&env, Scheduler::Rr);
+    let plan = IpvsPlan::build(&config, &snap, false);
+    run_flows(&env, &|p| plan.trace(&config, p), Backend::Ipvs);
+    passed("flow table");
 
     // Round robin over the three endpoints, in turn.
     let got = reach(pod, "10.96.0.10:80", 6);

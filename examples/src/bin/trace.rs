@@ -73,10 +73,9 @@ fn main() -> ExitCode {
                 .trace(&packet, &config.local_addresses)
         }
         BackendArg::Ipvs => {
-            eprintln!(
-                "error: tracing the IPVS backend is not supported yet (`render --backend ipvs` prints its plan)"
-            );
-            return ExitCode::from(2);
+            let config = service_proxy::ipvs::IpvsConfig::new(config);
+            service_proxy::ipvs::IpvsPlan::build(&config, &snapshot, args.dst.is_ipv6())
+                .trace(&config, &packet)
         }
         BackendArg::Userspace => {
             eprintln!(

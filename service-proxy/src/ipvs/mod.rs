@@ -14,6 +14,7 @@ mod proxier;
 pub mod rules;
 #[cfg(feature = "apply")]
 mod socket;
+mod trace;
 
 pub use diff::{IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff};
 pub use model::{

@@ -308,8 +308,14 @@ pub fn check(
         _ => None,
     };
     let mut seen = BTreeSet::new();
+    // Inside User-Mode Linux every syscall is slow: wait longer there.
+    let timeout = if service_testkit::uml::inside() {
+        Duration::from_secs(3)
+    } else {
+        TIMEOUT
+    };
     for _ in 0..tries {
-        let got = tcp_connect(env.netns(from), bind, dst, TIMEOUT);
+        let got = tcp_connect(env.netns(from), bind, dst, timeout);
         match (&verdict, &got) {
             (Verdict::Endpoints(dests), Reached::Server(name, peer)) => {
                 let d = dests
@@ -372,6 +378,8 @@ pub enum Backend {
     Iptables,
     /// kube-proxy's nftables mode.
     Nftables,
+    /// kube-proxy's IPVS mode.
+    Ipvs,
 }
 
 /// What a flow must end in.
@@ -408,6 +416,7 @@ pub struct Flow {
 pub fn flows(backend: Backend) -> Vec<Flow> {
     use Expect::*;
     let nft = backend == Backend::Nftables;
+    let ipvs = backend == Backend::Ipvs;
     let f = |what, from, dst, tries, expect| Flow {
         what,
         from,
@@ -430,14 +439,15 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             40,
             Reach(&["web-0", "web-1", "web-2"]),
         ),
-        // kube-proxy's nftables mode rejects ports a ClusterIP does not serve; iptables
-        // mode lets them through unhandled.
+        // kube-proxy's nftables mode rejects ports a ClusterIP does not serve, and so does
+        // IPVS mode (KUBE-IPVS-FILTER, kubernetes#72236); iptables mode lets them through
+        // unhandled.
         f(
             "a port the Service does not have",
             From::ClientPod,
             "10.96.0.10:81",
             1,
-            if nft { Refused } else { NotHandled },
+            if nft || ipvs { Refused } else { NotHandled },
         ),
         f(
             "ClientIP affinity sticks",
@@ -460,13 +470,14 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             30,
             Reach(&["web-0", "web-2"]),
         ),
-        // nftables mode never accepts node ports on localhost (no route_localnet).
+        // nftables mode never accepts node ports on localhost (no route_localnet); IPVS
+        // mode has no virtual server there.
         f(
             "NodePort on localhost",
             From::NodeLoopback,
             "127.0.0.1:30080",
             30,
-            if nft {
+            if nft || ipvs {
                 NotHandled
             } else {
                 Reach(&["web-0", "web-2"])
@@ -514,12 +525,19 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             20,
             Reach(&["web-0"]),
         ),
+        // IPVS mode has one virtual server per load-balancer IP, with the local endpoints
+        // for everyone: pods get no short-circuit to the cluster's endpoints
+        // (pkg/proxy/ipvs/proxier.go syncs it with the external policy's endpoints).
         f(
             "pods short-circuit Local policy to every endpoint",
             From::ClientPod,
             "198.51.100.11:80",
             30,
-            Reach(&["web-0", "web-2"]),
+            if ipvs {
+                Reach(&["web-0"])
+            } else {
+                Reach(&["web-0", "web-2"])
+            },
         ),
         f(
             "hairpin: a pod reaching itself is masqueraded",
