@@ -74,6 +74,7 @@ fn ipvs_end_to_end() {
         "ipvs filter",
         "draining",
         "resync",
+        "settings",
         "scheduler probe",
         "ipv6",
         "cleanup",
@@ -118,6 +119,11 @@ fn node_config(env: &Env, scheduler: Scheduler) -> IpvsConfig {
     proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
     let mut config = IpvsConfig::new(proxy);
     config.scheduler = scheduler;
+    config.exclude_cidrs = vec!["172.16.0.0/16".parse().unwrap()];
+    config.strict_arp = true;
+    config.tcp_timeout = Duration::from_secs(3600);
+    config.tcp_fin_timeout = Duration::from_secs(60);
+    config.udp_timeout = Duration::from_secs(120);
     config
 }
 
@@ -334,6 +340,38 @@ fn ipvs_in_uml() {
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     passed("resync");
 
+    // Settings: timeouts and strict ARP applied at start; virtual servers in an excluded
+    // range survive syncs and cleanup, others that no Service asks for do not.
+    let timeouts = node.exec_text("ipvsadm", &["-L", "--timeout"]);
+    assert!(timeouts.contains("3600 60 120"), "{timeouts}");
+    let arp = node.run(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/all/arp_ignore"));
+    assert_eq!(arp.unwrap().trim(), "1");
+    let foreign = |addr: &str| service_proxy::ipvs::VirtualServer {
+        addr: common::ip(addr),
+        protocol: IpvsProtocol::Tcp,
+        port: 80,
+        scheduler: "rr".into(),
+        flags: 0,
+        timeout: 0,
+    };
+    for addr in ["172.16.0.1", "10.200.0.1"] {
+        proxier
+            .ipvs_mut()
+            .apply(&IpvsChange::AddService(foreign(addr)))
+            .expect("add a foreign virtual server");
+    }
+    let report = proxier
+        .sync(&snap2)
+        .expect("sync with foreign virtual servers");
+    assert_eq!(
+        report.changes, 1,
+        "only the unexcluded one is deleted: {report:?}"
+    );
+    let state = proxier.kernel_state().unwrap();
+    assert!(state.contains_key(&(common::ip("172.16.0.1"), IpvsProtocol::Tcp, 80)));
+    assert!(!state.contains_key(&(common::ip("10.200.0.1"), IpvsProtocol::Tcp, 80)));
+    passed("settings");
+
     // Starting with a scheduler the kernel lacks (ip_vs_sed is not loaded, and UML has
     // no modprobe to load it) is a typed error.
     match start_backend(&env, Scheduler::Sed) {
@@ -387,7 +425,12 @@ fn ipvs_in_uml() {
 
     // Cleanup removes virtual servers, the dummy interface, rules and sets.
     proxier.cleanup().expect("cleanup");
-    assert!(proxier.kernel_state().unwrap().is_empty());
+    let left: Vec<_> = proxier.kernel_state().unwrap().into_keys().collect();
+    assert_eq!(
+        left,
+        [(common::ip("172.16.0.1"), IpvsProtocol::Tcp, 80)],
+        "only the excluded virtual server is left"
+    );
     let links = node.exec_text("ip", &["link", "show"]);
     assert!(!links.contains(DUMMY_DEVICE), "{links}");
     let sets = node.exec_text("ipset", &["list", "-n"]);

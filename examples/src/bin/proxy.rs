@@ -62,6 +62,21 @@ struct Args {
     /// wlc or mh.
     #[arg(long, value_parser = parse_scheduler, default_value = "rr")]
     ipvs_scheduler: Scheduler,
+    /// IPVS virtual servers in this range are left alone (repeatable).
+    #[arg(long = "ipvs-exclude-cidrs", value_delimiter = ',')]
+    ipvs_exclude_cidrs: Vec<ipnet::IpNet>,
+    /// Set arp_ignore=1 and arp_announce=2 (kube-proxy's --ipvs-strict-arp).
+    #[arg(long)]
+    ipvs_strict_arp: bool,
+    /// IPVS idle timeout of established TCP connections (0: the kernel's).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    ipvs_tcp_timeout: Duration,
+    /// IPVS timeout of TCP connections after a FIN (0: the kernel's).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    ipvs_tcpfin_timeout: Duration,
+    /// IPVS idle timeout of UDP flows (0: the kernel's).
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    ipvs_udp_timeout: Duration,
     /// Which iptables programs to run: the system's `iptables-restore`, the nft or the
     /// legacy variant, or `detect` (legacy if the legacy tables hold more rules, as
     /// kube-proxy's iptables-wrapper decides).
@@ -379,6 +394,17 @@ fn print_out(text: &str) -> Result<(), String> {
         .map_err(|e| format!("writing the rules: {e}"))
 }
 
+fn ipvs_config(args: &Args, proxy: ProxyConfig) -> IpvsConfig {
+    let mut config = IpvsConfig::new(proxy);
+    config.scheduler = args.ipvs_scheduler;
+    config.exclude_cidrs.clone_from(&args.ipvs_exclude_cidrs);
+    config.strict_arp = args.ipvs_strict_arp;
+    config.tcp_timeout = args.ipvs_tcp_timeout;
+    config.tcp_fin_timeout = args.ipvs_tcpfin_timeout;
+    config.udp_timeout = args.ipvs_udp_timeout;
+    config
+}
+
 fn backend(args: &Args) -> Box<dyn Backend> {
     let proxy = args.node.proxy_config();
     let ipv6 = args.node.ipv6(args.ip_family);
@@ -460,14 +486,12 @@ fn backend(args: &Args) -> Box<dyn Backend> {
                 })
             }
         }
-        (BackendArg::Ipvs, false) => {
-            let mut config = IpvsConfig::new(proxy);
-            config.scheduler = args.ipvs_scheduler;
-            Box::new(IpvsDryRun { config, ipv6 })
-        }
+        (BackendArg::Ipvs, false) => Box::new(IpvsDryRun {
+            config: ipvs_config(args, proxy),
+            ipv6,
+        }),
         (BackendArg::Ipvs, true) => {
-            let mut config = IpvsConfig::new(proxy.clone());
-            config.scheduler = args.ipvs_scheduler;
+            let config = ipvs_config(args, proxy.clone());
             match IpvsProxier::new(config, args.iptables_flavor.runner(), ipv6) {
                 Ok(p) => match conntrack() {
                     Some(c) => Box::new(Ipvs(p.with_conntrack(c))),

@@ -7,6 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
 
 use service_core::model::{IpFamily, Protocol};
 use service_core::snapshot::{ServicePort, Snapshot};
@@ -25,15 +28,41 @@ pub struct IpvsConfig {
     pub proxy: ProxyConfig,
     /// The scheduler (`--ipvs-scheduler`, default `rr`).
     pub scheduler: Scheduler,
+    /// Virtual servers in these ranges are never deleted, even when no Service asks for
+    /// them (`--ipvs-exclude-cidrs`: addresses other software manages).
+    pub exclude_cidrs: Vec<IpNet>,
+    /// Answer ARP only for addresses of the receiving interface and announce the best
+    /// local source (`--ipvs-strict-arp`: `arp_ignore=1`, `arp_announce=2`), so that the
+    /// virtual addresses on `kube-ipvs0` are not answered for on the network.
+    pub strict_arp: bool,
+    /// IPVS's idle timeout of established TCP connections (`--ipvs-tcp-timeout`; zero
+    /// keeps the kernel's).
+    pub tcp_timeout: Duration,
+    /// IPVS's timeout of TCP connections after a FIN (`--ipvs-tcpfin-timeout`; zero keeps
+    /// the kernel's).
+    pub tcp_fin_timeout: Duration,
+    /// IPVS's idle timeout of UDP flows (`--ipvs-udp-timeout`; zero keeps the kernel's).
+    pub udp_timeout: Duration,
 }
 
 impl IpvsConfig {
-    /// A configuration around shared proxy settings, with round robin.
+    /// A configuration around shared proxy settings: round robin, kube-proxy's defaults
+    /// for the rest.
     pub fn new(proxy: ProxyConfig) -> Self {
         Self {
             proxy,
             scheduler: Scheduler::Rr,
+            exclude_cidrs: Vec::new(),
+            strict_arp: false,
+            tcp_timeout: Duration::ZERO,
+            tcp_fin_timeout: Duration::ZERO,
+            udp_timeout: Duration::ZERO,
         }
+    }
+
+    /// Whether a virtual address is in `exclude_cidrs`.
+    pub fn excluded(&self, addr: &IpAddr) -> bool {
+        self.exclude_cidrs.iter().any(|n| n.contains(addr))
     }
 }
 

@@ -66,8 +66,15 @@ pub struct IpvsProxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
     last: Option<Snapshot>,
 }
 
-fn write_sysctls() -> io::Result<()> {
-    for (key, value) in SYSCTLS {
+/// The sysctls of `IpvsConfig::strict_arp`.
+const STRICT_ARP: [(&str, &str); 2] = [
+    ("net/ipv4/conf/all/arp_ignore", "1"),
+    ("net/ipv4/conf/all/arp_announce", "2"),
+];
+
+fn write_sysctls(strict_arp: bool) -> io::Result<()> {
+    let extra: &[(&str, &str)] = if strict_arp { &STRICT_ARP } else { &[] };
+    for (key, value) in SYSCTLS.iter().chain(extra) {
         let path = Path::new("/proc/sys").join(key);
         std::fs::write(&path, value)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
@@ -111,9 +118,19 @@ impl<R: Runner> IpvsProxier<R> {
             Some(p) => (IpvsSocket::in_netns(p)?, Rtnl::in_netns(p)?),
         };
         ipvs.probe_scheduler(config.scheduler)?;
+        let strict_arp = config.strict_arp;
         match netns {
-            None => write_sysctls()?,
-            Some(p) => crate::netns::open_in(&p, write_sysctls)?,
+            None => write_sysctls(strict_arp)?,
+            Some(p) => crate::netns::open_in(&p, move || write_sysctls(strict_arp))?,
+        }
+        let secs = |d: std::time::Duration| u32::try_from(d.as_secs()).unwrap_or(u32::MAX);
+        let timeouts = (
+            secs(config.tcp_timeout),
+            secs(config.tcp_fin_timeout),
+            secs(config.udp_timeout),
+        );
+        if timeouts != (0, 0, 0) {
+            ipvs.set_timeouts(timeouts.0, timeouts.1, timeouts.2)?;
         }
         Ok(Self {
             config,
@@ -213,8 +230,14 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         let missing: Vec<&Jump> = JUMPS.iter().filter(|j| !present.contains(j)).collect();
         let input = rules::restore_input(&fixed, &missing);
         self.runner.restore(self.ipv6, &[input.as_bytes()])?;
-        // Virtual and real servers.
-        let state = self.kernel_state()?;
+        // Virtual and real servers. Unplanned ones in the excluded ranges stay.
+        let mut state = self.kernel_state()?;
+        let planned: BTreeSet<(IpAddr, IpvsProtocol, u16)> = plan
+            .services
+            .keys()
+            .map(|vs| (vs.addr, vs.protocol, vs.port))
+            .collect();
+        state.retain(|k, _| planned.contains(k) || !self.config.excluded(&k.0));
         let changes = diff(&plan, &state);
         let mut failed = Vec::new();
         for change in &changes {
@@ -252,7 +275,8 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         }
     }
 
-    /// Removes everything the backend set up for its family: its virtual servers, its
+    /// Removes everything the backend set up for its family: its virtual servers (all
+    /// but those in `exclude_cidrs`), its
     /// addresses on the dummy interface (and the interface once no family uses it), the
     /// iptables rules, then the ipsets. (kube-proxy's `--cleanup` flushes the whole IPVS
     /// table; this leaves the other family's proxier, and foreign virtual servers of
@@ -262,7 +286,9 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// A removal failed.
     pub fn cleanup(&mut self) -> Result<(), IpvsError> {
         for (vs, _) in self.kernel_state()?.into_values() {
-            self.ipvs.apply(&IpvsChange::DeleteService(vs))?;
+            if !self.config.excluded(&vs.addr) {
+                self.ipvs.apply(&IpvsChange::DeleteService(vs))?;
+            }
         }
         if let Some(index) = self.rtnl.link_index(DUMMY_DEVICE)? {
             for ip in self.rtnl.addresses(index, self.ipv6)? {
