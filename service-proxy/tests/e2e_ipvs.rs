@@ -72,6 +72,7 @@ fn ipvs_end_to_end() {
         "node port",
         "node to cluster IP",
         "ipvs filter",
+        "load balancer from the node",
         "draining",
         "resync",
         "settings",
@@ -257,6 +258,14 @@ fn ipvs_in_uml() {
         Reached::Refused
     );
     passed("ipvs filter");
+
+    // The node's own connection to a load balancer whose source ranges leave the node out
+    // is dropped (KUBE-IPVS-OUT-FILTER, kubernetes#119656); a pod outside the ranges too.
+    assert_eq!(
+        tcp_connect(node, None, sa("198.51.100.10:80"), WAIT),
+        Reached::Timeout
+    );
+    passed("load balancer from the node");
 
     // Draining: an established connection keeps its endpoint when the endpoint goes away;
     // the real server stays at weight 0 and new connections avoid it.

@@ -99,6 +99,7 @@ pub const IPVS_NODE_MODULES: &[&str] = &[
     "xt_recent",
     "xt_nat",
     "ipt_REJECT",
+    "xt_ipvs",
     "nf_conntrack_netlink",
 ];
 

@@ -88,6 +88,9 @@ pub enum IpSet {
     LoadBalancerFw,
     /// `KUBE-LOAD-BALANCER-SOURCE-CIDR` (hash:ip,port,net).
     LoadBalancerSourceCidr,
+    /// `KUBE-LOAD-BALANCER-SOURCE-IP` (hash:ip,port,ip): a load balancer reached from its
+    /// own address, allowed when the node's address is in its source ranges.
+    LoadBalancerSourceIp,
     /// `KUBE-NODE-PORT-TCP` (bitmap:port).
     NodePortTcp,
     /// `KUBE-NODE-PORT-UDP` (bitmap:port).
@@ -104,7 +107,7 @@ pub enum IpSet {
 
 impl IpSet {
     /// Every set IPVS mode keeps (all are created, empty or not: the fixed rules name them).
-    pub const ALL: [Self; 14] = [
+    pub const ALL: [Self; 15] = [
         Self::ClusterIp,
         Self::LoopBack,
         Self::ExternalIp,
@@ -113,6 +116,7 @@ impl IpSet {
         Self::LoadBalancerLocal,
         Self::LoadBalancerFw,
         Self::LoadBalancerSourceCidr,
+        Self::LoadBalancerSourceIp,
         Self::NodePortTcp,
         Self::NodePortUdp,
         Self::NodePortLocalTcp,
@@ -160,6 +164,7 @@ impl IpSet {
             Self::LoadBalancerLocal => "KUBE-LOAD-BALANCER-LOCAL",
             Self::LoadBalancerFw => "KUBE-LOAD-BALANCER-FW",
             Self::LoadBalancerSourceCidr => "KUBE-LOAD-BALANCER-SOURCE-CIDR",
+            Self::LoadBalancerSourceIp => "KUBE-LOAD-BALANCER-SOURCE-IP",
             Self::NodePortTcp => "KUBE-NODE-PORT-TCP",
             Self::NodePortUdp => "KUBE-NODE-PORT-UDP",
             Self::NodePortLocalTcp => "KUBE-NODE-PORT-LOCAL-TCP",
@@ -172,7 +177,7 @@ impl IpSet {
     /// The set's ipset type.
     pub fn kind(self) -> &'static str {
         match self {
-            Self::LoopBack => "hash:ip,port,ip",
+            Self::LoopBack | Self::LoadBalancerSourceIp => "hash:ip,port,ip",
             Self::LoadBalancerSourceCidr => "hash:ip,port,net",
             Self::NodePortTcp
             | Self::NodePortUdp
@@ -194,6 +199,10 @@ pub struct IpvsPlan {
     pub addresses: BTreeSet<IpAddr>,
     /// ipset entries, in `ipset add` syntax.
     pub ipsets: BTreeMap<IpSet, BTreeSet<String>>,
+    /// Load balancers (address, protocol, port) whose source ranges leave out the node's
+    /// address: the node's own connections to them are dropped (`KUBE-IPVS-OUT-FILTER`,
+    /// kubernetes#119656).
+    pub lb_no_node_access: BTreeSet<(IpAddr, IpvsProtocol, u16)>,
 }
 
 fn protocol(p: &Protocol) -> Option<IpvsProtocol> {
@@ -220,8 +229,10 @@ impl IpvsPlan {
                 .collect(),
         };
         let mut plan = Self::default();
+        // kube-proxy's `nodeIP`: the node's primary address of the family.
+        let node_ip = snapshot.node.primary_ip(&family);
         for sp in snapshot.ports.values() {
-            plan.add_port(config, sp, &family, &node_ips);
+            plan.add_port(config, sp, &family, &node_ips, node_ip);
         }
         let bound: Vec<String> = plan.addresses.iter().map(IpAddr::to_string).collect();
         plan.ipsets.entry(IpSet::IpvsIps).or_default().extend(bound);
@@ -234,6 +245,7 @@ impl IpvsPlan {
         sp: &ServicePort,
         family: &IpFamily,
         node_ips: &[IpAddr],
+        node_ip: Option<IpAddr>,
     ) {
         let Some(plan) = sp.family(family) else {
             return;
@@ -321,6 +333,22 @@ impl IpvsPlan {
                         IpSet::LoadBalancerSourceCidr,
                         format!("{},{cidr}", entry(ip, sp.port)),
                     );
+                }
+                // The node reaches a load balancer bound locally from the balancer's own
+                // address: allowed if the node's address is in the ranges, else dropped.
+                let node_allowed = node_ip.is_some_and(|n| {
+                    plan.load_balancer_source_ranges
+                        .iter()
+                        .any(|c| c.contains(&n))
+                });
+                if node_allowed {
+                    set(
+                        self,
+                        IpSet::LoadBalancerSourceIp,
+                        format!("{},{ip}", entry(ip, sp.port)),
+                    );
+                } else {
+                    self.lb_no_node_access.insert((ip, proto, sp.port));
                 }
             }
         }

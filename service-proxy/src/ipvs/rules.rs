@@ -167,7 +167,7 @@ pub struct FixedRules {
 
 /// The set-driven rules (kube-proxy's `ipsetWithIptablesChain`): set, chain, match
 /// directions, target, protocol.
-const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 9] = [
+const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 10] = [
     (
         IpSet::LoopBack,
         IpvsChain::Postrouting,
@@ -226,6 +226,13 @@ const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 9] = [
     ),
     (
         IpSet::LoadBalancerSourceCidr,
+        IpvsChain::SourceRangesFirewall,
+        "dst,dst,src",
+        "RETURN",
+        None,
+    ),
+    (
+        IpSet::LoadBalancerSourceIp,
         IpvsChain::SourceRangesFirewall,
         "dst,dst,src",
         "RETURN",
@@ -301,6 +308,17 @@ pub fn render(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> FixedRules {
     );
     rule(IpvsChain::LoadBalancer, "-j KUBE-MARK-MASQ".into());
     rule(IpvsChain::SourceRangesFirewall, "-j DROP".into());
+    // The node's own connections to load balancers whose ranges leave it out (the source
+    // is the balancer's address, bound locally; needs the xt_ipvs match).
+    for (ip, proto, port) in &plan.lb_no_node_access {
+        rule(
+            IpvsChain::IpvsOutFilter,
+            format!(
+                "-s {ip} -m ipvs --vaddr {ip} --vproto {} --vport {port} -j DROP",
+                proto.as_str()
+            ),
+        );
+    }
     // Accept traffic to virtual servers in case other rules would drop it.
     for set in [IpSet::ClusterIp, IpSet::LoadBalancer] {
         if used(set) {

@@ -4,7 +4,8 @@
 //! Pure. The model of the kernel path:
 //!
 //! 1. filter `KUBE-PROXY-FIREWALL` (INPUT, before IPVS): a load balancer with source
-//!    ranges drops other sources (not for the node's own packets, which skip INPUT);
+//!    ranges drops other sources; the node's own packets skip INPUT, and are dropped by
+//!    `KUBE-IPVS-OUT-FILTER` when the ranges leave out the node's address;
 //! 2. IPVS: a virtual server with real servers DNATs to one of them; one without real
 //!    servers lets the packet reach the node's own stack (nothing listens: refused);
 //! 3. filter `KUBE-IPVS-FILTER`: a new connection to a bound virtual address on a port that
@@ -39,6 +40,10 @@ impl IpvsPlan {
                 || self.addresses.contains(ip)
         };
         let from_node = local(&src);
+        if from_node && self.lb_no_node_access.contains(&(dst, proto, port)) {
+            // KUBE-IPVS-OUT-FILTER.
+            return Verdict::Drop;
+        }
         if !from_node && has(IpSet::LoadBalancerFw, &key) {
             let allowed = self
                 .ipsets
@@ -47,7 +52,8 @@ impl IpvsPlan {
                 .flatten()
                 .filter_map(|e| e.strip_prefix(&key)?.strip_prefix(','))
                 .filter_map(|cidr| cidr.parse::<ipnet::IpNet>().ok())
-                .any(|net| net.contains(&src));
+                .any(|net| net.contains(&src))
+                || has(IpSet::LoadBalancerSourceIp, &format!("{key},{src}"));
             if !allowed {
                 return Verdict::Drop;
             }
