@@ -99,6 +99,10 @@ pub enum IpSet {
     NodePortLocalTcp,
     /// `KUBE-NODE-PORT-LOCAL-UDP` (bitmap:port).
     NodePortLocalUdp,
+    /// `KUBE-NODE-PORT-SCTP` (hash:ip,port): SCTP node ports, per node address.
+    NodePortSctp,
+    /// `KUBE-NODE-PORT-LOCAL-SCTP` (hash:ip,port).
+    NodePortLocalSctp,
     /// `KUBE-HEALTH-CHECK-NODE-PORT` (bitmap:port).
     HealthCheckNodePort,
     /// `KUBE-IPVS-IPS` (hash:ip): every address on the dummy interface.
@@ -107,7 +111,7 @@ pub enum IpSet {
 
 impl IpSet {
     /// Every set IPVS mode keeps (all are created, empty or not: the fixed rules name them).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 17] = [
         Self::ClusterIp,
         Self::LoopBack,
         Self::ExternalIp,
@@ -121,6 +125,8 @@ impl IpSet {
         Self::NodePortUdp,
         Self::NodePortLocalTcp,
         Self::NodePortLocalUdp,
+        Self::NodePortSctp,
+        Self::NodePortLocalSctp,
         Self::HealthCheckNodePort,
         Self::IpvsIps,
     ];
@@ -169,6 +175,8 @@ impl IpSet {
             Self::NodePortUdp => "KUBE-NODE-PORT-UDP",
             Self::NodePortLocalTcp => "KUBE-NODE-PORT-LOCAL-TCP",
             Self::NodePortLocalUdp => "KUBE-NODE-PORT-LOCAL-UDP",
+            Self::NodePortSctp => "KUBE-NODE-PORT-SCTP",
+            Self::NodePortLocalSctp => "KUBE-NODE-PORT-LOCAL-SCTP",
             Self::HealthCheckNodePort => "KUBE-HEALTH-CHECK-NODE-PORT",
             Self::IpvsIps => "KUBE-IPVS-IPS",
         }
@@ -357,15 +365,23 @@ impl IpvsPlan {
             for &ip in node_ips {
                 self.services.insert(vs(ip, np), external.clone());
             }
-            let s = match (proto, sp.external_policy_local) {
-                (IpvsProtocol::Tcp, false) => Some(IpSet::NodePortTcp),
-                (IpvsProtocol::Tcp, true) => Some(IpSet::NodePortLocalTcp),
-                (IpvsProtocol::Udp, false) => Some(IpSet::NodePortUdp),
-                (IpvsProtocol::Udp, true) => Some(IpSet::NodePortLocalUdp),
-                (IpvsProtocol::Sctp, _) => None,
-            };
-            if let Some(s) = s {
-                set(self, s, np.to_string());
+            match (proto, sp.external_policy_local) {
+                (IpvsProtocol::Tcp, false) => set(self, IpSet::NodePortTcp, np.to_string()),
+                (IpvsProtocol::Tcp, true) => set(self, IpSet::NodePortLocalTcp, np.to_string()),
+                (IpvsProtocol::Udp, false) => set(self, IpSet::NodePortUdp, np.to_string()),
+                (IpvsProtocol::Udp, true) => set(self, IpSet::NodePortLocalUdp, np.to_string()),
+                // SCTP node ports are matched per node address (a bitmap:port set has no
+                // protocol): as kube-proxy, hash:ip,port entries.
+                (IpvsProtocol::Sctp, local) => {
+                    let s = if local {
+                        IpSet::NodePortLocalSctp
+                    } else {
+                        IpSet::NodePortSctp
+                    };
+                    for &ip in node_ips {
+                        set(self, s, entry(ip, np));
+                    }
+                }
             }
         }
         if let Some(hc) = sp.health_check_node_port {
@@ -411,5 +427,65 @@ impl fmt::Display for IpvsPlan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Packet;
+    use service_testkit::fixtures;
+
+    const SCTP: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: sig, namespace: t}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.30
+  ports: [{name: sig, port: 3868, protocol: SCTP, nodePort: 30868}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sig-1, namespace: t, labels: {kubernetes.io/service-name: sig}}
+addressType: IPv4
+ports: [{name: sig, port: 3868, protocol: SCTP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-n}
+";
+
+    /// kube-proxy keeps SCTP node ports in hash:ip,port sets, one entry per node address
+    /// (`KUBE-NODE-PORT-SCTP`), since a bitmap:port set cannot tell protocols apart.
+    #[test]
+    fn sctp_node_ports_are_matched_per_node_address() {
+        let snap = fixtures::snapshot(SCTP, "node-n", &["192.168.0.2", "192.168.1.2"]);
+        let mut proxy = ProxyConfig::default();
+        proxy.local_addresses = vec![
+            "192.168.0.2".parse().unwrap(),
+            "192.168.1.2".parse().unwrap(),
+        ];
+        let config = IpvsConfig::new(proxy);
+        let plan = IpvsPlan::build(&config, &snap, false);
+        let entries: Vec<&str> = plan.ipsets[&IpSet::NodePortSctp]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            entries,
+            ["192.168.0.2,sctp:30868", "192.168.1.2,sctp:30868"]
+        );
+        assert!(!plan.ipsets.contains_key(&IpSet::NodePortTcp));
+        let rules = super::super::rules::render(&plan, &config, false);
+        assert!(rules.nat.contains(
+            &"-A KUBE-NODE-PORT -p sctp -m set --match-set KUBE-NODE-PORT-SCTP dst,dst -j KUBE-MARK-MASQ"
+                .to_owned()
+        ));
+        let packet = Packet::new(
+            "192.168.0.100".parse().unwrap(),
+            "192.168.1.2".parse().unwrap(),
+            30868,
+            Protocol::Sctp,
+        );
+        assert!(plan.trace(&config, &packet).masquerade());
     }
 }

@@ -167,7 +167,7 @@ pub struct FixedRules {
 
 /// The set-driven rules (kube-proxy's `ipsetWithIptablesChain`): set, chain, match
 /// directions, target, protocol.
-const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 10] = [
+const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 12] = [
     (
         IpSet::LoopBack,
         IpvsChain::Postrouting,
@@ -216,6 +216,20 @@ const SET_RULES: [(IpSet, IpvsChain, &str, &str, Option<&str>); 10] = [
         "dst",
         "KUBE-MARK-MASQ",
         Some("udp"),
+    ),
+    (
+        IpSet::NodePortLocalSctp,
+        IpvsChain::NatNodePort,
+        "dst,dst",
+        "RETURN",
+        Some("sctp"),
+    ),
+    (
+        IpSet::NodePortSctp,
+        IpvsChain::NatNodePort,
+        "dst,dst",
+        "KUBE-MARK-MASQ",
+        Some("sctp"),
     ),
     (
         IpSet::LoadBalancerFw,

@@ -139,13 +139,24 @@ impl IpvsPlan {
             return mark;
         }
         if dst_local {
-            let port = packet.dport.to_string();
-            let (all, only_local) = match proto {
-                IpvsProtocol::Tcp => (IpSet::NodePortTcp, IpSet::NodePortLocalTcp),
-                IpvsProtocol::Udp => (IpSet::NodePortUdp, IpSet::NodePortLocalUdp),
-                IpvsProtocol::Sctp => return mark,
+            let (all, only_local, entry) = match proto {
+                IpvsProtocol::Tcp => (
+                    IpSet::NodePortTcp,
+                    IpSet::NodePortLocalTcp,
+                    packet.dport.to_string(),
+                ),
+                IpvsProtocol::Udp => (
+                    IpSet::NodePortUdp,
+                    IpSet::NodePortLocalUdp,
+                    packet.dport.to_string(),
+                ),
+                IpvsProtocol::Sctp => (
+                    IpSet::NodePortSctp,
+                    IpSet::NodePortLocalSctp,
+                    key.to_owned(),
+                ),
             };
-            if !has(only_local, &port) && has(all, &port) {
+            if !has(only_local, &entry) && has(all, &entry) {
                 mark = true;
             }
         }
