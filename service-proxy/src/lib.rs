@@ -33,7 +33,7 @@ pub use service_core as core;
 mod config;
 #[cfg(feature = "apply")]
 mod netns;
-#[cfg(any(feature = "apply", feature = "ipvs"))]
+#[cfg(any(feature = "apply", feature = "ipvs", feature = "nftables"))]
 mod nlmsg;
 mod port_name;
 #[cfg(all(feature = "apply", feature = "ipvs"))]

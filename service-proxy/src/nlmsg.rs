@@ -1,5 +1,12 @@
-//! Reading netlink datagrams: the messages in one, and the attributes in a payload. Shared
-//! by every netlink user of the crate (conntrack, nf_tables, IPVS). Pure.
+//! Netlink plumbing shared by every netlink user of the crate (conntrack, nf_tables, IPVS,
+//! rtnetlink): splitting a datagram into messages and a payload into attributes, writing
+//! an attribute (pure), and with `apply` the request and dump loops over a socket.
+// Each backend feature uses a part of this module; with only some of them on, the rest
+// is unused.
+#![cfg_attr(
+    not(all(feature = "apply", feature = "ipvs", feature = "nftables")),
+    allow(dead_code)
+)]
 
 /// The type bits of an attribute (without `NLA_F_NESTED` and `NLA_F_NET_BYTEORDER`).
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -14,8 +21,7 @@ pub(crate) const NLMSG_DONE: u16 = 3;
 pub(crate) struct Message<'a> {
     /// `nlmsg_type`.
     pub(crate) kind: u16,
-    /// `nlmsg_seq` (read by the socket loops of `apply`).
-    #[cfg_attr(not(feature = "apply"), allow(dead_code))]
+    /// `nlmsg_seq`.
     pub(crate) seq: u32,
     /// What follows the 16-byte header.
     pub(crate) body: &'a [u8],
@@ -59,6 +65,17 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
         data = &data[((len + 3) & !3).min(data.len())..];
         Some(m)
     })
+}
+
+/// Appends one netlink attribute (`len`, `type`, payload, padding to 4 bytes).
+pub(crate) fn push_attr(b: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
+    b.extend_from_slice(&len.to_ne_bytes());
+    b.extend_from_slice(&ty.to_ne_bytes());
+    b.extend_from_slice(data);
+    while !b.len().is_multiple_of(4) {
+        b.push(0);
+    }
 }
 
 /// Netlink attributes: `(type, payload)` pairs; stops at the first malformed one.

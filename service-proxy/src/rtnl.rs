@@ -10,7 +10,7 @@ use std::path::Path;
 
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
-use crate::nlmsg::{attrs, dump, request, request_with};
+use crate::nlmsg::{attrs, dump, push_attr as attr, request, request_with};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -38,14 +38,6 @@ const AF_INET6: u8 = 10;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 const EADDRNOTAVAIL: i32 = 99;
-
-fn attr(buf: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = 4 + value.len();
-    buf.extend_from_slice(&(len as u16).to_ne_bytes());
-    buf.extend_from_slice(&kind.to_ne_bytes());
-    buf.extend_from_slice(value);
-    buf.resize((buf.len() + 3) & !3, 0);
-}
 
 fn message(kind: u16, flags: u16, seq: u32, body: &[u8]) -> Vec<u8> {
     let mut m = Vec::with_capacity(16 + body.len());

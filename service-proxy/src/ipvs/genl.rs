@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use super::model::{RealServer, VirtualServer};
-use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages};
+use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages, push_attr as attr};
 
 /// The generic-netlink family name.
 pub const FAMILY_NAME: &str = "IPVS";
@@ -78,16 +78,6 @@ const DEST_ATTR_TUN_FLAGS: u16 = 15;
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
-
-fn attr(b: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
-    b.extend_from_slice(&len.to_ne_bytes());
-    b.extend_from_slice(&ty.to_ne_bytes());
-    b.extend_from_slice(data);
-    while !b.len().is_multiple_of(4) {
-        b.push(0);
-    }
-}
 
 fn nest(b: &mut Vec<u8>, ty: u16, body: impl FnOnce(&mut Vec<u8>)) {
     let at = b.len();

@@ -163,13 +163,7 @@ fn pad(b: &mut Vec<u8>) {
     }
 }
 
-fn attr(b: &mut Vec<u8>, ty: u16, data: &[u8]) {
-    let len = u16::try_from(4 + data.len()).unwrap_or(u16::MAX);
-    put_u16(b, len);
-    put_u16(b, ty);
-    b.extend_from_slice(data);
-    pad(b);
-}
+use crate::nlmsg::push_attr as attr;
 
 fn attr_str(b: &mut Vec<u8>, ty: u16, s: &str) {
     let len = u16::try_from(5 + s.len()).unwrap_or(u16::MAX);
