@@ -45,6 +45,12 @@ pub struct UserspaceConfig {
     pub family: IpFamily,
     /// How long a UDP session lives without traffic (kube-proxy's `--udp-timeout`).
     pub udp_idle_timeout: Duration,
+    /// Socket buffer size for bulk transfers: once a connection moves to `splice`, its
+    /// client side gets this receive buffer and its backend side this send buffer, so
+    /// that each side runs longer between wakeups. Only used where the kernel allows
+    /// buffers this large (`net.core.rmem_max` and `wmem_max`); elsewhere the kernel's
+    /// buffer autotuning (which an explicit size turns off) stays. 0 never sets them.
+    pub bulk_buffer: usize,
 }
 
 impl Default for UserspaceConfig {
@@ -53,6 +59,7 @@ impl Default for UserspaceConfig {
             listen_ip: IpAddr::from([0, 0, 0, 0]),
             family: IpFamily::Ipv4,
             udp_idle_timeout: Duration::from_millis(250),
+            bulk_buffer: 4 << 20,
         }
     }
 }
@@ -96,16 +103,31 @@ pub struct UserspaceProxy {
     config: UserspaceConfig,
     handle: Handle,
     portals: BTreeMap<ServicePortName, Portal>,
+    /// `config.bulk_buffer` when the kernel allows it.
+    bulk_buffer: Option<usize>,
+}
+
+/// Whether `/proc/sys/net/core/{rmem,wmem}_max` allow socket buffers of `size`.
+fn kernel_allows_buffers(size: usize) -> bool {
+    size > 0
+        && ["rmem_max", "wmem_max"].iter().all(|k| {
+            std::fs::read_to_string(format!("/proc/sys/net/core/{k}"))
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .is_some_and(|max| max >= size)
+        })
 }
 
 impl UserspaceProxy {
     /// A proxy whose tasks run on `handle`'s runtime; its sockets live in the network
     /// namespace of that runtime's worker threads.
     pub fn new(config: UserspaceConfig, handle: Handle) -> Self {
+        let bulk_buffer = kernel_allows_buffers(config.bulk_buffer).then_some(config.bulk_buffer);
         Self {
             config,
             handle,
             portals: BTreeMap::new(),
+            bulk_buffer,
         }
     }
 
@@ -204,9 +226,11 @@ impl UserspaceProxy {
             _ => {
                 let listener = self.bind(tokio::net::TcpListener::bind(addr))?;
                 let local = listener.local_addr()?;
-                let task = self
-                    .handle
-                    .spawn(tcp::serve(listener, Arc::clone(&balancer)));
+                let task = self.handle.spawn(tcp::serve(
+                    listener,
+                    Arc::clone(&balancer),
+                    self.bulk_buffer,
+                ));
                 Ok(Portal {
                     protocol,
                     local,
