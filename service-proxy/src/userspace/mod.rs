@@ -225,6 +225,14 @@ impl UserspaceProxy {
             }
             _ => {
                 let listener = self.bind(tokio::net::TcpListener::bind(addr))?;
+                // Accepted sockets inherit TCP_NODELAY: one setsockopt per portal
+                // instead of one per connection.
+                nix::sys::socket::setsockopt(
+                    &listener,
+                    nix::sys::socket::sockopt::TcpNoDelay,
+                    &true,
+                )
+                .map_err(io::Error::from)?;
                 let local = listener.local_addr()?;
                 let task = self.handle.spawn(tcp::serve(
                     listener,

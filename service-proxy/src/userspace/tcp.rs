@@ -56,6 +56,8 @@ async fn connection(
         };
         match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(backend)) => {
+                // The client side inherited TCP_NODELAY from the listener.
+                let _ = backend.set_nodelay(true);
                 relay(client, backend, bulk_buffer).await;
                 return;
             }
@@ -66,9 +68,8 @@ async fn connection(
 
 /// Relays both ways until both directions ended. An end of stream is passed on as a
 /// half-close; an error closes both connections.
+/// Both sockets should have TCP_NODELAY: small exchanges go out at once.
 pub(crate) async fn relay(a: TcpStream, b: TcpStream, bulk_buffer: Option<usize>) {
-    let _ = a.set_nodelay(true);
-    let _ = b.set_nodelay(true);
     let (x, y) = tokio::join!(pump(&a, &b, bulk_buffer), pump(&b, &a, bulk_buffer));
     if x.is_err() || y.is_err() {
         let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&a), Shutdown::Both);
