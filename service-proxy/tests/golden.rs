@@ -1,6 +1,7 @@
-//! Golden files: the rendered iptables-restore input for each fixture, reviewed by hand.
+//! Golden files: what each backend renders for each fixture, reviewed by hand.
 //! A fixture's first line names the node: `# node: NAME IP[,IP] cluster-cidr CIDR[,CIDR]`.
 
+use service_core::snapshot::Snapshot;
 use service_proxy::ProxyConfig;
 use service_proxy::iptables::{IptablesConfig, Renderer};
 use service_testkit::fixtures;
@@ -28,8 +29,10 @@ fn node_line(yaml: &str) -> Node {
     }
 }
 
-#[test]
-fn iptables_goldens() {
+/// For every fixture: the node's settings and snapshot, rendered by `render` for IPv4 and,
+/// when the node has an IPv6 address, after `separator` for IPv6; compared with the
+/// snapshot called `name`.
+fn goldens(name: &str, separator: &str, render: impl Fn(&ProxyConfig, &Snapshot, bool) -> String) {
     insta::glob!("fixtures/*.yaml", |path| {
         let yaml = std::fs::read_to_string(path).unwrap();
         let node = node_line(&yaml);
@@ -38,70 +41,44 @@ fn iptables_goldens() {
         let mut proxy = ProxyConfig::default();
         proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
         proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-        let mut out = Renderer::new(IptablesConfig::new(proxy.clone()), false)
-            .full(&snapshot)
-            .to_restore_input();
+        let mut out = render(&proxy, &snapshot, false);
         if ips.iter().any(|ip| ip.contains(':')) {
-            out.push_str("# ---- ip6tables ----\n");
-            out.push_str(
-                &Renderer::new(IptablesConfig::new(proxy), true)
-                    .full(&snapshot)
-                    .to_restore_input(),
-            );
+            out.push_str(separator);
+            out.push_str(&render(&proxy, &snapshot, true));
         }
-        insta::assert_snapshot!("iptables", out);
+        insta::assert_snapshot!(name, out);
     });
+}
+
+#[test]
+fn iptables_goldens() {
+    goldens(
+        "iptables",
+        "# ---- ip6tables ----\n",
+        |proxy, snapshot, ipv6| {
+            Renderer::new(IptablesConfig::new(proxy.clone()), ipv6)
+                .full(snapshot)
+                .to_restore_input()
+        },
+    );
 }
 
 #[test]
 fn nftables_goldens() {
     use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
-    insta::glob!("fixtures/*.yaml", |path| {
-        let yaml = std::fs::read_to_string(path).unwrap();
-        let node = node_line(&yaml);
-        let ips: Vec<&str> = node.ips.iter().map(String::as_str).collect();
-        let snapshot = fixtures::snapshot(&yaml, &node.name, &ips);
-        let mut proxy = ProxyConfig::default();
-        proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
-        proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-        let mut out = NftRenderer::new(NftablesConfig::new(proxy.clone()), false)
-            .render(&snapshot)
+    goldens("nftables", "# ---- ip6 ----\n", |proxy, snapshot, ipv6| {
+        NftRenderer::new(NftablesConfig::new(proxy.clone()), ipv6)
+            .render(snapshot)
             .create_one()
-            .to_string();
-        if ips.iter().any(|ip| ip.contains(':')) {
-            out.push_str("# ---- ip6 ----\n");
-            out.push_str(
-                &NftRenderer::new(NftablesConfig::new(proxy), true)
-                    .render(&snapshot)
-                    .create_one()
-                    .to_string(),
-            );
-        }
-        insta::assert_snapshot!("nftables", out);
+            .to_string()
     });
 }
 
 #[test]
 fn ipvs_goldens() {
     use service_proxy::ipvs::{IpvsConfig, IpvsPlan, ipvs_text};
-    insta::glob!("fixtures/*.yaml", |path| {
-        let yaml = std::fs::read_to_string(path).unwrap();
-        let node = node_line(&yaml);
-        let ips: Vec<&str> = node.ips.iter().map(String::as_str).collect();
-        let snapshot = fixtures::snapshot(&yaml, &node.name, &ips);
-        let mut proxy = ProxyConfig::default();
-        proxy.cluster_cidrs = node.cidrs.iter().map(|c| c.parse().unwrap()).collect();
-        proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
-        let config = IpvsConfig::new(proxy);
-        let mut out = ipvs_text(&IpvsPlan::build(&config, &snapshot, false), &config, false);
-        if ips.iter().any(|ip| ip.contains(':')) {
-            out.push_str("# ---- IPv6 ----\n");
-            out.push_str(&ipvs_text(
-                &IpvsPlan::build(&config, &snapshot, true),
-                &config,
-                true,
-            ));
-        }
-        insta::assert_snapshot!("ipvs", out);
+    goldens("ipvs", "# ---- IPv6 ----\n", |proxy, snapshot, ipv6| {
+        let config = IpvsConfig::new(proxy.clone());
+        ipvs_text(&IpvsPlan::build(&config, snapshot, ipv6), &config, ipv6)
     });
 }
