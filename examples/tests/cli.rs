@@ -229,13 +229,18 @@ fn node_flags() -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn render_ipvs_prints_the_plan_then_its_iptables_rules() {
-    let mut args: Vec<String> = vec!["--backend".into(), "ipvs".into()];
+/// `render --backend BACKEND` with [`node_flags`] on the demo manifests.
+fn render_demo(backend: &str) -> String {
+    let mut args: Vec<String> = vec!["--backend".into(), backend.into()];
     args.extend(node_flags());
     args.push(demo());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = stdout(&run(env!("CARGO_BIN_EXE_render"), &args));
+    stdout(&run(env!("CARGO_BIN_EXE_render"), &args))
+}
+
+#[test]
+fn render_ipvs_prints_the_plan_then_its_iptables_rules() {
+    let out = render_demo("ipvs");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "# ipvsadm -S -n");
     assert!(lines.contains(&"-A -t 10.96.10.20:80 -s rr"), "{out}");
@@ -264,11 +269,7 @@ fn render_ipvs_prints_the_plan_then_its_iptables_rules() {
 
 #[test]
 fn render_nftables_prints_a_script_that_replaces_our_table() {
-    let mut args: Vec<String> = vec!["--backend".into(), "nftables".into()];
-    args.extend(node_flags());
-    args.push(demo());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = stdout(&run(env!("CARGO_BIN_EXE_render"), &args));
+    let out = render_demo("nftables");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         &lines[..3],
