@@ -9,12 +9,10 @@
 //!   at 10k services, up to the chunk list.
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use service_proxy::ProxyConfig;
 use service_proxy::iptables::{IptablesConfig, Renderer};
 
 fn config() -> IptablesConfig {
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     IptablesConfig::new(proxy)
 }
 

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use service_proxy::ProxyConfig;
 use service_proxy::iptables::apply::{Flavor, NoConntrack, Proxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer};
 use service_testkit::netns::{E2e, Netns, require};
@@ -33,8 +32,7 @@ fn main() {
 
 fn measure(flavor: Flavor, services: usize) {
     let ns = Netns::new("apply-bench");
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     let mut proxier = Proxier::new(
         Renderer::new(IptablesConfig::new(proxy), false),
         SystemRunner::in_netns(ns.name()).with_flavor(flavor),

@@ -3,13 +3,11 @@
 //! between a loaded table and a plan after one endpoint changed (10k).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use service_proxy::ProxyConfig;
 use service_proxy::ipvs::genl::{Command, dest_message, service_message};
 use service_proxy::ipvs::{IpvsConfig, IpvsPlan};
 
 fn config() -> IpvsConfig {
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let mut proxy = service_benches::proxy_config();
     proxy.local_addresses = vec!["192.168.0.2".parse().expect("ip")];
     IpvsConfig::new(proxy)
 }

@@ -10,13 +10,11 @@
 //!   1k/10k/30k, up to its encoded netlink batch.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use service_proxy::ProxyConfig;
 use service_proxy::nftables::wire::Batch;
 use service_proxy::nftables::{NftablesConfig, Renderer};
 
 fn renderer() -> Renderer {
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     Renderer::new(NftablesConfig::new(proxy), false)
 }
 

@@ -13,14 +13,12 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use service_proxy::ProxyConfig;
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer};
 use service_testkit::netns::{E2e, Netns, require_programs};
 
 fn renderer() -> Renderer {
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     Renderer::new(NftablesConfig::new(proxy), false)
 }
 

@@ -4,7 +4,6 @@
 
 use std::time::Instant;
 
-use service_proxy::ProxyConfig;
 use service_proxy::nftables::apply::NftSocket;
 use service_proxy::nftables::{
     Chain, Element, FixedSet, Key, L4, NftablesConfig, Op, Renderer, Rule, Stmt, Transaction,
@@ -18,8 +17,7 @@ fn main() {
     let mut socket =
         NftSocket::in_netns(std::path::Path::new(&format!("/run/netns/{ns}"))).expect("socket");
     let snap = service_benches::snapshot(services, 10);
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     let rules = Renderer::new(NftablesConfig::new(proxy), false).render(&snap);
     let t = Instant::now();
     for tx in rules.create(20_000) {

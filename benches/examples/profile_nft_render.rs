@@ -4,17 +4,12 @@
 
 use std::time::Instant;
 
-use service_proxy::ProxyConfig;
 use service_proxy::nftables::{NftablesConfig, Renderer};
 
 fn main() {
-    let services: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(10_000);
+    let services: usize = service_benches::arg_or(1, 10_000);
     let snap = service_benches::snapshot(services, 10);
-    let mut proxy = ProxyConfig::default();
-    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let proxy = service_benches::proxy_config();
     let renderer = Renderer::new(NftablesConfig::new(proxy), false);
     let rounds: usize = std::env::var("ROUNDS")
         .ok()

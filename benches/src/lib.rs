@@ -1,10 +1,26 @@
 //! Shared setup of the benchmarks.
 
 use service_core::snapshot::{NodeInfo, Snapshot};
+use service_proxy::ProxyConfig;
 
 /// The node the benchmarks render for.
 pub fn node() -> NodeInfo {
     NodeInfo::new("node-a", vec!["192.168.0.2".parse().expect("node IP")])
+}
+
+/// The proxy settings every backend benchmark uses: pod CIDR 10.0.0.0/8.
+pub fn proxy_config() -> ProxyConfig {
+    let mut proxy = ProxyConfig::default();
+    proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().expect("cidr")];
+    proxy
+}
+
+/// The `index`th command-line argument as a number, or `default`.
+pub fn arg_or(index: usize, default: usize) -> usize {
+    std::env::args()
+        .nth(index)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A snapshot of `services` Services with `endpoints` endpoints each.
