@@ -140,8 +140,12 @@ struct Done {
 /// A backend the daemon drives.
 trait Backend {
     fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String>;
-    fn force_full(&mut self);
-    fn cleanup(&mut self) -> Result<(), String>;
+    /// Makes the next sync full (backends whose syncs are always full ignore it).
+    fn force_full(&mut self) {}
+    /// Removes what the backend installed (dry runs install nothing).
+    fn cleanup(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 fn kind_of(k: SyncKind) -> &'static str {
@@ -241,8 +245,6 @@ impl Backend for Userspace {
         })
     }
 
-    fn force_full(&mut self) {}
-
     fn cleanup(&mut self) -> Result<(), String> {
         if let Some(p) = self.proxier.as_mut() {
             p.cleanup().map_err(|e| e.to_string())?;
@@ -270,8 +272,6 @@ impl<C: ConntrackCleaner> Backend for Ipvs<C> {
         })
     }
 
-    fn force_full(&mut self) {}
-
     fn cleanup(&mut self) -> Result<(), String> {
         self.0.cleanup().map_err(|e| e.to_string())
     }
@@ -292,12 +292,6 @@ impl Backend for IpvsDryRun {
             changed: plan.services.len(),
             detail: format!("{} virtual servers planned", plan.services.len()),
         })
-    }
-
-    fn force_full(&mut self) {}
-
-    fn cleanup(&mut self) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -329,10 +323,6 @@ impl Backend for IptablesDryRun {
 
     fn force_full(&mut self) {
         self.engine.force_full();
-    }
-
-    fn cleanup(&mut self) -> Result<(), String> {
-        Ok(())
     }
 }
 
@@ -380,10 +370,6 @@ impl Backend for NftablesDryRun {
 
     fn force_full(&mut self) {
         self.engine.force_full();
-    }
-
-    fn cleanup(&mut self) -> Result<(), String> {
-        Ok(())
     }
 }
 
