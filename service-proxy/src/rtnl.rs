@@ -218,38 +218,34 @@ impl Rtnl {
 
     /// Adds `ip` as a host address (/32 or /128) to interface `index`; false if it was there.
     pub(crate) fn add_address(&mut self, index: u32, ip: IpAddr) -> io::Result<bool> {
-        let seq = self.next_seq();
-        let msg = message(
-            RTM_NEWADDR,
-            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-            seq,
-            &addr_body(index, ip),
-        );
-        match request(&self.socket, &msg, seq) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(EEXIST) => Ok(false),
-            Err(e) => Err(io::Error::new(
-                e.kind(),
-                format!("cannot add address {ip}: {e}"),
-            )),
-        }
+        let flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        self.address(RTM_NEWADDR, flags, index, ip, EEXIST, "add")
     }
 
     /// Removes the host address `ip` from interface `index`; false if it was not there.
     pub(crate) fn delete_address(&mut self, index: u32, ip: IpAddr) -> io::Result<bool> {
+        let flags = NLM_F_REQUEST | NLM_F_ACK;
+        self.address(RTM_DELADDR, flags, index, ip, EADDRNOTAVAIL, "remove")
+    }
+
+    /// One address request; `unchanged` is the errno meaning "already so" (false).
+    fn address(
+        &mut self,
+        kind: u16,
+        flags: u16,
+        index: u32,
+        ip: IpAddr,
+        unchanged: i32,
+        verb: &str,
+    ) -> io::Result<bool> {
         let seq = self.next_seq();
-        let msg = message(
-            RTM_DELADDR,
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq,
-            &addr_body(index, ip),
-        );
+        let msg = message(kind, flags, seq, &addr_body(index, ip));
         match request(&self.socket, &msg, seq) {
             Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(EADDRNOTAVAIL) => Ok(false),
+            Err(e) if e.raw_os_error() == Some(unchanged) => Ok(false),
             Err(e) => Err(io::Error::new(
                 e.kind(),
-                format!("cannot remove address {ip}: {e}"),
+                format!("cannot {verb} address {ip}: {e}"),
             )),
         }
     }

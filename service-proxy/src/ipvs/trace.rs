@@ -31,8 +31,7 @@ impl IpvsPlan {
             _ => return Verdict::NotHandled,
         };
         let (src, dst, port) = (packet.src, packet.dst, packet.dport);
-        let has =
-            |set: IpSet, entry: &str| self.ipsets.get(&set).is_some_and(|e| e.contains(entry));
+        let has = |set: IpSet, entry: &str| self.in_set(set, entry);
         let key = format!("{dst},{}:{port}", proto.as_str());
         let local = |ip: &IpAddr| {
             ip.is_loopback()
@@ -98,6 +97,11 @@ impl IpvsPlan {
         }
     }
 
+    /// Whether the plan puts `entry` into `set`.
+    fn in_set(&self, set: IpSet, entry: &str) -> bool {
+        self.ipsets.get(&set).is_some_and(|e| e.contains(entry))
+    }
+
     /// Whether nat `KUBE-SERVICES` marks the packet for masquerade.
     fn masquerade(
         &self,
@@ -107,8 +111,7 @@ impl IpvsPlan {
         key: &str,
         dst_local: bool,
     ) -> bool {
-        let has =
-            |set: IpSet, entry: &str| self.ipsets.get(&set).is_some_and(|e| e.contains(entry));
+        let has = |set: IpSet, entry: &str| self.in_set(set, entry);
         let src = packet.src;
         if src.is_loopback() {
             return false;
