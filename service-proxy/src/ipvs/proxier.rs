@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use service_core::snapshot::Snapshot;
 
-use super::diff::{IpvsChange, KernelState, diff};
+use super::diff::{IpvsChange, KernelState, ServiceKey, diff};
 use super::ipset;
 use super::model::IpvsProtocol;
 use super::plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
@@ -177,9 +177,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// The dump failed.
     pub fn kernel_state(&mut self) -> Result<KernelState, IpvsError> {
         let ipv6 = self.ipv6;
-        let mut state = self.ipvs.state()?;
-        state.retain(|(addr, _, _), _| addr.is_ipv6() == ipv6);
-        Ok(state)
+        self.ipvs.state(|vs| vs.addr.is_ipv6() == ipv6)
     }
 
     fn jumps_present(&mut self) -> Result<Vec<&'static Jump>, IpvsError> {
@@ -230,14 +228,19 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         let missing: Vec<&Jump> = JUMPS.iter().filter(|j| !present.contains(j)).collect();
         let input = rules::restore_input(&fixed, &missing);
         self.runner.restore(self.ipv6, &[input.as_bytes()])?;
-        // Virtual and real servers. Unplanned ones in the excluded ranges stay.
-        let mut state = self.kernel_state()?;
-        let planned: BTreeSet<(IpAddr, IpvsProtocol, u16)> = plan
+        // Virtual and real servers of this family; unplanned ones in the excluded ranges
+        // are left alone (not even read).
+        let planned: BTreeSet<ServiceKey> = plan
             .services
             .keys()
             .map(|vs| (vs.addr, vs.protocol, vs.port))
             .collect();
-        state.retain(|k, _| planned.contains(k) || !self.config.excluded(&k.0));
+        let (ipv6, config) = (self.ipv6, &self.config);
+        let state = self.ipvs.state(|vs| {
+            vs.addr.is_ipv6() == ipv6
+                && (planned.contains(&(vs.addr, vs.protocol, vs.port))
+                    || !config.excluded(&vs.addr))
+        })?;
         let changes = diff(&plan, &state);
         let mut failed = Vec::new();
         for change in &changes {

@@ -167,13 +167,17 @@ impl IpvsSocket {
         Ok(out)
     }
 
-    /// Every virtual server with its real servers.
+    /// The virtual servers `keep` accepts, with their real servers (only those are asked
+    /// for their real servers: one dump each).
     ///
     /// # Errors
     /// A dump failed.
-    pub fn state(&mut self) -> Result<KernelState, IpvsError> {
+    pub fn state(
+        &mut self,
+        keep: impl Fn(&VirtualServer) -> bool,
+    ) -> Result<KernelState, IpvsError> {
         let mut state = KernelState::new();
-        for vs in self.services()? {
+        for vs in self.services()?.into_iter().filter(|vs| keep(vs)) {
             let dests = self.dests(&vs)?;
             state.insert((vs.addr, vs.protocol, vs.port), (vs, dests));
         }
