@@ -64,6 +64,7 @@ fn iptables_goldens() {
 }
 
 #[test]
+#[cfg(feature = "nftables")]
 fn nftables_goldens() {
     use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
     goldens("nftables", "# ---- ip6 ----\n", |proxy, snapshot, ipv6| {
@@ -75,6 +76,7 @@ fn nftables_goldens() {
 }
 
 #[test]
+#[cfg(feature = "ipvs")]
 fn ipvs_goldens() {
     use service_proxy::ipvs::{IpvsConfig, IpvsPlan, ipvs_text};
     goldens("ipvs", "# ---- IPv6 ----\n", |proxy, snapshot, ipv6| {
