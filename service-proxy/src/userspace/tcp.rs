@@ -4,12 +4,16 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
-use nix::sys::socket::{Shutdown, shutdown};
+use nix::sys::socket::{
+    self, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, shutdown, sockopt,
+};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -32,7 +36,7 @@ pub(crate) async fn serve(
                 tokio::spawn(connection(client, peer, Arc::clone(&balancer), bulk_buffer));
             }
             // Out of file descriptors and the like: back off a little rather than spin.
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
 }
@@ -54,15 +58,53 @@ async fn connection(
         let Some(endpoint) = endpoint else {
             return;
         };
-        match tokio::time::timeout(timeout, TcpStream::connect(endpoint)).await {
-            Ok(Ok(backend)) => {
-                // The client side inherited TCP_NODELAY from the listener.
-                let _ = backend.set_nodelay(true);
-                relay(client, backend, bulk_buffer).await;
-                return;
-            }
-            _ => retry = true,
+        // The client side inherited TCP_NODELAY from the listener; `dial` sets it on the
+        // backend side.
+        if let Ok(backend) = dial(endpoint, timeout).await {
+            relay(client, backend, bulk_buffer).await;
+            return;
         }
+        retry = true;
+    }
+}
+
+/// Connects to `endpoint` (with TCP_NODELAY) within `timeout`.
+///
+/// To an endpoint on this node (loopback, a pod behind a veth pair) the handshake is
+/// usually over when `connect(2)` returns, and a second `connect` says so: 0 once
+/// established, the error once refused (`EALREADY` while in progress). Then no timer is
+/// armed and no readiness event awaited: each such connection saves tokio's timer wakeup
+/// (an eventfd write and an extra `epoll_wait`) and the `SO_ERROR` read. Otherwise it waits
+/// for writability, as `TcpStream::connect` would, bounded by `timeout`.
+async fn dial(endpoint: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let family = if endpoint.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = socket::socket(family, SockType::Stream, flags, None)?;
+    let _ = socket::setsockopt(&fd, sockopt::TcpNoDelay, &true);
+    let addr = SockaddrStorage::from(endpoint);
+    let done = match socket::connect(fd.as_raw_fd(), &addr) {
+        Ok(()) => true,
+        Err(Errno::EINPROGRESS) => match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) | Err(Errno::EISCONN) => true,
+            Err(Errno::EALREADY | Errno::EINPROGRESS) => false,
+            Err(e) => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    if done {
+        return Ok(stream);
+    }
+    tokio::time::timeout(timeout, stream.writable())
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => Ok(stream),
     }
 }
 
@@ -70,10 +112,24 @@ async fn connection(
 /// half-close; an error closes both connections.
 /// Both sockets should have TCP_NODELAY: small exchanges go out at once.
 pub(crate) async fn relay(a: TcpStream, b: TcpStream, bulk_buffer: Option<usize>) {
-    let (x, y) = tokio::join!(pump(&a, &b, bulk_buffer), pump(&b, &a, bulk_buffer));
+    let ended = AtomicBool::new(false);
+    let (x, y) = tokio::join!(
+        pump(&a, &b, bulk_buffer, &ended),
+        pump(&b, &a, bulk_buffer, &ended)
+    );
     if x.is_err() || y.is_err() {
-        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&a), Shutdown::Both);
-        let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(&b), Shutdown::Both);
+        let _ = shutdown(a.as_raw_fd(), Shutdown::Both);
+        let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
+    }
+}
+
+/// Passes the end of `src`'s stream on as a half-close of `dst`, unless the other
+/// direction has ended already (`ended`): then both sockets are closed next, and closing
+/// sends the FIN (a FIN, not a reset: both directions were read to their end). One
+/// `shutdown(2)` fewer per connection.
+fn half_close(dst: &TcpStream, ended: &AtomicBool) {
+    if !ended.swap(true, Ordering::Relaxed) {
+        let _ = shutdown(dst.as_raw_fd(), Shutdown::Write);
     }
 }
 
@@ -89,9 +145,15 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 /// request/response exchanges never pay for the pipes).
 const COPY_BUFFER: usize = 16 << 10;
 
-/// Moves everything `src` sends to `dst`, then half-closes `dst`. Starts by copying
-/// through a small buffer; the first read that fills it switches to `splice` for the rest.
-async fn pump(src: &TcpStream, dst: &TcpStream, bulk_buffer: Option<usize>) -> io::Result<u64> {
+/// Moves everything `src` sends to `dst`, then half-closes `dst` (see [`half_close`]).
+/// Starts by copying through a small buffer; the first read that fills it switches to
+/// `splice` for the rest.
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    bulk_buffer: Option<usize>,
+    ended: &AtomicBool,
+) -> io::Result<u64> {
     // Read into spare capacity: no zeroing per connection.
     let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
     let mut total = 0u64;
@@ -100,7 +162,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bulk_buffer: Option<usize>) -> i
         buf.clear();
         let n = match src.try_read_buf(&mut buf) {
             Ok(0) => {
-                let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(dst), Shutdown::Write);
+                half_close(dst, ended);
                 return Ok(total);
             }
             Ok(n) => n,
@@ -118,7 +180,7 @@ async fn pump(src: &TcpStream, dst: &TcpStream, bulk_buffer: Option<usize>) -> i
         }
         total += n as u64;
         if n == COPY_BUFFER {
-            return splice_rest(src, dst, total, bulk_buffer).await;
+            return splice_rest(src, dst, total, bulk_buffer, ended).await;
         }
     }
 }
@@ -132,11 +194,12 @@ async fn splice_rest(
     dst: &TcpStream,
     mut total: u64,
     bulk_buffer: Option<usize>,
+    ended: &AtomicBool,
 ) -> io::Result<u64> {
     if let Some(size) = bulk_buffer {
         // Best effort: the kernel may refuse, and the relay works either way.
-        let _ = nix::sys::socket::setsockopt(src, nix::sys::socket::sockopt::RcvBuf, &size);
-        let _ = nix::sys::socket::setsockopt(dst, nix::sys::socket::sockopt::SndBuf, &size);
+        let _ = socket::setsockopt(src, sockopt::RcvBuf, &size);
+        let _ = socket::setsockopt(dst, sockopt::SndBuf, &size);
     }
     let (pr, pw) = pipe()?;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
@@ -163,6 +226,43 @@ async fn splice_rest(
         }
         total += n as u64;
     }
-    let _ = shutdown(std::os::fd::AsRawFd::as_raw_fd(dst), Shutdown::Write);
+    half_close(dst, ended);
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn dial_connects_over_both_families_and_reports_refusal() {
+        let rt = runtime();
+        for ip in ["127.0.0.1", "::1"] {
+            let Ok(listener) = std::net::TcpListener::bind((ip, 0)) else {
+                // No IPv6 loopback on this machine.
+                continue;
+            };
+            let addr = listener.local_addr().expect("addr");
+            let stream = rt
+                .block_on(dial(addr, Duration::from_secs(2)))
+                .expect("dial");
+            assert_eq!(stream.peer_addr().expect("peer"), addr);
+            assert!(stream.nodelay().expect("nodelay"), "{ip}: TCP_NODELAY");
+            drop(listener);
+            // Nothing listens there now: refused at once, not after the timeout.
+            let started = Instant::now();
+            let err = rt
+                .block_on(dial(addr, Duration::from_secs(2)))
+                .expect_err("refused");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{ip}: {err}");
+            assert!(started.elapsed() < Duration::from_secs(1));
+        }
+    }
 }
