@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use nix::sys::socket::{
-    self, AddressFamily, Shutdown, SockFlag, SockType, SockaddrStorage, shutdown, sockopt,
+    self, AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrStorage, shutdown, sockopt,
 };
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
@@ -169,20 +169,37 @@ async fn pump(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
-        let mut sent = 0;
-        while sent < n {
-            dst.writable().await?;
-            match dst.try_write(&buf[sent..n]) {
-                Ok(m) => sent += m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
-        }
+        write_all(dst, &buf[..n]).await?;
         total += n as u64;
         if n == COPY_BUFFER {
             return splice_rest(src, dst, total, bulk_buffer, ended).await;
         }
     }
+}
+
+/// Writes all of `data` to `dst`: straight to the socket first, then as tokio reports
+/// room. A connection `dial` just made has room, but tokio learns that only from its
+/// first event: waiting for it put a whole `epoll_wait` round (and whatever else that
+/// round brought) between a client's first bytes and their forwarding.
+async fn write_all(dst: &TcpStream, data: &[u8]) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < data.len() {
+        match socket::send(dst.as_raw_fd(), &data[sent..], MsgFlags::MSG_NOSIGNAL) {
+            Ok(m) => sent += m,
+            Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    while sent < data.len() {
+        dst.writable().await?;
+        match dst.try_write(&data[sent..]) {
+            Ok(m) => sent += m,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Moves the rest with `splice(2)` through a pipe, then half-closes `dst`. With
@@ -264,5 +281,51 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{ip}: {err}");
             assert!(started.elapsed() < Duration::from_secs(1));
         }
+    }
+
+    /// Small, spaced writes into a backend with small buffers that does not read at first:
+    /// the relay's copying sends run into a full send buffer (and wait for room), then
+    /// everything arrives, in order, followed by the end of stream.
+    #[test]
+    fn relay_waits_for_room_and_loses_nothing() {
+        use std::io::{Read, Write};
+        const TOTAL: usize = 2 << 20;
+        let rt = runtime();
+        let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        // Accepted sockets inherit it: a small window keeps the relay's sends queued.
+        socket::setsockopt(&backend, sockopt::RcvBuf, &4096).expect("SO_RCVBUF");
+        let backend_addr = backend.local_addr().expect("addr");
+        let reader = std::thread::spawn(move || {
+            let (mut c, _) = backend.accept().expect("accept");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut got = Vec::with_capacity(TOTAL);
+            c.read_to_end(&mut got).expect("read");
+            got
+        });
+        let front = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+        let front_addr = front.local_addr().expect("addr");
+        let writer = std::thread::spawn(move || {
+            let mut c = std::net::TcpStream::connect(front_addr).expect("connect");
+            let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+            // Spaced out, so that the relay reads them one by one (and keeps copying).
+            for chunk in data.chunks(1000) {
+                c.write_all(chunk).expect("write");
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        });
+        // A small send buffer on the relay's backend side (no autotuning up to MiBs).
+        let backend = std::net::TcpStream::connect(backend_addr).expect("connect");
+        socket::setsockopt(&backend, sockopt::SndBuf, &4096).expect("SO_SNDBUF");
+        backend.set_nonblocking(true).expect("nonblocking");
+        rt.block_on(async {
+            let (client, _) = front.accept().await.expect("accept");
+            let backend = TcpStream::from_std(backend).expect("register");
+            relay(client, backend, None).await;
+        });
+        writer.join().expect("writer");
+        let got = reader.join().expect("reader");
+        assert_eq!(got.len(), TOTAL);
+        assert!(got.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8));
     }
 }
