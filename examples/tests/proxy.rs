@@ -287,6 +287,8 @@ fn proxy_daemon_ipvs_in_uml() {
     let (ok, log) = terminate(child);
     assert!(ok, "{log}");
     assert!(log.contains("sync 1: full"), "{log}");
+    // The endpoint change: a partial sync (the table as sync 1 left it, plus one dump).
+    assert!(log.contains("sync 2: partial"), "{log}");
     assert!(log.contains("virtual servers"), "{log}");
     assert!(log.contains("stopped: rules removed"), "{log}");
     assert!(!ipvs(&ns).contains("-A"), "virtual servers left behind");

@@ -330,6 +330,9 @@ fn ipvs_in_uml() {
     assert_eq!(dests[0].server.addr.ip(), common::ip(kept));
     passed("draining");
 
+    // Between full syncs a sync reads only what decides a drain: nothing, here.
+    let report = proxier.sync(&snap2).expect("sync");
+    assert!(!report.full && report.changes == 0, "{report:?}");
     // A virtual server deleted behind our back is restored by the next sync.
     let state = proxier.kernel_state().unwrap();
     let (web, _) = state[&(common::ip("10.96.0.10"), IpvsProtocol::Tcp, 80)].clone();
@@ -342,10 +345,22 @@ fn ipvs_in_uml() {
         Reached::Server("web-0".into(), env.topo.pods[env.client_pod].ip)
     );
     let report = proxier.sync(&snap2).expect("resync");
+    assert!(!report.full, "{report:?}");
     assert_eq!(
         report.changes, 4,
         "the service and its three real servers: {report:?}"
     );
+    assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
+    // A real server deleted behind our back is restored by the next full sync.
+    let state = proxier.kernel_state().unwrap();
+    let (web, dests) = state[&(common::ip("10.96.0.10"), IpvsProtocol::Tcp, 80)].clone();
+    proxier
+        .ipvs_mut()
+        .apply(&IpvsChange::DeleteDest(web, dests[0].server.clone()))
+        .expect("delete a real server");
+    proxier.force_full();
+    let report = proxier.sync(&snap2).expect("full resync");
+    assert!(report.full && report.changes == 1, "{report:?}");
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     passed("resync");
 

@@ -12,10 +12,11 @@
 //! One IP family per process: the family of the first `--node-ip` (or `--ip-family`).
 //!
 //! `--backend ipvs --apply` checks that the kernel has IPVS and the scheduler and, as
-//! kube-proxy did, falls back to the iptables backend with a warning when it has not. IPVS
-//! syncs are always full (a diff against the kernel's table); a drained real server is
-//! deleted by the first sync after its connections are gone (at the latest the next
-//! periodic resync).
+//! kube-proxy did, falls back to the iptables backend with a warning when it has not. An
+//! IPVS sync diffs against the kernel's table: read whole by full syncs (the first, the
+//! periodic ones, any after a refused change), in between trusted as the last sync left it
+//! (partial syncs read only the real servers of virtual servers losing some). A drained
+//! real server is deleted by the first sync after its connections are gone.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -263,13 +264,21 @@ impl<C: ConntrackCleaner> Backend for Ipvs<C> {
     fn sync(&mut self, snapshot: &Snapshot) -> Result<Done, String> {
         let r = self.0.sync(snapshot).map_err(|e| e.to_string())?;
         Ok(Done {
-            kind: SyncKind::Full,
+            kind: if r.full {
+                SyncKind::Full
+            } else {
+                SyncKind::Partial
+            },
             changed: r.changes,
             detail: format!(
                 "{} virtual servers, {} IPVS changes, {} real servers draining, {} addresses bound, {} unbound, {} conntrack entries cleared",
                 r.services, r.changes, r.draining, r.bound, r.unbound, r.conntrack_deleted
             ),
         })
+    }
+
+    fn force_full(&mut self) {
+        self.0.force_full();
     }
 
     fn cleanup(&mut self) -> Result<(), String> {

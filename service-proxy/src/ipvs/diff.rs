@@ -110,6 +110,66 @@ pub fn diff(plan: &IpvsPlan, kernel: &KernelState) -> Vec<IpvsChange> {
     out
 }
 
+/// The virtual servers of `known` (the table as the last sync left it) whose real servers
+/// must be read again before diffing against `plan`: those with a real server the plan
+/// does not want, as only the kernel's current connection counts tell whether to drain or
+/// delete it. The counts of every other real server play no part in [`diff`].
+pub fn to_refresh(plan: &IpvsPlan, known: &KernelState) -> Vec<ServiceKey> {
+    plan.services
+        .iter()
+        .filter_map(|(vs, servers)| {
+            let (_, dests) = known.get(&key(vs))?;
+            dests
+                .iter()
+                .any(|d| !servers.iter().any(|rs| rs.addr == d.server.addr))
+                .then(|| key(vs))
+        })
+        .collect()
+}
+
+/// Records in `state` a change the kernel accepted, as the kernel reports it afterwards
+/// (virtual servers `HASHED`; new real servers without connections; a re-weighted one
+/// keeps its counts).
+pub fn record(state: &mut KernelState, change: &IpvsChange) {
+    match change {
+        IpvsChange::AddService(vs) => {
+            let mut kvs = vs.clone();
+            kvs.flags |= FLAG_HASHED;
+            state.insert(key(vs), (kvs, Vec::new()));
+        }
+        IpvsChange::UpdateService(vs) => {
+            if let Some((kvs, _)) = state.get_mut(&key(vs)) {
+                *kvs = vs.clone();
+                kvs.flags |= FLAG_HASHED;
+            }
+        }
+        IpvsChange::DeleteService(vs) => {
+            state.remove(&key(vs));
+        }
+        IpvsChange::AddDest(vs, rs) => {
+            if let Some((_, dests)) = state.get_mut(&key(vs)) {
+                dests.push(KernelDest {
+                    server: rs.clone(),
+                    active: 0,
+                    inactive: 0,
+                });
+            }
+        }
+        IpvsChange::UpdateDest(vs, rs) => {
+            if let Some((_, dests)) = state.get_mut(&key(vs)) {
+                for d in dests.iter_mut().filter(|d| d.server.addr == rs.addr) {
+                    d.server = rs.clone();
+                }
+            }
+        }
+        IpvsChange::DeleteDest(vs, rs) => {
+            if let Some((_, dests)) = state.get_mut(&key(vs)) {
+                dests.retain(|d| d.server.addr != rs.addr);
+            }
+        }
+    }
+}
+
 /// The kernel state a plan leaves when fully applied (no connections): for tests and
 /// benchmarks.
 pub fn applied(plan: &IpvsPlan) -> KernelState {
@@ -237,5 +297,55 @@ mod tests {
                 IpvsChange::DeleteService(gone)
             ]
         );
+    }
+
+    /// `record` models the kernel: the changes of a diff, recorded, leave a state the plan
+    /// needs nothing more from; only virtual servers with real servers the plan does not
+    /// want are read again.
+    #[test]
+    fn recorded_changes_reach_the_plan_and_only_leavers_are_read_again() {
+        let (a, b, c) = (
+            vs("10.0.0.1", IpvsProtocol::Tcp),
+            vs("10.0.0.2", IpvsProtocol::Udp),
+            vs("10.0.0.3", IpvsProtocol::Tcp),
+        );
+        let before = plan(&[
+            (a.clone(), &["10.1.0.1:80", "10.1.0.2:80"]),
+            (b.clone(), &["10.1.0.1:53"]),
+        ]);
+        let mut sticky = b;
+        sticky.flags = FLAG_PERSISTENT;
+        sticky.timeout = 60;
+        let mut after = plan(&[
+            (a.clone(), &["10.1.0.1:80"]),
+            (sticky, &["10.1.0.1:53", "10.1.0.3:53"]),
+            (c, &["10.1.0.4:80"]),
+        ]);
+        // A re-weighted real server, too.
+        let servers = after.services.get_mut(&a).unwrap();
+        let mut reweighted = servers.pop_first().unwrap();
+        reweighted.weight = 5;
+        servers.insert(reweighted);
+        let mut state = applied(&before);
+        assert_eq!(to_refresh(&after, &state), vec![key(&a)]);
+        // The leaving TCP server has a connection: it drains, and stays to be read again.
+        state.get_mut(&key(&a)).unwrap().1[1].active = 1;
+        for change in diff(&after, &state) {
+            record(&mut state, &change);
+        }
+        assert_eq!(diff(&after, &state), vec![]);
+        assert_eq!(to_refresh(&after, &state), vec![key(&a)]);
+        let dests = &state[&key(&a)].1;
+        assert_eq!(
+            (dests.len(), dests[0].server.weight, dests[1].server.weight),
+            (2, 5, 0)
+        );
+        // Its connection gone, the next diff deletes it; then the state is the plan's.
+        state.get_mut(&key(&a)).unwrap().1[1].active = 0;
+        for change in diff(&after, &state) {
+            record(&mut state, &change);
+        }
+        assert_eq!(state, applied(&after));
+        assert_eq!(to_refresh(&after, &state), vec![]);
     }
 }

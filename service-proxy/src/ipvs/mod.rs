@@ -16,7 +16,9 @@ pub mod rules;
 mod socket;
 mod trace;
 
-pub use diff::{IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff};
+pub use diff::{
+    IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff, record, to_refresh,
+};
 pub use model::{
     FLAG_HASHED, FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2, Forward, IpvsProtocol, RealServer,
     Scheduler, VirtualServer,

@@ -3,7 +3,8 @@
 //! sysctls; each sync binds the virtual addresses to `kube-ipvs0`, brings the ipsets and
 //! the fixed iptables rules in step, then diffs the kernel's virtual servers against the
 //! plan and sends only the differences (IPVS has no transactions: each change is its own
-//! request). Removed TCP real servers with connections are drained at weight 0 and deleted
+//! request). Real servers are read on the first sync and when forced; in between, a
+//! sync trusts them as it left them and reads only those that decide a drain. Removed TCP real servers with connections are drained at weight 0 and deleted
 //! by a later sync once their connections are gone.
 
 use std::collections::BTreeSet;
@@ -13,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use service_core::snapshot::Snapshot;
 
-use super::diff::{IpvsChange, KernelState, ServiceKey, diff};
+use super::diff::{IpvsChange, KernelState, ServiceKey, diff, record, to_refresh};
 use super::ipset;
-use super::model::IpvsProtocol;
+use super::model::{IpvsProtocol, VirtualServer};
 use super::plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
 use super::rules::{self, JUMPS, Jump};
 use super::socket::{IpvsError, IpvsSocket};
@@ -51,6 +52,10 @@ pub struct IpvsSyncReport {
     pub services: usize,
     /// Stale UDP conntrack entries deleted (see [`IpvsProxier::with_conntrack`]).
     pub conntrack_deleted: usize,
+    /// Whether every virtual server's real servers were read (the first sync, after a
+    /// refused change, or after [`IpvsProxier::force_full`]); otherwise only those of
+    /// virtual servers losing real servers were (see [`IpvsProxier::sync`]).
+    pub full: bool,
 }
 
 /// The IPVS backend bound to one network namespace and IP family.
@@ -64,6 +69,11 @@ pub struct IpvsProxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
     conntrack: C,
     /// The last snapshot fully applied, for the conntrack filters of the next sync.
     last: Option<Snapshot>,
+    /// The IPVS table of this family as the last sync left it, when that sync's every
+    /// change was accepted: the next sync takes real servers from it instead of reading
+    /// each virtual server's. `None` makes the next sync read them all
+    /// (see [`IpvsProxier::force_full`]).
+    known: Option<KernelState>,
 }
 
 /// The sysctls of `IpvsConfig::strict_arp`.
@@ -140,6 +150,7 @@ impl<R: Runner> IpvsProxier<R> {
             runner,
             conntrack: NoConntrack,
             last: None,
+            known: None,
         })
     }
 
@@ -156,6 +167,7 @@ impl<R: Runner> IpvsProxier<R> {
             runner: self.runner,
             conntrack,
             last: self.last,
+            known: self.known,
         }
     }
 }
@@ -180,6 +192,14 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         self.ipvs.state(|vs| vs.addr.is_ipv6() == ipv6)
     }
 
+    /// Makes the next sync read every real server again, so that it also repairs real
+    /// servers others changed (call it periodically, as the `proxy` daemon does every
+    /// `--sync-period`, and after changing real servers through
+    /// [`IpvsProxier::ipvs_mut`]). Virtual servers are read by every sync.
+    pub fn force_full(&mut self) {
+        self.known = None;
+    }
+
     fn jumps_present(&mut self) -> Result<Vec<&'static Jump>, IpvsError> {
         let nat = self.runner.save(self.ipv6, Table::Nat)?;
         let filter = self.runner.save(self.ipv6, Table::Filter)?;
@@ -198,6 +218,15 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
 
     /// Brings the node to the plan for `snapshot`. Every step runs even when an IPVS
     /// change is refused; the error then names the first refusal (the next sync retries).
+    ///
+    /// The first sync reads the whole IPVS table: the virtual servers, then each one's
+    /// real servers (a dump each, as kube-proxy does on every sync). Later ones read the
+    /// virtual servers (so virtual servers others added, deleted or changed are repaired
+    /// at once) but take the real servers from the table as the previous sync left it,
+    /// reading only those of virtual servers that lose some or that it did not know: at
+    /// 10k services one endpoint changed costs two dumps, not ten thousand. Real servers
+    /// others changed are repaired by the next sync after [`IpvsProxier::force_full`], or
+    /// after any refused change.
     ///
     /// # Errors
     /// The dummy interface, ipsets or iptables rules could not be set up, or IPVS refused
@@ -236,20 +265,32 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
             .map(|vs| (vs.addr, vs.protocol, vs.port))
             .collect();
         let (ipv6, config) = (self.ipv6, &self.config);
-        let state = self.ipvs.state(|vs| {
+        let keep = |vs: &VirtualServer| {
             vs.addr.is_ipv6() == ipv6
                 && (planned.contains(&(vs.addr, vs.protocol, vs.port))
                     || !config.excluded(&vs.addr))
-        })?;
+        };
+        let known = self.known.take();
+        report.full = known.is_none();
+        let mut state = match known {
+            Some(known) => refresh(&mut self.ipvs, &plan, known, keep)?,
+            None => self.ipvs.state(keep)?,
+        };
         let changes = diff(&plan, &state);
         let mut failed = Vec::new();
+        report.draining = draining(&plan, &state, &changes);
         for change in &changes {
             match self.ipvs.apply(change) {
-                Ok(()) => report.changes += 1,
+                Ok(()) => {
+                    report.changes += 1;
+                    record(&mut state, change);
+                }
                 Err(e) => failed.push(e),
             }
         }
-        report.draining = draining(&plan, &state, &changes);
+        if failed.is_empty() {
+            self.known = Some(state);
+        }
         let family = if self.ipv6 {
             IpFamily::Ipv6
         } else {
@@ -329,6 +370,30 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
 }
 
 /// Removed TCP real servers left at weight 0 with connections after `changes`.
+/// The kernel's table for a sync after one that left `known`: the virtual servers as the
+/// kernel lists them now (one dump: what others added, deleted or changed shows), with the
+/// real servers `known` has for them, except where they must be read (the virtual servers
+/// `known` lacks, and those losing real servers: their connection counts decide between
+/// draining and deleting).
+fn refresh(
+    ipvs: &mut IpvsSocket,
+    plan: &IpvsPlan,
+    mut known: KernelState,
+    keep: impl Fn(&VirtualServer) -> bool,
+) -> Result<KernelState, IpvsError> {
+    let reread: BTreeSet<ServiceKey> = to_refresh(plan, &known).into_iter().collect();
+    let mut state = KernelState::new();
+    for vs in ipvs.services()?.into_iter().filter(|vs| keep(vs)) {
+        let key = (vs.addr, vs.protocol, vs.port);
+        let dests = match known.remove(&key) {
+            Some((_, dests)) if !reread.contains(&key) => dests,
+            _ => ipvs.dests(&vs)?,
+        };
+        state.insert(key, (vs, dests));
+    }
+    Ok(state)
+}
+
 fn draining(plan: &IpvsPlan, state: &KernelState, changes: &[IpvsChange]) -> usize {
     let deleted: BTreeSet<(IpAddr, u16, std::net::SocketAddr)> = changes
         .iter()
