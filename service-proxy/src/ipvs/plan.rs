@@ -74,7 +74,8 @@ const MAX_IPSET_NAME: usize = 31;
 pub enum IpSet {
     /// `KUBE-CLUSTER-IP` (hash:ip,port): every ClusterIP and port.
     ClusterIp,
-    /// `KUBE-LOOP-BACK` (hash:ip,port,ip): endpoint, port, endpoint, for hairpin masquerade.
+    /// `KUBE-LOOP-BACK` (hash:ip,port,ip): local endpoint, port, endpoint, for hairpin
+    /// masquerade.
     LoopBack,
     /// `KUBE-EXTERNAL-IP` (hash:ip,port).
     ExternalIp,
@@ -300,9 +301,12 @@ impl IpvsPlan {
         self.services.insert(vs(plan.cluster_ip, sp.port), internal);
         self.addresses.insert(plan.cluster_ip);
         set(self, IpSet::ClusterIp, entry(plan.cluster_ip, sp.port));
-        // Hairpin: an endpoint reaching itself.
-        for &i in &plan.selection.all_reachable {
-            let ep = &plan.endpoints[i as usize];
+        // Hairpin: an endpoint on this node reaching itself through the service. Only local
+        // ones, ready or not, as kube-proxy's `syncProxyRules` (pkg/proxy/ipvs/proxier.go:
+        // `if !ep.IsLocal() { continue }`): a pod elsewhere never comes through this node's
+        // IPVS to itself, and with every endpoint of a large cluster the set would outgrow
+        // its 65536 elements (100k endpoints: "Hash is full").
+        for ep in plan.endpoints.iter().filter(|ep| ep.is_local) {
             set(
                 self,
                 IpSet::LoopBack,
@@ -433,7 +437,7 @@ impl fmt::Display for IpvsPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trace::Packet;
+    use crate::trace::{Packet, Verdict};
     use service_testkit::fixtures;
 
     const SCTP: &str = "
@@ -487,5 +491,71 @@ endpoints:
             Protocol::Sctp,
         );
         assert!(plan.trace(&config, &packet).masquerade());
+    }
+
+    const HAIRPIN: &str = "
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: t}
+spec:
+  clusterIP: 10.96.0.40
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: t, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-n}
+- {addresses: [10.244.1.11], nodeName: node-n, conditions: {ready: false}}
+- {addresses: [10.244.2.10], nodeName: node-m}
+";
+
+    /// Surprise: `KUBE-LOOP-BACK` holds only the endpoints on this node, ready or not
+    /// (kube-proxy's pkg/proxy/ipvs/proxier.go, `syncProxyRules`: `if !ep.IsLocal()
+    /// { continue }` over every endpoint of the service port). A pod on another node
+    /// reaching itself through its own node's IPVS is that node's business.
+    #[test]
+    fn only_local_endpoints_are_hairpin_masqueraded() {
+        let snap = fixtures::snapshot(HAIRPIN, "node-n", &["192.168.0.2"]);
+        let config = IpvsConfig::new(ProxyConfig::default());
+        let plan = IpvsPlan::build(&config, &snap, false);
+        let entries: Vec<&str> = plan.ipsets[&IpSet::LoopBack]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                "10.244.1.10,tcp:8080,10.244.1.10",
+                "10.244.1.11,tcp:8080,10.244.1.11"
+            ]
+        );
+        let from = |src: &str| {
+            let packet = Packet::new(
+                src.parse().unwrap(),
+                "10.96.0.40".parse().unwrap(),
+                80,
+                Protocol::Tcp,
+            );
+            plan.trace(&config, &packet)
+        };
+        // The local endpoint reaching itself is masqueraded; reaching the other one is not.
+        let verdict = from("10.244.1.10");
+        let Verdict::Endpoints(dests) = &verdict else {
+            panic!("{verdict:?}")
+        };
+        let masqueraded: Vec<(String, bool)> = dests
+            .iter()
+            .map(|d| (d.endpoint.to_string(), d.masquerade))
+            .collect();
+        assert_eq!(
+            masqueraded,
+            [
+                ("10.244.1.10:8080".to_owned(), true),
+                ("10.244.2.10:8080".to_owned(), false)
+            ]
+        );
     }
 }

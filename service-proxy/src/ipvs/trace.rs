@@ -69,8 +69,18 @@ impl IpvsPlan {
                     rs.iter()
                         .map(|r| Destination {
                             endpoint: r.addr,
-                            // KUBE-LOOP-BACK: an endpoint reaching itself.
-                            masquerade: masq || r.addr.ip() == src,
+                            // KUBE-LOOP-BACK (`dst,dst,src`): a local endpoint
+                            // reaching itself.
+                            masquerade: masq
+                                || self.in_set(
+                                    IpSet::LoopBack,
+                                    &format!(
+                                        "{},{}:{},{src}",
+                                        r.addr.ip(),
+                                        proto.as_str(),
+                                        r.addr.port()
+                                    ),
+                                ),
                         })
                         .collect(),
                 )
