@@ -351,16 +351,25 @@ fn ipvs_in_uml() {
         "the service and its three real servers: {report:?}"
     );
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
-    // A real server deleted behind our back is restored by the next full sync.
+    // A real server and an ipset entry deleted behind our back are restored by the next
+    // full sync.
     let state = proxier.kernel_state().unwrap();
     let (web, dests) = state[&(common::ip("10.96.0.10"), IpvsProtocol::Tcp, 80)].clone();
     proxier
         .ipvs_mut()
         .apply(&IpvsChange::DeleteDest(web, dests[0].server.clone()))
         .expect("delete a real server");
+    let entry = ["KUBE-CLUSTER-IP", "10.96.0.10,tcp:80"];
+    node.exec_text("ipset", &["del", entry[0], entry[1]]);
+    let in_set = || {
+        node.exec_text("ipset", &["list", entry[0]])
+            .contains(entry[1])
+    };
+    assert!(!in_set());
     proxier.force_full();
     let report = proxier.sync(&snap2).expect("full resync");
     assert!(report.full && report.changes == 1, "{report:?}");
+    assert!(in_set(), "the ipset entry is back");
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     passed("resync");
 

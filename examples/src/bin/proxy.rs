@@ -13,9 +13,9 @@
 //!
 //! `--backend ipvs --apply` checks that the kernel has IPVS and the scheduler and, as
 //! kube-proxy did, falls back to the iptables backend with a warning when it has not. An
-//! IPVS sync diffs against the kernel's table: read whole by full syncs (the first, the
-//! periodic ones, any after a refused change), in between trusted as the last sync left it
-//! (partial syncs read only the real servers of virtual servers losing some). A drained
+//! IPVS sync diffs against the kernel: full syncs (the first, the periodic ones, any after
+//! a failure) read every ipset entry and real server; partial ones trust those as the last
+//! sync left them and read only the real servers of virtual servers losing some. A drained
 //! real server is deleted by the first sync after its connections are gone.
 
 use std::io::Write as _;

@@ -77,6 +77,23 @@ pub fn restore_input(
     out
 }
 
+/// This family's sets as `ipset save` shows them (entries normalized as [`parse_save`]
+/// keeps them) once the plan's restore went through: what the next sync can diff against
+/// without reading the kernel.
+pub fn applied(plan: &IpvsPlan, ipv6: bool) -> BTreeMap<String, BTreeSet<String>> {
+    IpSet::ALL
+        .iter()
+        .map(|set| {
+            let entries = plan
+                .ipsets
+                .get(set)
+                .map(|e| e.iter().map(|e| normalize(e)).collect())
+                .unwrap_or_default();
+            (set.name_for(ipv6), entries)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +155,24 @@ mod tests {
         );
         for set in IpSet::ALL {
             assert!(set.name_for(true).len() <= 31, "{set:?}");
+        }
+    }
+
+    /// What a restore leaves is what the next diff starts from: nothing more to do, for
+    /// either family, /32 sources included.
+    #[test]
+    fn applied_sets_need_no_restore() {
+        let mut plan = IpvsPlan::default();
+        plan.ipsets.insert(
+            IpSet::LoadBalancerSourceCidr,
+            ["203.0.113.7,tcp:80,192.0.2.1/32".to_owned()].into(),
+        );
+        plan.ipsets
+            .insert(IpSet::ClusterIp, ["10.96.0.1,tcp:443".to_owned()].into());
+        for ipv6 in [false, true] {
+            let sets = applied(&plan, ipv6);
+            assert_eq!(sets.len(), IpSet::ALL.len());
+            assert_eq!(restore_input(&plan, ipv6, &sets), "");
         }
     }
 }

@@ -3,11 +3,12 @@
 //! sysctls; each sync binds the virtual addresses to `kube-ipvs0`, brings the ipsets and
 //! the fixed iptables rules in step, then diffs the kernel's virtual servers against the
 //! plan and sends only the differences (IPVS has no transactions: each change is its own
-//! request). Real servers are read on the first sync and when forced; in between, a
-//! sync trusts them as it left them and reads only those that decide a drain. Removed TCP real servers with connections are drained at weight 0 and deleted
+//! request). Ipset entries and real servers are read on the first sync and when forced;
+//! in between, a sync trusts them as it left them and reads only the real servers that
+//! decide a drain. Removed TCP real servers with connections are drained at weight 0 and deleted
 //! by a later sync once their connections are gone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -52,9 +53,9 @@ pub struct IpvsSyncReport {
     pub services: usize,
     /// Stale UDP conntrack entries deleted (see [`IpvsProxier::with_conntrack`]).
     pub conntrack_deleted: usize,
-    /// Whether every virtual server's real servers were read (the first sync, after a
-    /// refused change, or after [`IpvsProxier::force_full`]); otherwise only those of
-    /// virtual servers losing real servers were (see [`IpvsProxier::sync`]).
+    /// Whether the ipsets and every virtual server's real servers were read (the first
+    /// sync, after a failure, or after [`IpvsProxier::force_full`]); otherwise only the
+    /// real servers of virtual servers losing some were (see [`IpvsProxier::sync`]).
     pub full: bool,
 }
 
@@ -69,11 +70,17 @@ pub struct IpvsProxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
     conntrack: C,
     /// The last snapshot fully applied, for the conntrack filters of the next sync.
     last: Option<Snapshot>,
-    /// The IPVS table of this family as the last sync left it, when that sync's every
-    /// change was accepted: the next sync takes real servers from it instead of reading
-    /// each virtual server's. `None` makes the next sync read them all
-    /// (see [`IpvsProxier::force_full`]).
-    known: Option<KernelState>,
+    /// What the last sync left in the kernel, when all of it went through: the next sync
+    /// diffs against it instead of reading every real server and ipset entry. `None`
+    /// makes the next sync read them all (see [`IpvsProxier::force_full`]).
+    known: Option<Known>,
+}
+
+/// This family's IPVS table and ipsets as a sync left them.
+#[derive(Debug)]
+struct Known {
+    table: KernelState,
+    sets: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// The sysctls of `IpvsConfig::strict_arp`.
@@ -192,10 +199,11 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         self.ipvs.state(|vs| vs.addr.is_ipv6() == ipv6)
     }
 
-    /// Makes the next sync read every real server again, so that it also repairs real
-    /// servers others changed (call it periodically, as the `proxy` daemon does every
-    /// `--sync-period`, and after changing real servers through
-    /// [`IpvsProxier::ipvs_mut`]). Virtual servers are read by every sync.
+    /// Makes the next sync read every real server and ipset entry again, so that it also
+    /// repairs what others changed there (call it periodically, as the `proxy` daemon does
+    /// every `--sync-period`, and after changing real servers through
+    /// [`IpvsProxier::ipvs_mut`]). Virtual servers, addresses and iptables rules are read
+    /// by every sync.
     pub fn force_full(&mut self) {
         self.known = None;
     }
@@ -219,14 +227,15 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// Brings the node to the plan for `snapshot`. Every step runs even when an IPVS
     /// change is refused; the error then names the first refusal (the next sync retries).
     ///
-    /// The first sync reads the whole IPVS table: the virtual servers, then each one's
-    /// real servers (a dump each, as kube-proxy does on every sync). Later ones read the
-    /// virtual servers (so virtual servers others added, deleted or changed are repaired
-    /// at once) but take the real servers from the table as the previous sync left it,
-    /// reading only those of virtual servers that lose some or that it did not know: at
-    /// 10k services one endpoint changed costs two dumps, not ten thousand. Real servers
-    /// others changed are repaired by the next sync after [`IpvsProxier::force_full`], or
-    /// after any refused change.
+    /// The first sync reads everything: `ipset save`, the virtual servers, then each
+    /// one's real servers (a dump each), as kube-proxy does on every sync. Later ones read
+    /// the virtual servers, the addresses and the iptables rules (what others changed there
+    /// is repaired at once) but take ipset entries and real servers from what the previous
+    /// sync left, reading only the real servers of virtual servers that lose some (their
+    /// connection counts decide between draining and deleting) or that it did not know:
+    /// at 10k services one endpoint changed costs two dumps, not ten thousand and an
+    /// `ipset save` of every entry. Ipset entries and real servers others changed are
+    /// repaired by the next sync after [`IpvsProxier::force_full`], or after any failure.
     ///
     /// # Errors
     /// The dummy interface, ipsets or iptables rules could not be set up, or IPVS refused
@@ -245,8 +254,16 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
                 report.bound += 1;
             }
         }
+        let (known_table, known_sets) = match self.known.take() {
+            Some(k) => (Some(k.table), Some(k.sets)),
+            None => (None, None),
+        };
+        report.full = known_table.is_none();
         // ipsets before the rules that name them.
-        let current = ipset::parse_save(&self.runner.ipset(&["save"], None)?);
+        let current = match known_sets {
+            Some(sets) => sets,
+            None => ipset::parse_save(&self.runner.ipset(&["save"], None)?),
+        };
         let input = ipset::restore_input(&plan, self.ipv6, &current);
         if !input.is_empty() {
             self.runner
@@ -270,9 +287,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
                 && (planned.contains(&(vs.addr, vs.protocol, vs.port))
                     || !config.excluded(&vs.addr))
         };
-        let known = self.known.take();
-        report.full = known.is_none();
-        let mut state = match known {
+        let mut state = match known_table {
             Some(known) => refresh(&mut self.ipvs, &plan, known, keep)?,
             None => self.ipvs.state(keep)?,
         };
@@ -289,7 +304,10 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
             }
         }
         if failed.is_empty() {
-            self.known = Some(state);
+            self.known = Some(Known {
+                table: state,
+                sets: ipset::applied(&plan, self.ipv6),
+            });
         }
         let family = if self.ipv6 {
             IpFamily::Ipv6
