@@ -470,5 +470,10 @@ fn ipvs_in_uml() {
     assert!(!sets.contains("KUBE-"), "{sets}");
     let rules = node.exec_text("iptables-legacy-save", &[]);
     assert!(!rules.contains("KUBE-"), "{rules}");
+    // A sync after cleanup starts from the kernel again and brings everything back.
+    let report = proxier.sync(&snap2).expect("sync after cleanup");
+    assert!(report.full, "{report:?}");
+    assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
+    proxier.cleanup().expect("cleanup again");
     passed("cleanup");
 }

@@ -347,6 +347,8 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// # Errors
     /// A removal failed.
     pub fn cleanup(&mut self) -> Result<(), IpvsError> {
+        // What the last sync left is going: a later sync starts from the kernel again.
+        self.known = None;
         for (vs, _) in self.kernel_state()?.into_values() {
             if !self.config.excluded(&vs.addr) {
                 self.ipvs.apply(&IpvsChange::DeleteService(vs))?;
