@@ -210,6 +210,12 @@ fn udp_sessions_stick_and_expire() {
     for i in 0..5 {
         assert_eq!(ask(&client, &i.to_string()), format!("{backend} {i}"));
     }
+    // Traffic keeps it open past the timeout (250 ms): a datagram every 60 ms for 480 ms
+    // stays on the same endpoint (a new session would get the next one).
+    for i in 0..8 {
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(ask(&client, &format!("k{i}")), format!("{backend} k{i}"));
+    }
     // Another client starts its own session: the next endpoint, round robin.
     let other = UdpSocket::bind("127.0.0.1:0").unwrap();
     other

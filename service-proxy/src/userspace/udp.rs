@@ -83,21 +83,32 @@ async fn open(
     );
     tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        // One timer per idle period, not one per datagram: when it fires, the session
+        // closes if nothing passed since, or waits out the rest of the period after the
+        // last datagram.
+        let expiry = tokio::time::sleep(idle);
+        tokio::pin!(expiry);
         loop {
-            match tokio::time::timeout(idle, s.upstream.recv(&mut buf)).await {
-                Ok(Ok(n)) => {
-                    s.last.store(millis(epoch), Ordering::Relaxed);
-                    let _ = socket.send_to(&buf[..n], client).await;
+            tokio::select! {
+                received = s.upstream.recv(&mut buf) => {
+                    // An error (an ICMP port unreachable, say) ends nothing: the idle
+                    // timeout does.
+                    if let Ok(n) = received {
+                        s.last.store(millis(epoch), Ordering::Relaxed);
+                        let _ = socket.send_to(&buf[..n], client).await;
+                    }
                 }
-                // Quiet for a whole timeout: close unless the client spoke meanwhile.
-                _ => {
-                    let quiet = millis(epoch).saturating_sub(s.last.load(Ordering::Relaxed));
-                    if u128::from(quiet) >= idle.as_millis() {
+                () = &mut expiry => {
+                    let quiet = Duration::from_millis(
+                        millis(epoch).saturating_sub(s.last.load(Ordering::Relaxed)),
+                    );
+                    if quiet >= idle {
                         if let Ok(mut all) = sessions.lock() {
                             all.remove(&client);
                         }
                         return;
                     }
+                    expiry.as_mut().reset(tokio::time::Instant::now() + (idle - quiet));
                 }
             }
         }
