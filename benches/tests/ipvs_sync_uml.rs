@@ -27,10 +27,7 @@ fn ipvs_sync_times() {
         return;
     }
     let console = uml::run_inside("ipvs_sync_times_in_uml", Duration::from_secs(3600));
-    for line in console
-        .lines()
-        .filter(|l| l.contains(MARK) || l.contains("PHASE"))
-    {
+    for line in console.lines().filter(|l| l.contains(MARK)) {
         println!("{}", line.trim());
     }
 }
