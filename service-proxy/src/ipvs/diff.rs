@@ -110,21 +110,36 @@ pub fn diff(plan: &IpvsPlan, kernel: &KernelState) -> Vec<IpvsChange> {
     out
 }
 
+/// The real servers of `state` that `plan` does not want, with their (planned) virtual
+/// server.
+fn leaving<'a>(
+    plan: &'a IpvsPlan,
+    state: &'a KernelState,
+) -> impl Iterator<Item = (&'a VirtualServer, &'a KernelDest)> {
+    plan.services.iter().flat_map(move |(vs, servers)| {
+        let dests = state.get(&key(vs)).map(|(_, d)| d.as_slice());
+        dests
+            .unwrap_or_default()
+            .iter()
+            .filter(|d| !servers.iter().any(|rs| rs.addr == d.server.addr))
+            .map(move |d| (vs, d))
+    })
+}
+
 /// The virtual servers of `known` (the table as the last sync left it) whose real servers
 /// must be read again before diffing against `plan`: those with a real server the plan
 /// does not want, as only the kernel's current connection counts tell whether to drain or
 /// delete it. The counts of every other real server play no part in [`diff`].
-pub fn to_refresh(plan: &IpvsPlan, known: &KernelState) -> Vec<ServiceKey> {
-    plan.services
-        .iter()
-        .filter_map(|(vs, servers)| {
-            let (_, dests) = known.get(&key(vs))?;
-            dests
-                .iter()
-                .any(|d| !servers.iter().any(|rs| rs.addr == d.server.addr))
-                .then(|| key(vs))
-        })
-        .collect()
+pub fn to_refresh(plan: &IpvsPlan, known: &KernelState) -> BTreeSet<ServiceKey> {
+    leaving(plan, known).map(|(vs, _)| key(vs)).collect()
+}
+
+/// Removed TCP real servers still in `state` (drained at weight 0, connections left) once
+/// the changes of [`diff`] are in it.
+pub fn draining(plan: &IpvsPlan, state: &KernelState) -> usize {
+    leaving(plan, state)
+        .filter(|(vs, _)| vs.protocol == IpvsProtocol::Tcp)
+        .count()
 }
 
 /// Records in `state` a change the kernel accepted, as the kernel reports it afterwards
@@ -173,22 +188,11 @@ pub fn record(state: &mut KernelState, change: &IpvsChange) {
 /// The kernel state a plan leaves when fully applied (no connections): for tests and
 /// benchmarks.
 pub fn applied(plan: &IpvsPlan) -> KernelState {
-    plan.services
-        .iter()
-        .map(|(vs, servers)| {
-            let mut kvs = vs.clone();
-            kvs.flags |= FLAG_HASHED;
-            let dests = servers
-                .iter()
-                .map(|rs| KernelDest {
-                    server: rs.clone(),
-                    active: 0,
-                    inactive: 0,
-                })
-                .collect();
-            (key(vs), (kvs, dests))
-        })
-        .collect()
+    let mut state = KernelState::new();
+    for change in diff(plan, &KernelState::new()) {
+        record(&mut state, &change);
+    }
+    state
 }
 
 #[cfg(test)]
@@ -327,14 +331,14 @@ mod tests {
         reweighted.weight = 5;
         servers.insert(reweighted);
         let mut state = applied(&before);
-        assert_eq!(to_refresh(&after, &state), vec![key(&a)]);
+        assert_eq!(to_refresh(&after, &state), BTreeSet::from([key(&a)]));
         // The leaving TCP server has a connection: it drains, and stays to be read again.
         state.get_mut(&key(&a)).unwrap().1[1].active = 1;
         for change in diff(&after, &state) {
             record(&mut state, &change);
         }
         assert_eq!(diff(&after, &state), vec![]);
-        assert_eq!(to_refresh(&after, &state), vec![key(&a)]);
+        assert_eq!(to_refresh(&after, &state), BTreeSet::from([key(&a)]));
         let dests = &state[&key(&a)].1;
         assert_eq!(
             (dests.len(), dests[0].server.weight, dests[1].server.weight),
@@ -346,6 +350,6 @@ mod tests {
             record(&mut state, &change);
         }
         assert_eq!(state, applied(&after));
-        assert_eq!(to_refresh(&after, &state), vec![]);
+        assert_eq!(to_refresh(&after, &state), BTreeSet::new());
     }
 }

@@ -17,7 +17,7 @@ mod socket;
 mod trace;
 
 pub use diff::{
-    IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff, record, to_refresh,
+    IpvsChange, KernelDest, KernelState, ServiceKey, applied, diff, draining, record, to_refresh,
 };
 pub use model::{
     FLAG_HASHED, FLAG_PERSISTENT, FLAG_SCHED1, FLAG_SCHED2, Forward, IpvsProtocol, RealServer,

@@ -5,8 +5,8 @@
 //! plan and sends only the differences (IPVS has no transactions: each change is its own
 //! request). Ipset entries and real servers are read on the first sync and when forced;
 //! in between, a sync trusts them as it left them and reads only the real servers that
-//! decide a drain. Removed TCP real servers with connections are drained at weight 0 and deleted
-//! by a later sync once their connections are gone.
+//! decide a drain. Removed TCP real servers with connections are drained at weight 0 and
+//! deleted by a later sync once their connections are gone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use service_core::snapshot::Snapshot;
 
-use super::diff::{IpvsChange, KernelState, ServiceKey, diff, record, to_refresh};
+use super::diff::{IpvsChange, KernelState, ServiceKey, diff, draining, record, to_refresh};
 use super::ipset;
-use super::model::{IpvsProtocol, VirtualServer};
+use super::model::VirtualServer;
 use super::plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
 use super::rules::{self, JUMPS, Jump};
 use super::socket::{IpvsError, IpvsSocket};
@@ -254,10 +254,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
                 report.bound += 1;
             }
         }
-        let (known_table, known_sets) = match self.known.take() {
-            Some(k) => (Some(k.table), Some(k.sets)),
-            None => (None, None),
-        };
+        let (known_table, known_sets) = self.known.take().map(|k| (k.table, k.sets)).unzip();
         report.full = known_table.is_none();
         // ipsets before the rules that name them.
         let current = match known_sets {
@@ -293,7 +290,6 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         };
         let changes = diff(&plan, &state);
         let mut failed = Vec::new();
-        report.draining = draining(&plan, &state, &changes);
         for change in &changes {
             match self.ipvs.apply(change) {
                 Ok(()) => {
@@ -303,6 +299,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
                 Err(e) => failed.push(e),
             }
         }
+        report.draining = draining(&plan, &state);
         if failed.is_empty() {
             self.known = Some(Known {
                 table: state,
@@ -389,7 +386,6 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     }
 }
 
-/// Removed TCP real servers left at weight 0 with connections after `changes`.
 /// The kernel's table for a sync after one that left `known`: the virtual servers as the
 /// kernel lists them now (one dump: what others added, deleted or changed shows), with the
 /// real servers `known` has for them, except where they must be read (the virtual servers
@@ -401,7 +397,7 @@ fn refresh(
     mut known: KernelState,
     keep: impl Fn(&VirtualServer) -> bool,
 ) -> Result<KernelState, IpvsError> {
-    let reread: BTreeSet<ServiceKey> = to_refresh(plan, &known).into_iter().collect();
+    let reread = to_refresh(plan, &known);
     let mut state = KernelState::new();
     for vs in ipvs.services()?.into_iter().filter(|vs| keep(vs)) {
         let key = (vs.addr, vs.protocol, vs.port);
@@ -412,28 +408,4 @@ fn refresh(
         state.insert(key, (vs, dests));
     }
     Ok(state)
-}
-
-fn draining(plan: &IpvsPlan, state: &KernelState, changes: &[IpvsChange]) -> usize {
-    let deleted: BTreeSet<(IpAddr, u16, std::net::SocketAddr)> = changes
-        .iter()
-        .filter_map(|c| match c {
-            IpvsChange::DeleteDest(vs, rs) => Some((vs.addr, vs.port, rs.addr)),
-            _ => None,
-        })
-        .collect();
-    plan.services
-        .iter()
-        .filter(|(vs, _)| vs.protocol == IpvsProtocol::Tcp)
-        .filter_map(|(vs, servers)| {
-            let (_, dests) = state.get(&(vs.addr, vs.protocol, vs.port))?;
-            Some(
-                dests
-                    .iter()
-                    .filter(|d| !servers.iter().any(|rs| rs.addr == d.server.addr))
-                    .filter(|d| !deleted.contains(&(vs.addr, vs.port, d.server.addr)))
-                    .count(),
-            )
-        })
-        .sum()
 }
