@@ -42,45 +42,10 @@ pub fn parse_save(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     out
 }
 
-/// `ipset -exist restore` input that brings our sets from `current` (as parsed from
-/// `ipset save`) to the plan's entries; empty when nothing changes.
-pub fn restore_input(
-    plan: &IpvsPlan,
-    ipv6: bool,
-    current: &BTreeMap<String, BTreeSet<String>>,
-) -> String {
-    let mut out = String::new();
-    let empty = BTreeSet::new();
-    for set in IpSet::ALL {
-        let name = set.name_for(ipv6);
-        let want: BTreeSet<String> = plan
-            .ipsets
-            .get(&set)
-            .unwrap_or(&empty)
-            .iter()
-            .map(|e| normalize(e))
-            .collect();
-        let have = match current.get(&name) {
-            Some(have) => have,
-            None => {
-                let _ = writeln!(out, "create {name} {}", set.create_args(ipv6));
-                &empty
-            }
-        };
-        for e in have.difference(&want) {
-            let _ = writeln!(out, "del {name} {e}");
-        }
-        for e in want.difference(have) {
-            let _ = writeln!(out, "add {name} {e}");
-        }
-    }
-    out
-}
-
-/// This family's sets as `ipset save` shows them (entries normalized as [`parse_save`]
-/// keeps them) once the plan's restore went through: what the next sync can diff against
-/// without reading the kernel.
-pub fn applied(plan: &IpvsPlan, ipv6: bool) -> BTreeMap<String, BTreeSet<String>> {
+/// This family's sets as the plan wants them, named and normalized as `ipset save` shows
+/// them ([`parse_save`]): the target of [`restore_input`], and what the kernel holds once
+/// that restore went through (the next sync can diff against it without reading).
+pub fn wanted(plan: &IpvsPlan, ipv6: bool) -> BTreeMap<String, BTreeSet<String>> {
     IpSet::ALL
         .iter()
         .map(|set| {
@@ -92,6 +57,35 @@ pub fn applied(plan: &IpvsPlan, ipv6: bool) -> BTreeMap<String, BTreeSet<String>
             (set.name_for(ipv6), entries)
         })
         .collect()
+}
+
+/// `ipset -exist restore` input that brings our sets from `current` (as parsed from
+/// `ipset save`) to `wanted` (from [`wanted`]); empty when nothing changes.
+pub fn restore_input(
+    wanted: &BTreeMap<String, BTreeSet<String>>,
+    ipv6: bool,
+    current: &BTreeMap<String, BTreeSet<String>>,
+) -> String {
+    let mut out = String::new();
+    let empty = BTreeSet::new();
+    for set in IpSet::ALL {
+        let name = set.name_for(ipv6);
+        let want = wanted.get(&name).unwrap_or(&empty);
+        let have = match current.get(&name) {
+            Some(have) => have,
+            None => {
+                let _ = writeln!(out, "create {name} {}", set.create_args(ipv6));
+                &empty
+            }
+        };
+        for e in have.difference(want) {
+            let _ = writeln!(out, "del {name} {e}");
+        }
+        for e in want.difference(have) {
+            let _ = writeln!(out, "add {name} {e}");
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -117,7 +111,7 @@ mod tests {
                      create KUBE-LOAD-BALANCER-SOURCE-CIDR hash:ip,port,net family inet hashsize 1024 maxelem 65536\n\
                      add KUBE-LOAD-BALANCER-SOURCE-CIDR 203.0.113.7,tcp:80,192.0.2.1\n";
         let current = parse_save(saved);
-        let input = restore_input(&plan, false, &current);
+        let input = restore_input(&wanted(&plan, false), false, &current);
         let lines: Vec<&str> = input.lines().collect();
         assert!(lines.contains(&"del KUBE-CLUSTER-IP 10.96.0.2,tcp:80"));
         assert!(lines.contains(&"add KUBE-CLUSTER-IP 10.96.0.10,udp:53"));
@@ -131,7 +125,7 @@ mod tests {
 
     #[test]
     fn ipv6_sets_have_their_own_names() {
-        let input = restore_input(&IpvsPlan::default(), true, &BTreeMap::new());
+        let input = restore_input(&wanted(&IpvsPlan::default(), true), true, &BTreeMap::new());
         assert!(input.contains(
             "create KUBE-6-CLUSTER-IP hash:ip,port family inet6 hashsize 1024 maxelem 65536"
         ));
@@ -158,10 +152,11 @@ mod tests {
         }
     }
 
-    /// What a restore leaves is what the next diff starts from: nothing more to do, for
-    /// either family, /32 sources included.
+    /// What a restore leaves is what the next diff starts from, so the wanted sets are
+    /// written as `ipset save` shows them: every set of the family under its name, /32
+    /// sources without their suffix.
     #[test]
-    fn applied_sets_need_no_restore() {
+    fn wanted_sets_read_as_ipset_save_shows_them() {
         let mut plan = IpvsPlan::default();
         plan.ipsets.insert(
             IpSet::LoadBalancerSourceCidr,
@@ -170,9 +165,15 @@ mod tests {
         plan.ipsets
             .insert(IpSet::ClusterIp, ["10.96.0.1,tcp:443".to_owned()].into());
         for ipv6 in [false, true] {
-            let sets = applied(&plan, ipv6);
+            let sets = wanted(&plan, ipv6);
             assert_eq!(sets.len(), IpSet::ALL.len());
-            assert_eq!(restore_input(&plan, ipv6, &sets), "");
+            let saved = |set: IpSet| sets[&set.name_for(ipv6)].iter().collect::<Vec<_>>();
+            assert_eq!(
+                saved(IpSet::LoadBalancerSourceCidr),
+                ["203.0.113.7,tcp:80,192.0.2.1"]
+            );
+            assert_eq!(saved(IpSet::ClusterIp), ["10.96.0.1,tcp:443"]);
+            assert!(saved(IpSet::LoopBack).is_empty());
         }
     }
 }

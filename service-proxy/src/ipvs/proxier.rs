@@ -261,7 +261,8 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
             Some(sets) => sets,
             None => ipset::parse_save(&self.runner.ipset(&["save"], None)?),
         };
-        let input = ipset::restore_input(&plan, self.ipv6, &current);
+        let sets = ipset::wanted(&plan, self.ipv6);
+        let input = ipset::restore_input(&sets, self.ipv6, &current);
         if !input.is_empty() {
             self.runner
                 .ipset(&["-exist", "restore"], Some(input.as_bytes()))?;
@@ -301,10 +302,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         }
         report.draining = draining(&plan, &state);
         if failed.is_empty() {
-            self.known = Some(Known {
-                table: state,
-                sets: ipset::applied(&plan, self.ipv6),
-            });
+            self.known = Some(Known { table: state, sets });
         }
         let family = if self.ipv6 {
             IpFamily::Ipv6
