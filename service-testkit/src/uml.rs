@@ -161,6 +161,7 @@ fn init_script(exe: &Path, test: &str) -> String {
          mount -t tmpfs tmpfs /run\n\
          mkdir -p /dev/shm /run/netns /run/tmp && mount -t tmpfs tmpfs /dev/shm\n\
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/run/tmp TMPDIR=/run/tmp {INSIDE}=1 RUST_BACKTRACE=1\n\
+         export GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX,-AVX2,-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-AVX_Fast_Unaligned_Load\n\
          cd /run/tmp\n\
          ip link set lo up\n\
          '{exe}' --exact '{test}' --include-ignored --nocapture --test-threads=1\n\
@@ -169,6 +170,52 @@ fn init_script(exe: &Path, test: &str) -> String {
          sleep 30\n",
         exe = exe.display()
     )
+}
+
+/// Starts the UML kernel so that it keeps its guests' floating-point state with
+/// `PTRACE_GETFPREGS`/`SETFPREGS` instead of the XSAVE register set.
+///
+/// Debian's UML kernel (6.1) writes the XSAVE area back with a buffer of the size an AVX
+/// machine has; a host whose CPU has AVX-512 (a larger XSAVE area) refuses that with EFAULT
+/// ("userspace - ptrace set fp regs failed, errno = 14") and UML dies at its first process.
+/// UML probes for XSAVE support with `PTRACE_GETREGSET(NT_X86_XSTATE)` and falls back to
+/// the legacy FXSAVE calls when the probe fails, so the kernel is started under a seccomp
+/// filter that fails that probe (and its SET twin) with EIO. The filter is applied on a
+/// thread of its own that only spawns the kernel, so the rest of the test process is not
+/// affected. The guests' AVX upper halves are then not switched between threads of one
+/// guest process: the init script turns off glibc's AVX string functions inside.
+fn spawn_without_xstate(mut command: Command) -> io::Result<std::process::Child> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+        SeccompRule, TargetArch,
+    };
+    const PTRACE_GETREGSET: u64 = 0x4204;
+    const PTRACE_SETREGSET: u64 = 0x4205;
+    const NT_X86_XSTATE: u64 = 0x202;
+    std::thread::spawn(move || {
+        let rule = |request| {
+            SeccompRule::new(vec![
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)?,
+                SeccompCondition::new(2, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, NT_X86_XSTATE)?,
+            ])
+        };
+        let rules = [rule(PTRACE_GETREGSET), rule(PTRACE_SETREGSET)]
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io::Error::other)?;
+        let filter: seccompiler::BpfProgram = SeccompFilter::new(
+            [(nix::libc::SYS_ptrace, rules)].into_iter().collect(),
+            SeccompAction::Allow,
+            SeccompAction::Errno(nix::libc::EIO as u32),
+            TargetArch::x86_64,
+        )
+        .and_then(TryInto::try_into)
+        .map_err(io::Error::other)?;
+        seccompiler::apply_filter(&filter).map_err(io::Error::other)?;
+        command.spawn()
+    })
+    .join()
+    .map_err(|_| io::Error::other("the thread starting UML panicked"))?
 }
 
 /// Boots UML running the `#[ignore]`d test `test` of the current test binary and returns
@@ -183,7 +230,8 @@ pub fn run_inside(test: &str, timeout: Duration) -> String {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("make the init script executable");
     // UML keeps its memory in a file under TMPDIR and a control socket under $HOME/.uml.
-    let mut child = Command::new(&kernel)
+    let mut command = Command::new(&kernel);
+    command
         .args([
             "mem=512M",
             "rootfstype=hostfs",
@@ -197,8 +245,8 @@ pub fn run_inside(test: &str, timeout: Duration) -> String {
         .env("TMPDIR", "/dev/shm")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
+        .stderr(Stdio::null());
+    let mut child = spawn_without_xstate(command)
         .unwrap_or_else(|e| panic!("cannot start {}: {e}", kernel.display()));
     let mut out = child.stdout.take().expect("UML stdout");
     let reader = std::thread::spawn(move || {
