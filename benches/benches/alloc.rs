@@ -4,19 +4,18 @@
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use service_core::alloc::{IpAllocator, PortRange};
 use service_core::model::{Service, ServicePort};
+use service_core::random::{Random, SeededRandom};
 use service_core::registry::{MemoryStore, Registry, RegistryConfig};
 
-fn slash12(fill: f64, rng: &mut StdRng) -> IpAllocator {
+fn slash12(fill: f64, rng: &mut SeededRandom) -> IpAllocator {
     let mut a = IpAllocator::new("10.96.0.0/12".parse().unwrap());
     let target = (a.size() as f64 * fill) as usize;
     // Random addresses, so free ones are scattered as after years of churn.
     let base = u32::from(std::net::Ipv4Addr::new(10, 96, 0, 1));
     while a.used() < target {
-        let off = rng.random_range(0..a.size() as u32);
+        let off = rng.below(a.size()) as u32;
         let _ = a.allocate(std::net::Ipv4Addr::from(base + off).into());
     }
     a
@@ -24,7 +23,7 @@ fn slash12(fill: f64, rng: &mut StdRng) -> IpAllocator {
 
 fn allocate_next(c: &mut Criterion) {
     let mut g = c.benchmark_group("ip_allocate_next_slash12");
-    let mut rng = StdRng::seed_from_u64(1);
+    let mut rng = SeededRandom::new(1);
     for fill in [0.0, 0.5, 0.99] {
         let mut a = slash12(fill, &mut rng);
         g.bench_with_input(
@@ -54,7 +53,7 @@ fn allocate_next(c: &mut Criterion) {
 
 fn snapshot_restore(c: &mut Criterion) {
     let mut g = c.benchmark_group("ip_snapshot_slash12");
-    let mut rng = StdRng::seed_from_u64(2);
+    let mut rng = SeededRandom::new(2);
     let a = slash12(0.5, &mut rng);
     let snap = a.snapshot();
     g.bench_function("snapshot", |b| b.iter(|| black_box(a.snapshot())));
@@ -70,7 +69,7 @@ fn registry_creates(c: &mut Criterion) {
     for cidr in ["10.96.0.0/16", "10.96.0.0/12"] {
         let config =
             RegistryConfig::new(&[cidr.parse().unwrap()], PortRange::DEFAULT_NODE_PORTS).unwrap();
-        let mut r = Registry::new(config, MemoryStore::new(), StdRng::seed_from_u64(3)).unwrap();
+        let mut r = Registry::new(config, MemoryStore::new(), SeededRandom::new(3)).unwrap();
         let mut i = 0u64;
         g.bench_function(BenchmarkId::from_parameter(cidr), |b| {
             b.iter(|| {
@@ -108,7 +107,7 @@ fn registry_creates_etcd(c: &mut Criterion) {
         PortRange::DEFAULT_NODE_PORTS,
     )
     .unwrap();
-    let mut r = Registry::new(config, store, StdRng::seed_from_u64(4)).unwrap();
+    let mut r = Registry::new(config, store, SeededRandom::new(4)).unwrap();
     let mut g = c.benchmark_group("registry_create_delete_etcd");
     g.sample_size(20);
     let mut i = 0u64;

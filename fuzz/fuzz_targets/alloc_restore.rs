@@ -9,18 +9,10 @@ use service_core::alloc::{IpAllocator, PortAllocator, RangeAllocation};
 /// A fixed generator: the fuzzer drives the input, not the random start.
 struct Counter(u64);
 
-impl rand_core::RngCore for Counter {
-    fn next_u32(&mut self) -> u32 {
-        self.next_u64() as u32
-    }
+impl service_core::random::Random for Counter {
     fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         self.0
-    }
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        for b in dst {
-            *b = self.next_u64() as u8;
-        }
     }
 }
 

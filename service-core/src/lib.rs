@@ -40,6 +40,7 @@ pub mod model;
 #[cfg(feature = "k8s-openapi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "k8s-openapi")))]
 pub mod openapi;
+pub mod random;
 pub mod registry;
 pub mod snapshot;
 pub mod valid;

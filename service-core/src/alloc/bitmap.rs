@@ -6,7 +6,7 @@
 //! search never has to mask them: finding a free offset touches at most one summary word
 //! per 4,096 offsets, whatever the fill level.
 
-use rand_core::RngCore;
+use crate::random::Random;
 
 /// Bits per word.
 const W: usize = 64;
@@ -64,12 +64,6 @@ fn first_clear(bits: &[u64], from: usize) -> Option<usize> {
         i += 1;
     }
     None
-}
-
-/// A uniform integer in `[0, n)`, `n > 0` (Lemire's multiply-shift; the bias for
-/// n < 2^32 is below 2^-32).
-fn below(rng: &mut impl RngCore, n: usize) -> usize {
-    ((u128::from(rng.next_u64()) * n as u128) >> 64) as usize
 }
 
 impl Bitmap {
@@ -161,18 +155,18 @@ impl Bitmap {
     /// Allocates a free offset as Kubernetes does (`randomScanStrategyWithOffset`): from a
     /// random point of the dynamic band, scanning up and wrapping; when that band is full,
     /// likewise in the static band. `None` when everything is allocated.
-    pub fn allocate_next(&mut self, rng: &mut impl RngCore) -> Option<usize> {
+    pub fn allocate_next(&mut self, rng: &mut impl Random) -> Option<usize> {
         if self.count >= self.max {
             return None;
         }
         let dynamic = self.max - self.offset;
         let mut found = None;
         if dynamic > 0 {
-            let start = self.offset + below(rng, dynamic);
+            let start = self.offset + rng.below(dynamic);
             found = self.scan_band(self.offset, self.max, start);
         }
         if found.is_none() && self.offset > 0 {
-            let start = below(rng, self.offset);
+            let start = rng.below(self.offset);
             found = self.scan_band(0, self.offset, start);
         }
         let at = found?;
@@ -281,19 +275,11 @@ mod tests {
     /// A deterministic generator for tests: returns the values it was given, in turn.
     struct Fixed(Vec<u64>, usize);
 
-    impl RngCore for Fixed {
-        fn next_u32(&mut self) -> u32 {
-            self.next_u64() as u32
-        }
+    impl Random for Fixed {
         fn next_u64(&mut self) -> u64 {
             let v = self.0[self.1 % self.0.len()];
             self.1 += 1;
             v
-        }
-        fn fill_bytes(&mut self, dst: &mut [u8]) {
-            for b in dst {
-                *b = self.next_u64() as u8;
-            }
         }
     }
 

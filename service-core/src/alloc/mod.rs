@@ -17,7 +17,7 @@
 //! - Snapshots are Kubernetes' `RangeAllocation`: the range as text and the bitmap bytes,
 //!   so state moves between this crate and a real API server's.
 //!
-//! Randomness is injected (`rand_core::RngCore`); nothing here keeps global state.
+//! Randomness is injected ([`crate::random::Random`]); nothing here keeps global state.
 
 mod bitmap;
 mod ip;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use rand_core::RngCore;
+use crate::random::Random;
 
 use super::{AllocError, Bitmap, RangeAllocation, Resource, band_offset};
 
@@ -156,7 +156,7 @@ impl PortAllocator {
     ///
     /// # Errors
     /// [`AllocError::Full`].
-    pub fn allocate_next(&mut self, rng: &mut impl RngCore) -> Result<u16, AllocError> {
+    pub fn allocate_next(&mut self, rng: &mut impl Random) -> Result<u16, AllocError> {
         let offset = self.bits.allocate_next(rng).ok_or(AllocError::Full)?;
         Ok(self.range.base + offset as u16)
     }
@@ -263,7 +263,7 @@ mod tests {
     #[test]
     fn dynamic_band_first_then_static() {
         let mut a = PortAllocator::new(PortRange::DEFAULT_NODE_PORTS);
-        let mut rng = rand::rng();
+        let mut rng = crate::random::SeededRandom::new(1);
         for _ in 0..(2768 - 86) {
             assert!(a.allocate_next(&mut rng).unwrap() >= 30086);
         }

@@ -3,7 +3,7 @@
 //! (`patchAllocatedValues`), `clusterIP` ↔ `clusterIPs` (`normalizeClusterIPs`), and fields
 //! a type change leaves meaningless (`dropTypeDependentFields`).
 
-use rand_core::RngCore;
+use crate::random::Random;
 
 use super::{
     ApiError, Registry, Store, needs_cluster_ip, needs_health_check, needs_node_port, node_port,
@@ -64,7 +64,7 @@ pub(super) fn is_matching_prefer_dual_stack(svc: &Service, old: Option<&Service>
         && same_ip_families(old, svc)
 }
 
-impl<S: Store, R: RngCore> Registry<S, R> {
+impl<S: Store, R: Random> Registry<S, R> {
     /// `initIPFamilyFields`: defaults `ipFamilyPolicy` and `ipFamilies` from the request
     /// and the cluster's configuration, and rejects what the cluster cannot serve.
     pub(super) fn init_ip_family_fields(

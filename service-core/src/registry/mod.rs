@@ -38,8 +38,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::random::{Random, SeededRandom};
 use ipnet::IpNet;
-use rand_core::RngCore;
 
 use crate::alloc::{AllocError, IpAllocator, PortAllocator, PortRange, RangeAllocation};
 use crate::defaults;
@@ -52,6 +52,13 @@ use crate::validation::{
 
 pub use repair::{RepairEvent, RepairReport};
 pub use store::{MemoryStore, Precondition, Store, StoreError, Versioned};
+
+/// Where the registry keeps its keys unless told otherwise.
+///
+/// Deliberately not the API server's `/registry`: a registry pointed at an etcd that a
+/// Kubernetes cluster also uses must not overwrite that cluster's allocator state
+/// (`/registry/ranges/serviceips`) or its Services.
+pub const DEFAULT_PREFIX: &str = "/service-registry";
 
 /// The cluster's service ranges, as the API server's flags give them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,7 +76,7 @@ pub struct ConfigError(String);
 impl RegistryConfig {
     /// `--service-cluster-ip-range` (one CIDR, or two of different families: the first is
     /// the cluster's default family) and `--service-node-port-range`. Keys live under
-    /// `/registry`.
+    /// [`DEFAULT_PREFIX`].
     ///
     /// # Errors
     /// No CIDR, more than two, two of the same family, or a range larger than the API
@@ -106,11 +113,11 @@ impl RegistryConfig {
         Ok(Self {
             service_cidrs: service_cidrs.iter().map(IpNet::trunc).collect(),
             node_ports,
-            prefix: "/registry".into(),
+            prefix: DEFAULT_PREFIX.into(),
         })
     }
 
-    /// Keys under `prefix` instead of `/registry`.
+    /// Keys under `prefix` instead of [`DEFAULT_PREFIX`].
     #[must_use]
     pub fn with_prefix(mut self, prefix: &str) -> Self {
         self.prefix = prefix.trim_end_matches('/').to_owned();
@@ -362,7 +369,7 @@ struct Txn {
 
 /// The Service registry over a [`Store`]. See the [module docs](self).
 #[derive(Debug)]
-pub struct Registry<S, R> {
+pub struct Registry<S, R = SeededRandom> {
     config: RegistryConfig,
     store: S,
     rng: R,
@@ -436,7 +443,7 @@ fn key_of(svc: &Service) -> ServiceKey {
 }
 
 /// A random RFC 4122 version 4 UUID.
-fn uuid(rng: &mut impl RngCore) -> String {
+fn uuid(rng: &mut impl Random) -> String {
     let mut b = [0u8; 16];
     rng.fill_bytes(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -453,7 +460,7 @@ fn uuid(rng: &mut impl RngCore) -> String {
 }
 
 /// `names.SimpleNameGenerator`: the prefix (cut to leave room) plus five characters.
-fn generate_name(prefix: &str, rng: &mut impl RngCore) -> String {
+fn generate_name(prefix: &str, rng: &mut impl Random) -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let mut keep = prefix.len().min(63 - 5);
     while !prefix.is_char_boundary(keep) {
@@ -461,13 +468,13 @@ fn generate_name(prefix: &str, rng: &mut impl RngCore) -> String {
     }
     let mut name = prefix[..keep].to_owned();
     for _ in 0..5 {
-        let i = ((u64::from(rng.next_u32()) * ALPHABET.len() as u64) >> 32) as usize;
+        let i = rng.below(ALPHABET.len());
         name.push(char::from(ALPHABET[i]));
     }
     name
 }
 
-impl<S: Store, R: RngCore> Registry<S, R> {
+impl<S: Store, R: Random> Registry<S, R> {
     /// A registry over `store`. Creates the allocator keys if they do not exist yet (as
     /// the API server's repair controllers do on first start); existing state is kept.
     ///

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use rand_core::RngCore;
+use crate::random::Random;
 
 use super::{
     ApiError, Precondition, Registry, Store, collect_node_ports, key_of, needs_health_check,
@@ -218,7 +218,7 @@ impl Repairable for PortAllocator {
 /// A pass that was written: its findings and the leak counters to keep.
 type Written<V> = (RepairReport, HashMap<V, u8>);
 
-impl<S: Store, R: RngCore> Registry<S, R> {
+impl<S: Store, R: Random> Registry<S, R> {
     /// One repair pass over every allocator. Run it at start-up and periodically (the API
     /// server runs it every three minutes); the leak counters live in this registry, so run
     /// it from one long-lived registry.

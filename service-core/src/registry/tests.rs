@@ -1,9 +1,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
 use super::*;
 use crate::model::{IpFamilyPolicy, Protocol, ServicePort};
 
@@ -12,11 +9,11 @@ fn config(cidrs: &[&str], ports: &str) -> RegistryConfig {
     RegistryConfig::new(&cidrs, ports.parse().unwrap()).unwrap()
 }
 
-fn registry(cidrs: &[&str]) -> Registry<MemoryStore, StdRng> {
+fn registry(cidrs: &[&str]) -> Registry<MemoryStore> {
     Registry::new(
         config(cidrs, "30000-32767"),
         MemoryStore::new(),
-        StdRng::seed_from_u64(7),
+        SeededRandom::new(7),
     )
     .unwrap()
 }
@@ -34,7 +31,7 @@ fn typed(name: &str, t: ServiceType) -> Service {
     s
 }
 
-fn used<S: Store, R: RngCore>(r: &Registry<S, R>) -> (Vec<usize>, usize) {
+fn used<S: Store, R: Random>(r: &Registry<S, R>) -> (Vec<usize>, usize) {
     let (ips, ports) = r.allocations().unwrap();
     (ips.iter().map(IpAllocator::used).collect(), ports.used())
 }
@@ -52,6 +49,27 @@ fn create_allocates_from_the_dynamic_band() {
     assert!(s.metadata.resource_version.is_some());
     assert_eq!(r.get("default", "web").unwrap(), s);
     assert_eq!(used(&r), (vec![1], 0));
+}
+
+#[test]
+fn keys_stay_out_of_the_api_servers_keyspace() {
+    // kube-apiserver keeps its allocators and Services under `--etcd-prefix`, `/registry` by
+    // default: sharing an etcd with a cluster must not touch them.
+    let mut r = registry(&["10.0.0.0/24"]);
+    r.create(typed("web", ServiceType::NodePort)).unwrap();
+    let keys: Vec<String> = r
+        .store()
+        .list("")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 3, "{keys:?}");
+    assert!(
+        keys.iter().all(|k| k.starts_with("/service-registry/")),
+        "{keys:?}"
+    );
+    assert!(r.store().list("/registry").unwrap().is_empty());
 }
 
 #[test]
@@ -89,7 +107,7 @@ fn a_full_range_is_an_internal_error() {
     let mut r = Registry::new(
         config(&["10.0.0.0/29"], "30000-30001"),
         MemoryStore::new(),
-        StdRng::seed_from_u64(1),
+        SeededRandom::new(1),
     )
     .unwrap();
     for i in 0..6 {
@@ -404,7 +422,7 @@ fn repair_reallocates_reports_and_frees_leaks_on_the_third_pass() {
     let mut r = Registry::new(
         config(&["10.0.0.0/24"], "30000-32767"),
         store.clone(),
-        StdRng::seed_from_u64(3),
+        SeededRandom::new(3),
     )
     .unwrap();
     let a = r.create(typed("a", ServiceType::NodePort)).unwrap();
@@ -504,14 +522,14 @@ impl Store for Dying {
 fn a_replica_dying_mid_create_leaks_and_repair_frees_it() {
     let shared = Arc::new(MemoryStore::new());
     let cfg = config(&["10.0.0.0/28"], "30000-30009");
-    let mut healthy = Registry::new(cfg.clone(), shared.clone(), StdRng::seed_from_u64(1)).unwrap();
+    let mut healthy = Registry::new(cfg.clone(), shared.clone(), SeededRandom::new(1)).unwrap();
     // Writes allowed: the two initialisation attempts, the IP and the node port
     // allocations; then the process is gone (the Service write and the rollback fail).
     let dying = Dying {
         inner: shared,
         budget: std::sync::atomic::AtomicUsize::new(4),
     };
-    let mut doomed = Registry::new(cfg, dying, StdRng::seed_from_u64(2)).unwrap();
+    let mut doomed = Registry::new(cfg, dying, SeededRandom::new(2)).unwrap();
     let e = doomed
         .create(typed("x", ServiceType::NodePort))
         .unwrap_err();
@@ -537,7 +555,7 @@ fn replicas_never_hand_out_the_same_value() {
             let store = shared.clone();
             let cfg = cfg.clone();
             std::thread::spawn(move || {
-                let mut r = Registry::new(cfg, store, StdRng::seed_from_u64(t)).unwrap();
+                let mut r = Registry::new(cfg, store, SeededRandom::new(t)).unwrap();
                 let mut full = 0;
                 for i in 0..60 {
                     let name = format!("t{t}-{i}");
@@ -560,7 +578,7 @@ fn replicas_never_hand_out_the_same_value() {
         .collect();
     let full: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert!(full > 0, "the ranges should run out");
-    let r = Registry::new(cfg, shared, StdRng::seed_from_u64(9)).unwrap();
+    let r = Registry::new(cfg, shared, SeededRandom::new(9)).unwrap();
     let services = r.list().unwrap();
     let mut ips = HashSet::new();
     let mut ports = HashSet::new();

@@ -5,11 +5,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proptest::prelude::*;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use service_core::alloc::{
     AllocError, Bitmap, IpAllocator, PortAllocator, PortRange, RangeAllocation,
 };
+use service_core::random::SeededRandom;
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -37,7 +36,7 @@ proptest! {
     fn ip_allocator_is_a_set(prefix in 26u8..=30, seed: u64, ops in ops()) {
         let cidr: IpNet = format!("10.1.2.0/{prefix}").parse().unwrap();
         let mut a = IpAllocator::new(cidr);
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRandom::new(seed);
         let mut model: BTreeSet<IpAddr> = BTreeSet::new();
         let all: Vec<IpAddr> = cidr.hosts().collect();
         for op in ops {
@@ -80,7 +79,7 @@ proptest! {
     fn port_allocator_is_a_set(size in 1u16..200, seed: u64, ops in ops()) {
         let range = PortRange::new(30000, 30000 + size - 1).unwrap();
         let mut a = PortAllocator::new(range);
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRandom::new(seed);
         let mut model = BTreeSet::new();
         for op in ops {
             match op {
@@ -114,7 +113,7 @@ proptest! {
         for p in pinned {
             b.allocate(p % max);
         }
-        let mut rng = StdRng::seed_from_u64(seed);
+        let mut rng = SeededRandom::new(seed);
         let mut seen = BTreeSet::new();
         while let Some(at) = b.allocate_next(&mut rng) {
             prop_assert!(seen.insert(at));
