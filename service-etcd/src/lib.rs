@@ -3,38 +3,72 @@
 //! compares the key's `mod_revision` (or its absence) and puts only if it matches.
 //!
 //! ```text
-//! Registry ──Store (sync)──► EtcdStore ──job──► worker thread (tokio, current-thread)
-//!                                                   └─ etcd-client (gRPC) ─► etcd
+//! Registry ──Store (sync)──► EtcdStore ──JSON over HTTP/1.1 (TLS)──► etcd's gRPC gateway
+//!                                         /v3/kv/range, /v3/kv/txn, /v3/auth/authenticate
 //! ```
 //!
-//! [`EtcdStore`] is synchronous, like the registry: each call hands its request to a
-//! private worker thread that runs the gRPC client, and waits for the answer (bounded by
-//! a timeout). It can therefore be used from any thread, including one that belongs to
-//! somebody else's async runtime (where it blocks that thread for the round trip; use
-//! `spawn_blocking` there).
+//! [`EtcdStore`] is synchronous, like the registry, and can be used from any thread
+//! (inside an async runtime, call it from `spawn_blocking`). It speaks to the gateway that
+//! every etcd v3.4+ member serves on its client port, so building it needs no protobuf
+//! compiler and no system library: see the README's "etcd" section for why this and not
+//! gRPC.
+//!
+//! - TLS: the cluster's CA, and a client certificate and key when etcd runs with
+//!   `--client-cert-auth` ([`EtcdTls`], the `--etcd-cafile`/`--etcd-certfile`/
+//!   `--etcd-keyfile` flags of kube-apiserver).
+//! - Authentication: a user name and password ([`EtcdAuth`]); the token etcd hands out is
+//!   renewed when it expires.
+//! - Several endpoints: a request goes to the one that answered last and fails over to the
+//!   next while it could not be sent at all.
 //!
 //! A write whose answer is lost (timeout, connection reset) may or may not have happened;
 //! the registry then keeps what it allocated rather than risk handing it out twice, and
 //! its repair pass frees whatever really leaked.
+//!
+//! ```no_run
+//! use service_core::registry::{Registry, RegistryConfig};
+//! use service_core::random::SeededRandom;
+//! use service_etcd::{EtcdOptions, EtcdStore, EtcdTls};
+//!
+//! let mut options = EtcdOptions::default();
+//! options.tls = EtcdTls::from_files(
+//!     Some("/etc/etcd/ca.crt".as_ref()),
+//!     Some("/etc/etcd/client.crt".as_ref()),
+//!     Some("/etc/etcd/client.key".as_ref()),
+//! )?;
+//! let store = EtcdStore::connect(&["https://10.0.0.1:2379".into()], options)?;
+//! let config = RegistryConfig::new(&["10.96.0.0/12".parse()?], "30000-32767".parse()?)?;
+//! let registry = Registry::new(config, store, SeededRandom::new(42))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
-use std::future::Future;
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+mod client;
+mod wire;
+
+use std::path::Path;
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
 use service_core::registry::{Precondition, Store, StoreError, Versioned};
+
+use crate::client::{CallError, Gateway, Retry};
+use crate::wire::{
+    Compare, RangeRequest, RangeResponse, RequestOp, StatusResponse, TxnRequest, TxnResponse, b64,
+};
 
 /// Connection settings.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct EtcdOptions {
-    /// Timeout of each request.
+    /// Timeout of each request, from sending it to the end of the answer.
     pub request_timeout: Duration,
-    /// Timeout of the initial connection.
+    /// Timeout of opening a connection (TCP and TLS handshake) to one endpoint.
     pub connect_timeout: Duration,
     /// Keys per page when listing.
     pub page_size: i64,
+    /// TLS settings for `https://` endpoints.
+    pub tls: EtcdTls,
+    /// User name and password, when etcd has authentication enabled.
+    pub auth: Option<EtcdAuth>,
 }
 
 impl Default for EtcdOptions {
@@ -43,29 +77,133 @@ impl Default for EtcdOptions {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             page_size: 500,
+            tls: EtcdTls::default(),
+            auth: None,
         }
     }
 }
 
-/// A [`Store`] on an etcd v3 cluster.
-pub struct EtcdStore {
-    client: Client,
-    handle: tokio::runtime::Handle,
-    options: EtcdOptions,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    worker: Option<JoinHandle<()>>,
+/// TLS material for `https://` endpoints, in PEM. Without a CA, the server's certificate
+/// must chain to a public (Mozilla) root.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct EtcdTls {
+    /// The CA bundle that signs etcd's serving certificate (`--etcd-cafile`).
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain (`--etcd-certfile`).
+    pub cert_pem: Option<Vec<u8>>,
+    /// The client certificate's private key (`--etcd-keyfile`).
+    pub key_pem: Option<Vec<u8>>,
 }
 
-impl std::fmt::Debug for EtcdStore {
+impl std::fmt::Debug for EtcdTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdStore")
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        f.debug_struct("EtcdTls")
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_cert", &self.cert_pem.is_some())
+            .field("key", &self.key_pem.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
-fn etcd_error(what: &str, e: etcd_client::Error) -> StoreError {
-    StoreError::with_source(format!("etcd {what}: {e}"), e)
+impl EtcdTls {
+    /// Reads the files kube-apiserver's `--etcd-cafile`, `--etcd-certfile` and
+    /// `--etcd-keyfile` name. The PEM is checked when connecting.
+    ///
+    /// # Errors
+    /// A file cannot be read (the error names it).
+    pub fn from_files(
+        ca: Option<&Path>,
+        cert: Option<&Path>,
+        key: Option<&Path>,
+    ) -> Result<Self, ConnectError> {
+        let read = |p: Option<&Path>| -> Result<Option<Vec<u8>>, ConnectError> {
+            p.map(|p| {
+                std::fs::read(p).map_err(|e| ConnectError::Tls(format!("{}: {e}", p.display())))
+            })
+            .transpose()
+        };
+        Ok(Self {
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+        })
+    }
+
+    fn is_configured(&self) -> bool {
+        self.ca_pem.is_some() || self.cert_pem.is_some() || self.key_pem.is_some()
+    }
+}
+
+/// etcd's user name and password authentication.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct EtcdAuth {
+    /// The user.
+    pub username: String,
+    /// The password.
+    pub password: String,
+}
+
+impl EtcdAuth {
+    /// Credentials of `username`.
+    pub fn new(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Self {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why [`EtcdStore::connect`] failed. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError {
+    /// An endpoint is not an `http://` or `https://` URL, or does not fit the options.
+    #[error("etcd endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The TLS material cannot be read or used.
+    #[error("etcd TLS: {0}")]
+    Tls(String),
+    /// etcd refused the credentials.
+    #[error("etcd authentication: {0}")]
+    Auth(String),
+    /// No endpoint answered.
+    #[error("etcd: {0}")]
+    Unreachable(String),
+}
+
+/// A [`Store`] on an etcd v3 cluster.
+#[derive(Debug)]
+pub struct EtcdStore {
+    gateway: Gateway,
+    options: EtcdOptions,
+}
+
+fn store_error(what: &str, e: CallError) -> StoreError {
+    StoreError::new(format!("etcd {what}: {e}"))
+}
+
+/// A revision from an answer's header; an answer without one is not etcd's.
+fn header_revision(what: &str, header: Option<wire::Header>) -> Result<u64, StoreError> {
+    header
+        .and_then(|h| u64::try_from(h.revision).ok())
+        .filter(|&r| r > 0)
+        .ok_or_else(|| StoreError::new(format!("etcd {what}: the answer has no revision header")))
 }
 
 /// The first key after every key that starts with `prefix` (etcd's range end).
@@ -86,106 +224,83 @@ fn revision(rev: i64) -> u64 {
 }
 
 impl EtcdStore {
-    /// Connects to `endpoints` (`http://127.0.0.1:2379`, ...).
+    /// Connects to `endpoints` (`http://127.0.0.1:2379`, `https://etcd-0:2379`, ...):
+    /// checks that one answers, and authenticates when [`EtcdOptions::auth`] is set.
     ///
     /// # Errors
-    /// The worker thread cannot start or the connection fails.
-    pub fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Self, StoreError> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::with_source("etcd worker runtime", e))?;
-        let handle = runtime.handle().clone();
-        let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
-        let worker = std::thread::Builder::new()
-            .name("service-etcd".into())
-            .spawn(move || {
-                // Spawned requests run while this waits for the shutdown signal.
-                let _ = runtime.block_on(stop);
-            })
-            .map_err(|e| StoreError::with_source("etcd worker thread", e))?;
-        let connect = ConnectOptions::new()
-            .with_connect_timeout(options.connect_timeout)
-            .with_timeout(options.request_timeout)
-            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        let endpoints = endpoints.to_vec();
-        let client = run_on(&handle, options.connect_timeout * 2, async move {
-            Client::connect(endpoints, Some(connect)).await
-        })
-        .map_err(|e| e.prefixed("connecting"))?;
-        Ok(Self {
-            client,
-            handle,
-            options,
-            shutdown: Some(shutdown),
-            worker: Some(worker),
-        })
+    /// An endpoint or the TLS material is unusable, no endpoint answers, or etcd refuses
+    /// the credentials.
+    pub fn connect(endpoints: &[String], options: EtcdOptions) -> Result<Self, ConnectError> {
+        let gateway = Gateway::new(endpoints, &options)?;
+        let check = |e: CallError| match e {
+            CallError::Etcd { message, .. } if gateway.authenticates() => {
+                ConnectError::Auth(message)
+            }
+            e => ConnectError::Unreachable(e.to_string()),
+        };
+        // A read proves the member answers and, with auth, that the credentials work.
+        let _: RangeResponse = gateway
+            .call(
+                "/v3/kv/range",
+                &RangeRequest {
+                    key: b64(b"\0"),
+                    range_end: None,
+                    limit: Some("1".into()),
+                    revision: None,
+                },
+                Retry::Idempotent,
+            )
+            .map_err(check)?;
+        Ok(Self { gateway, options })
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        what: &'static str,
-        fut: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        run_on(&self.handle, self.options.request_timeout, fut).map_err(|e| e.prefixed(what))
+    /// The etcd server version of the member that answers (`3.4.23`).
+    ///
+    /// # Errors
+    /// The store failed.
+    pub fn server_version(&self) -> Result<String, StoreError> {
+        let status: StatusResponse = self
+            .gateway
+            .call(
+                "/v3/maintenance/status",
+                &serde_json::json!({}),
+                Retry::Idempotent,
+            )
+            .map_err(|e| store_error("status", e))?;
+        header_revision("status", status.header)?;
+        Ok(status.version)
     }
-}
 
-/// A failed request, before it is worded as a [`StoreError`].
-enum RunError {
-    Etcd(etcd_client::Error),
-    Timeout(Duration),
-    Stopped,
-}
-
-impl RunError {
-    fn prefixed(self, what: &str) -> StoreError {
-        match self {
-            Self::Etcd(e) => etcd_error(what, e),
-            Self::Timeout(t) => StoreError::new(format!("etcd {what}: no answer within {t:?}")),
-            Self::Stopped => StoreError::new(format!("etcd {what}: the client worker has stopped")),
-        }
-    }
-}
-
-fn run_on<T: Send + 'static>(
-    handle: &tokio::runtime::Handle,
-    timeout: Duration,
-    fut: impl Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
-) -> Result<T, RunError> {
-    let (tx, rx) = mpsc::sync_channel(1);
-    handle.spawn(async move {
-        let result = tokio::time::timeout(timeout, fut).await;
-        let _ = tx.send(result);
-    });
-    match rx.recv() {
-        Ok(Ok(Ok(v))) => Ok(v),
-        Ok(Ok(Err(e))) => Err(RunError::Etcd(e)),
-        Ok(Err(_)) => Err(RunError::Timeout(timeout)),
-        Err(_) => Err(RunError::Stopped),
-    }
-}
-
-impl Drop for EtcdStore {
-    fn drop(&mut self) {
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+    fn txn(&self, what: &str, txn: &TxnRequest) -> Result<(bool, u64), StoreError> {
+        let resp: TxnResponse = self
+            .gateway
+            .call("/v3/kv/txn", txn, Retry::Once)
+            .map_err(|e| store_error(what, e))?;
+        Ok((resp.succeeded, header_revision(what, resp.header)?))
     }
 }
 
 impl Store for EtcdStore {
     fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
-        let mut client = self.client.clone();
-        let key = key.to_owned();
-        let resp = self.run("get", async move { client.get(key, None).await })?;
+        let resp: RangeResponse = self
+            .gateway
+            .call(
+                "/v3/kv/range",
+                &RangeRequest {
+                    key: b64(key.as_bytes()),
+                    range_end: None,
+                    limit: None,
+                    revision: None,
+                },
+                Retry::Idempotent,
+            )
+            .map_err(|e| store_error("get", e))?;
+        header_revision("get", resp.header)?;
         Ok(resp
-            .kvs()
-            .first()
-            .map(|kv| Versioned::new(kv.value().to_vec(), revision(kv.mod_revision()))))
+            .kvs
+            .into_iter()
+            .next()
+            .map(|kv| Versioned::new(kv.value, revision(kv.mod_revision))))
     }
 
     fn put(
@@ -195,70 +310,72 @@ impl Store for EtcdStore {
         precondition: Precondition,
     ) -> Result<Option<u64>, StoreError> {
         let compare = match precondition {
-            Precondition::Absent => Compare::create_revision(key, CompareOp::Equal, 0),
+            Precondition::Absent => Compare::absent(key),
             Precondition::Version(v) => {
-                Compare::mod_revision(key, CompareOp::Equal, i64::try_from(v).unwrap_or(i64::MAX))
+                Compare::modified_at(key, i64::try_from(v).unwrap_or(i64::MAX))
             }
             // A future precondition this store does not know must not write blindly.
             #[allow(unreachable_patterns)]
             _ => return Err(StoreError::new("unsupported precondition")),
         };
-        let txn = Txn::new()
-            .when([compare])
-            .and_then([TxnOp::put(key, value.to_vec(), None)]);
-        let mut client = self.client.clone();
-        let resp = self.run("put", async move { client.txn(txn).await })?;
-        if !resp.succeeded() {
-            return Ok(None);
-        }
+        let txn = TxnRequest {
+            compare: vec![compare],
+            success: vec![RequestOp::Put {
+                key: b64(key.as_bytes()),
+                value: b64(value),
+            }],
+        };
         // The transaction's revision is the key's new mod_revision.
-        let rev = resp.header().map_or(0, |h| h.revision());
-        Ok(Some(revision(rev)))
+        let (succeeded, rev) = self.txn("put", &txn)?;
+        Ok(succeeded.then_some(rev))
     }
 
     fn delete(&self, key: &str, version: u64) -> Result<bool, StoreError> {
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
+        let txn = TxnRequest {
+            compare: vec![Compare::modified_at(
                 key,
-                CompareOp::Equal,
                 i64::try_from(version).unwrap_or(i64::MAX),
-            )])
-            .and_then([TxnOp::delete(key, None)]);
-        let mut client = self.client.clone();
-        let resp = self.run("delete", async move { client.txn(txn).await })?;
-        Ok(resp.succeeded())
+            )],
+            success: vec![RequestOp::Delete {
+                key: b64(key.as_bytes()),
+            }],
+        };
+        Ok(self.txn("delete", &txn)?.0)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
-        let end = prefix_end(prefix.as_bytes());
+        let end = b64(&prefix_end(prefix.as_bytes()));
         let mut out = Vec::new();
         let mut from = prefix.as_bytes().to_vec();
         // Every page at the revision of the first, so the list is one consistent view.
-        let mut at_revision = 0;
+        let mut at_revision = None;
         loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(self.options.page_size);
-            if at_revision > 0 {
-                opts = opts.with_revision(at_revision);
+            let resp: RangeResponse = self
+                .gateway
+                .call(
+                    "/v3/kv/range",
+                    &RangeRequest {
+                        key: b64(&from),
+                        range_end: Some(end.clone()),
+                        limit: Some(self.options.page_size.to_string()),
+                        revision: at_revision.map(|r: u64| r.to_string()),
+                    },
+                    Retry::Idempotent,
+                )
+                .map_err(|e| store_error("list", e))?;
+            let rev = header_revision("list", resp.header)?;
+            at_revision.get_or_insert(rev);
+            let more = resp.more;
+            let mut last = None;
+            for kv in resp.kvs {
+                let key = String::from_utf8_lossy(&kv.key).into_owned();
+                out.push((key, Versioned::new(kv.value, revision(kv.mod_revision))));
+                last = Some(kv.key);
             }
-            let mut client = self.client.clone();
-            let key = from.clone();
-            let resp = self.run("list", async move { client.get(key, Some(opts)).await })?;
-            if at_revision == 0 {
-                at_revision = resp.header().map_or(0, |h| h.revision());
-            }
-            for kv in resp.kvs() {
-                let key = String::from_utf8_lossy(kv.key()).into_owned();
-                out.push((
-                    key,
-                    Versioned::new(kv.value().to_vec(), revision(kv.mod_revision())),
-                ));
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    from = last.key().to_vec();
-                    from.push(0);
+            match last {
+                Some(mut last) if more => {
+                    last.push(0);
+                    from = last;
                 }
                 _ => return Ok(out),
             }

@@ -1,17 +1,17 @@
-//! The registry on a real etcd (Debian `etcd-server`), started by the tests on loopback.
+//! The registry on a real etcd (Debian `etcd-server`), started by the tests on loopback:
+//! plain HTTP, TLS with client certificates, and user/password authentication.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use service_core::model::{Service, ServicePort, ServiceType};
+use service_core::random::{Random, SeededRandom};
 use service_core::registry::{
     Precondition, Registry, RegistryConfig, Store, StoreError, Versioned,
 };
-use service_etcd::{EtcdOptions, EtcdStore};
+use service_etcd::{ConnectError, EtcdAuth, EtcdOptions, EtcdStore, EtcdTls};
 use service_testkit::etcd::EtcdServer;
 use service_testkit::netns::{E2e, require_programs};
 
@@ -42,7 +42,7 @@ fn node_port(s: &Service) -> i32 {
 }
 
 /// Every Service has distinct values, and the stored bitmaps hold exactly those.
-fn assert_consistent<S: Store>(r: &Registry<S, StdRng>) -> usize {
+fn assert_consistent<S: Store, R: Random>(r: &Registry<S, R>) -> usize {
     let services = r.list().unwrap();
     let mut ips = HashSet::new();
     let mut ports = HashSet::new();
@@ -71,7 +71,126 @@ fn the_store_contract_holds_on_etcd() {
     let Some(server) = etcd_or_skip("the_store_contract_holds_on_etcd") else {
         return;
     };
-    let s = connect(&server, Duration::from_secs(5));
+    store_contract(&connect(&server, Duration::from_secs(5)));
+}
+
+/// etcd as clusters run it: TLS with client-certificate authentication
+/// (`--client-cert-auth`), the certificates made by the test.
+#[test]
+fn tls_with_client_certificates() {
+    if require_programs("tls_with_client_certificates", &["etcd"]) != E2e::Run {
+        return;
+    }
+    let server = EtcdServer::start_tls();
+    let files = server.tls().unwrap();
+    let endpoint = vec![server.endpoint()];
+    let options = |ca: bool, client: bool| {
+        let mut o = EtcdOptions::default();
+        o.page_size = 7;
+        o.tls = EtcdTls::from_files(
+            ca.then_some(files.pki.ca.as_path()),
+            client.then_some(files.client.cert.as_path()),
+            client.then_some(files.client.key.as_path()),
+        )
+        .unwrap();
+        o
+    };
+    let store = EtcdStore::connect(&endpoint, options(true, true)).unwrap();
+    assert!(store.server_version().unwrap().starts_with("3."));
+    store_contract(&store);
+    let mut r = Registry::new(
+        config("10.0.0.0/24", "30000-30099"),
+        store,
+        SeededRandom::new(1),
+    )
+    .unwrap();
+    r.create(node_port_service("over-tls")).unwrap();
+    assert_eq!(assert_consistent(&r), 1);
+
+    // Without a client certificate etcd ends the handshake; without the CA we do.
+    for (ca, client) in [(true, false), (false, true)] {
+        let err = EtcdStore::connect(&endpoint, options(ca, client)).unwrap_err();
+        assert!(matches!(err, ConnectError::Unreachable(_)), "{err:?}");
+    }
+    // An http:// endpoint with TLS files is a configuration mistake, said at once.
+    let err = EtcdStore::connect(
+        &[endpoint[0].replace("https://", "http://")],
+        options(true, true),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("TLS files are given"), "{err}");
+    // A client certificate from another CA is refused.
+    let other = service_testkit::pki::TestPki::new(&files.pki.ca.with_file_name("other"), "other");
+    let stranger = other.client("root", &[]);
+    let mut o = options(true, false);
+    o.tls = EtcdTls::from_files(
+        Some(&files.pki.ca),
+        Some(&stranger.cert),
+        Some(&stranger.key),
+    )
+    .unwrap();
+    assert!(EtcdStore::connect(&endpoint, o).is_err());
+}
+
+/// etcd with user/password authentication: wrong credentials are refused at connect, and
+/// an expired token (`--auth-token-ttl 1`) is renewed transparently.
+#[test]
+fn password_authentication_and_token_renewal() {
+    if require_programs("password_authentication_and_token_renewal", &["etcd"]) != E2e::Run {
+        return;
+    }
+    let server = EtcdServer::start_with_args(&["--auth-token-ttl", "1"]);
+    server.enable_auth("s3cret");
+    let endpoint = vec![server.endpoint()];
+    let with = |password: &str| {
+        let mut o = EtcdOptions::default();
+        o.auth = Some(EtcdAuth::new("root", password));
+        o
+    };
+    let err = EtcdStore::connect(&endpoint, with("wrong")).unwrap_err();
+    assert!(
+        matches!(&err, ConnectError::Auth(m) if m.contains("authentication failed")),
+        "{err:?}"
+    );
+    // No credentials at all: etcd refuses the first read.
+    assert!(EtcdStore::connect(&endpoint, EtcdOptions::default()).is_err());
+
+    let store = EtcdStore::connect(&endpoint, with("s3cret")).unwrap();
+    let v = store
+        .put("/auth/k", b"1", Precondition::Absent)
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        store.get("/auth/k").unwrap(),
+        Some(Versioned::new(b"1".to_vec(), v))
+    );
+    assert!(
+        store
+            .put("/auth/k", b"2", Precondition::Version(v))
+            .unwrap()
+            .is_some()
+    );
+}
+
+/// Several endpoints: the first is down, requests go to the next.
+#[test]
+fn fails_over_to_an_endpoint_that_answers() {
+    let Some(server) = etcd_or_skip("fails_over_to_an_endpoint_that_answers") else {
+        return;
+    };
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let store =
+        EtcdStore::connect(&[dead.clone(), server.endpoint()], EtcdOptions::default()).unwrap();
+    store_contract(&store);
+    let err = EtcdStore::connect(&[dead], EtcdOptions::default()).unwrap_err();
+    assert!(matches!(err, ConnectError::Unreachable(_)), "{err:?}");
+}
+
+fn store_contract(s: &EtcdStore) {
     assert_eq!(s.get("/k").unwrap(), None);
     assert_eq!(s.put("/k", b"1", Precondition::Version(1)).unwrap(), None);
     let v1 = s.put("/k", b"1", Precondition::Absent).unwrap().unwrap();
@@ -124,7 +243,7 @@ fn replicas_share_the_ranges_without_duplicates() {
                 (cfg.clone(), full.clone(), created.clone(), endpoint.clone());
             std::thread::spawn(move || {
                 let store = EtcdStore::connect(&[endpoint], EtcdOptions::default()).unwrap();
-                let mut r = Registry::new(cfg, store, StdRng::seed_from_u64(t)).unwrap();
+                let mut r = Registry::new(cfg, store, SeededRandom::new(t)).unwrap();
                 // Keep creating; when a range runs out, give back the oldest of our own.
                 let mut live = std::collections::VecDeque::new();
                 for i in 0..600 {
@@ -161,7 +280,7 @@ fn replicas_share_the_ranges_without_duplicates() {
     let r = Registry::new(
         cfg,
         connect(&server, Duration::from_secs(5)),
-        StdRng::seed_from_u64(9),
+        SeededRandom::new(9),
     )
     .unwrap();
     assert_consistent(&r);
@@ -205,7 +324,7 @@ fn a_replica_dropped_mid_transaction_leaks_and_repair_frees_it() {
     let mut healthy = Registry::new(
         cfg.clone(),
         connect(&server, Duration::from_secs(5)),
-        StdRng::seed_from_u64(1),
+        SeededRandom::new(1),
     )
     .unwrap();
     healthy.create(node_port_service("keep")).unwrap();
@@ -214,7 +333,7 @@ fn a_replica_dropped_mid_transaction_leaks_and_repair_frees_it() {
         inner: connect(&server, Duration::from_secs(5)),
         budget: AtomicUsize::new(4),
     };
-    let mut doomed = Registry::new(cfg, dying, StdRng::seed_from_u64(2)).unwrap();
+    let mut doomed = Registry::new(cfg, dying, SeededRandom::new(2)).unwrap();
     assert_eq!(
         doomed.create(node_port_service("lost")).unwrap_err().code,
         500
@@ -251,7 +370,7 @@ fn etcd_restarts_lose_nothing_acknowledged() {
             let mut options = EtcdOptions::default();
             options.request_timeout = Duration::from_secs(1);
             let store = EtcdStore::connect(&[endpoint], options).unwrap();
-            let mut r = Registry::new(cfg, store, StdRng::seed_from_u64(5)).unwrap();
+            let mut r = Registry::new(cfg, store, SeededRandom::new(5)).unwrap();
             let (mut acked, mut deleted, mut failures) = (BTreeSet::new(), BTreeSet::new(), 0);
             let mut i = 0;
             while !stop.load(Ordering::Relaxed) && i < 2000 {
@@ -287,7 +406,7 @@ fn etcd_restarts_lose_nothing_acknowledged() {
     let mut r = Registry::new(
         cfg,
         connect(&server, Duration::from_secs(5)),
-        StdRng::seed_from_u64(6),
+        SeededRandom::new(6),
     )
     .unwrap();
     let stored: BTreeSet<String> = r
