@@ -30,7 +30,7 @@ pub enum BackendArg {
     Iptables,
     /// kube-proxy's nftables layout (with our leaner DNAT maps).
     Nftables,
-    /// kube-proxy's IPVS mode (`render` only, for now).
+    /// kube-proxy's IPVS mode (virtual servers, ipsets and its fixed iptables rules).
     Ipvs,
     /// The userspace L4 proxy (`proxy` only).
     Userspace,
@@ -39,9 +39,12 @@ pub enum BackendArg {
 /// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct NodeArgs {
-    /// Name of this node, compared with endpoints' `nodeName` (kube-proxy: --hostname-override).
-    #[arg(long, default_value = "")]
-    pub node_name: String,
+    /// Name of this node, compared with endpoints' `nodeName` to find local endpoints
+    /// (kube-proxy: --hostname-override). Default: the host name, lower-cased, as
+    /// kube-proxy's; with no name no endpoint is local and `externalTrafficPolicy: Local`
+    /// Services drop all external traffic.
+    #[arg(long = "node-name", alias = "hostname-override")]
+    pub node_name_override: Option<String>,
     /// A node IP; repeat for several, the first of each family is the primary.
     #[arg(long = "node-ip")]
     pub node_ips: Vec<IpAddr>,
@@ -86,9 +89,21 @@ impl NodeArgs {
         }
     }
 
+    /// This node's name: `--node-name` if given, else the host name, trimmed and
+    /// lower-cased as kube-proxy's `GetHostname` does (empty only when neither exists).
+    pub fn node_name(&self) -> String {
+        let name = match &self.node_name_override {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        name.trim().to_lowercase()
+    }
+
     /// The node facts for the snapshot.
     pub fn node_info(&self) -> NodeInfo {
-        let mut node = NodeInfo::new(&self.node_name, self.node_ips.clone());
+        let mut node = NodeInfo::new(&self.node_name(), self.node_ips.clone());
         node.zone.clone_from(&self.node_zone);
         node
     }

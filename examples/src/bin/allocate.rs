@@ -1,22 +1,29 @@
-//! `allocate [--service-cidr CIDR]... [--node-port-range RANGE] [--etcd URL] FILE...`:
+//! `allocate [--service-cidr CIDR]... [--node-port-range RANGE] [--etcd-servers URL,...]
+//! [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] FILE...`:
 //! creates the files' Services in a registry, as `kubectl create` against an API server
 //! would, and prints what each was given: cluster IPs, node ports, health-check node port.
 //! A Service the API server would refuse gets its error instead (422 invalid, 409 exists,
 //! 500 range full), and the exit status is 2.
 //!
-//! Without `--etcd` the registry lives in memory for this run. With it, the state lives
-//! in etcd (keys under `/registry`), so successive runs see each other's Services.
+//! Without `--etcd-servers` the registry lives in memory for this run. With it, the state
+//! lives in etcd (keys under `--etcd-prefix`, by default `/service-registry`: never the
+//! API server's `/registry`), so successive runs see each other's Services. The etcd flags
+//! are kube-apiserver's; `--etcd-username`/`--etcd-password-file` are for an etcd with
+//! authentication enabled.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use anyhow::Context as _;
 
 use clap::Parser;
 use ipnet::IpNet;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use service_core::alloc::PortRange;
 use service_core::manifest::Object;
 use service_core::model::Service;
-use service_core::registry::{MemoryStore, Registry, RegistryConfig, Store};
+use service_core::random::SeededRandom;
+use service_core::registry::{DEFAULT_PREFIX, MemoryStore, Registry, RegistryConfig, Store};
+use service_etcd::{EtcdAuth, EtcdOptions, EtcdStore, EtcdTls};
 use service_examples::{EXIT_INVALID, load_files};
 
 /// Allocate cluster IPs and node ports for Services, as the API server does.
@@ -29,9 +36,28 @@ struct Args {
     /// `--service-node-port-range`.
     #[arg(long, default_value = "30000-32767")]
     node_port_range: PortRange,
-    /// Keep the registry in this etcd (`http://127.0.0.1:2379`) instead of memory.
-    #[arg(long)]
-    etcd: Option<String>,
+    /// Keep the registry in etcd instead of memory: its client URLs, comma-separated
+    /// (`https://10.0.0.1:2379,https://10.0.0.2:2379`).
+    #[arg(long = "etcd-servers", alias = "etcd", value_delimiter = ',')]
+    etcd_servers: Vec<String>,
+    /// The CA bundle that signs etcd's serving certificate.
+    #[arg(long = "etcd-cafile", requires = "etcd_servers")]
+    etcd_cafile: Option<PathBuf>,
+    /// The client certificate presented to etcd (with `--etcd-keyfile`).
+    #[arg(long = "etcd-certfile", requires_all = ["etcd_servers", "etcd_keyfile"])]
+    etcd_certfile: Option<PathBuf>,
+    /// The key of `--etcd-certfile`.
+    #[arg(long = "etcd-keyfile", requires_all = ["etcd_servers", "etcd_certfile"])]
+    etcd_keyfile: Option<PathBuf>,
+    /// The key prefix of the registry in etcd.
+    #[arg(long = "etcd-prefix", default_value = DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// The etcd user, when etcd has authentication enabled (with `--etcd-password-file`).
+    #[arg(long = "etcd-username", requires_all = ["etcd_servers", "etcd_password_file"])]
+    etcd_username: Option<String>,
+    /// A file holding the etcd user's password (its first line).
+    #[arg(long = "etcd-password-file", requires = "etcd_username")]
+    etcd_password_file: Option<PathBuf>,
     /// Seed for the random choices, for reproducible output (default: random).
     #[arg(long)]
     seed: Option<u64>,
@@ -76,10 +102,7 @@ fn describe(svc: &Service) -> String {
     parts.join(" ")
 }
 
-fn create_all<S: Store>(
-    mut registry: Registry<S, StdRng>,
-    services: Vec<(String, Service)>,
-) -> ExitCode {
+fn create_all<S: Store>(mut registry: Registry<S>, services: Vec<(String, Service)>) -> ExitCode {
     let mut failed = false;
     for (at, svc) in services {
         let key = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name());
@@ -126,20 +149,35 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let rng = args
-        .seed
-        .map_or_else(StdRng::from_os_rng, StdRng::seed_from_u64);
-    let result = match &args.etcd {
-        None => Registry::new(config, MemoryStore::new(), rng).map(|r| create_all(r, services)),
-        Some(url) => service_etcd::EtcdStore::connect(
-            std::slice::from_ref(url),
-            service_etcd::EtcdOptions::default(),
-        )
-        .and_then(|store| Registry::new(config, store, rng))
-        .map(|r| create_all(r, services)),
+    let rng = SeededRandom::new(args.seed.unwrap_or_else(rand::random));
+    let result = if args.etcd_servers.is_empty() {
+        Registry::new(config, MemoryStore::new(), rng)
+            .map(|r| create_all(r, services))
+            .map_err(anyhow::Error::from)
+    } else {
+        etcd_store(&args).and_then(|store| {
+            let config = config.with_prefix(&args.etcd_prefix);
+            Ok(create_all(Registry::new(config, store, rng)?, services))
+        })
     };
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e}");
+        eprintln!("error: {e:#}");
         ExitCode::FAILURE
     })
+}
+
+fn etcd_store(args: &Args) -> anyhow::Result<EtcdStore> {
+    let mut options = EtcdOptions::default();
+    options.tls = EtcdTls::from_files(
+        args.etcd_cafile.as_deref(),
+        args.etcd_certfile.as_deref(),
+        args.etcd_keyfile.as_deref(),
+    )?;
+    if let (Some(user), Some(file)) = (&args.etcd_username, &args.etcd_password_file) {
+        let password = std::fs::read_to_string(file)
+            .with_context(|| format!("reading --etcd-password-file {}", file.display()))?;
+        let password = password.lines().next().unwrap_or_default();
+        options.auth = Some(EtcdAuth::new(user, password));
+    }
+    Ok(EtcdStore::connect(&args.etcd_servers, options)?)
 }
