@@ -43,5 +43,6 @@ pub mod openapi;
 pub mod random;
 pub mod registry;
 pub mod snapshot;
+pub mod tracker;
 pub mod valid;
 pub mod validation;

@@ -4,9 +4,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use ipnet::IpNet;
+
+use super::traffic::TrafficInputs;
 use super::{
     Endpoint, FamilyPlan, NodeInfo, ServiceEndpoint, ServiceInfo, ServicePort, ServicePortName,
-    Snapshot, categorize,
+    Snapshot, Traffic, categorize,
 };
 use crate::model::{
     AddressType, EndpointSlice, Endpoints, IpFamily, Protocol, SERVICE_PROXY_NAME_LABEL,
@@ -171,16 +174,9 @@ fn port_endpoints(
     protocol: &Protocol,
     family: &IpFamily,
     node: &NodeInfo,
-    interner: &mut HashMap<String, Arc<str>>,
+    interner: &mut Interner,
 ) -> Vec<Endpoint> {
-    let mut intern = |s: &str| -> Arc<str> {
-        if let Some(a) = interner.get(s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        interner.insert(s.to_owned(), a.clone());
-        a
-    };
+    let mut intern = |s: &str| interner.get(s);
     let mut set: BTreeMap<String, Endpoint> = BTreeMap::new();
     for view in views.iter().filter(|v| v.family == *family) {
         for &(name, port, ref proto) in &view.ports {
@@ -257,7 +253,7 @@ fn family_plan(
         .filter(|i| !i.proxy_mode && same(&i.ip))
         .map(|i| i.ip)
         .collect();
-    let load_balancer_source_ranges = svc
+    let load_balancer_source_ranges: Vec<IpNet> = svc
         .load_balancer_source_ranges
         .iter()
         .copied()
@@ -267,15 +263,23 @@ fn family_plan(
         node_port.is_some() || !load_balancer_ips.is_empty() || !external_ips.is_empty();
     let external_local = svc.external_traffic_local && svc.externally_accessible();
     let internal_local = svc.internal_traffic_local;
-    let uses_cluster = !internal_local || externally_accessible;
-    let uses_local = internal_local || (external_local && externally_accessible);
     let selection = categorize(
         &endpoints,
-        uses_cluster,
-        uses_local,
+        Traffic::uses_cluster(internal_local, externally_accessible),
+        Traffic::uses_local(internal_local, external_local, externally_accessible),
         &node.name,
         node.zone.as_deref(),
     );
+    let traffic = Traffic::derive(TrafficInputs {
+        has_endpoints: selection.has_any,
+        externally_accessible,
+        internal_local,
+        external_local,
+        cluster_empty: selection.cluster.is_empty(),
+        local_empty: selection.local.is_empty(),
+        load_balancer_ips: !load_balancer_ips.is_empty(),
+        source_ranges: !load_balancer_source_ranges.is_empty(),
+    });
     Some(FamilyPlan {
         cluster_ip,
         external_ips,
@@ -283,7 +287,95 @@ fn family_plan(
         load_balancer_source_ranges,
         endpoints,
         selection,
+        traffic,
     })
+}
+
+/// Node names and zones shared between endpoints (and between builds).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Interner(HashMap<String, Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_owned(), a.clone());
+        a
+    }
+}
+
+/// What a snapshot holds for one Service: its DNS/env view, and the service ports the
+/// proxy handles (none for headless, ExternalName, unallocated, or another proxy's
+/// Services). Endpoints come from `slices` (any order), or from `legacy` Endpoints when the
+/// Service has no slice.
+pub(crate) fn service_entries(
+    svc: &ValidService,
+    slices: &[&EndpointSlice],
+    legacy: Option<&Endpoints>,
+    node: &NodeInfo,
+    interner: &mut Interner,
+) -> (Arc<ServiceInfo>, Vec<Arc<ServicePort>>) {
+    let mut sorted: Vec<&EndpointSlice> = slices.to_vec();
+    sorted.sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
+    let views: Vec<SliceView<'_>> = if sorted.is_empty() {
+        legacy.map(legacy_views).unwrap_or_default()
+    } else {
+        sorted.iter().filter_map(|s| slice_view(s)).collect()
+    };
+    let other_proxy = svc
+        .object
+        .metadata
+        .label(SERVICE_PROXY_NAME_LABEL)
+        .is_some();
+    let info = Arc::new(ServiceInfo {
+        key: svc.key.clone(),
+        type_: svc.type_.clone(),
+        cluster_ips: svc.cluster_ips.clone(),
+        cluster_ip_text: svc.object.spec.cluster_ip.clone().unwrap_or_default(),
+        external_name: svc.external_name.clone(),
+        ports: svc.ports.clone(),
+        endpoints: service_endpoints(&views),
+        other_proxy,
+    });
+    if svc.cluster_ips.ips().is_empty() || other_proxy {
+        return (info, Vec::new());
+    }
+    let ports = svc
+        .ports
+        .iter()
+        .map(|port| {
+            let name = ServicePortName {
+                service: svc.key.clone(),
+                port: port.name.clone(),
+                protocol: port.protocol.clone(),
+            };
+            let mut plan = |family: IpFamily| {
+                let eps =
+                    port_endpoints(&views, &port.name, &port.protocol, &family, node, interner);
+                family_plan(svc, port.node_port, &family, eps, node)
+            };
+            let ipv4 = plan(IpFamily::Ipv4);
+            let ipv6 = plan(IpFamily::Ipv6);
+            Arc::new(ServicePort {
+                name,
+                port: port.port,
+                node_port: port.node_port,
+                session_affinity_timeout: svc.session_affinity_timeout,
+                external_policy_local: svc.external_traffic_local && svc.externally_accessible(),
+                internal_policy_local: svc.internal_traffic_local,
+                health_check_node_port: if svc.needs_health_check() {
+                    svc.health_check_node_port
+                } else {
+                    None
+                },
+                ipv4,
+                ipv6,
+            })
+        })
+        .collect();
+    (info, ports)
 }
 
 /// Replaces entries of `new` equal to those of `old` by `old`'s, so that consecutive
@@ -321,9 +413,6 @@ impl Snapshot {
                     .push(s);
             }
         }
-        for list in by_service.values_mut() {
-            list.sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
-        }
         let legacy: HashMap<(&str, &str), &Endpoints> = endpoints
             .iter()
             .map(|e| ((e.metadata.namespace(), e.metadata.name()), e))
@@ -335,79 +424,24 @@ impl Snapshot {
             return Err(SnapshotError::DuplicateService(w[0].key.clone()));
         }
 
-        let mut interner = HashMap::new();
+        let mut interner = Interner::default();
         let mut snapshot = Self {
             node: Arc::new(node),
             ..Self::default()
         };
         for svc in sorted {
             let key = (svc.key.namespace.as_str(), svc.key.name.as_str());
-            let views: Vec<SliceView<'_>> = match by_service.get(&key) {
-                Some(list) => list.iter().filter_map(|s| slice_view(s)).collect(),
-                None => legacy
-                    .get(&key)
-                    .map(|e| legacy_views(e))
-                    .unwrap_or_default(),
-            };
-            let other_proxy = svc
-                .object
-                .metadata
-                .label(SERVICE_PROXY_NAME_LABEL)
-                .is_some();
-            snapshot.services.insert(
-                svc.key.clone(),
-                Arc::new(ServiceInfo {
-                    key: svc.key.clone(),
-                    type_: svc.type_.clone(),
-                    cluster_ips: svc.cluster_ips.clone(),
-                    cluster_ip_text: svc.object.spec.cluster_ip.clone().unwrap_or_default(),
-                    external_name: svc.external_name.clone(),
-                    ports: svc.ports.clone(),
-                    endpoints: service_endpoints(&views),
-                    other_proxy,
-                }),
+            let slices = by_service.get(&key).map_or(&[][..], Vec::as_slice);
+            let (info, ports) = service_entries(
+                svc,
+                slices,
+                legacy.get(&key).copied(),
+                &snapshot.node,
+                &mut interner,
             );
-            if svc.cluster_ips.ips().is_empty() || other_proxy {
-                continue;
-            }
-            for port in &svc.ports {
-                let name = ServicePortName {
-                    service: svc.key.clone(),
-                    port: port.name.clone(),
-                    protocol: port.protocol.clone(),
-                };
-                let mut plan = |family: IpFamily| {
-                    let eps = port_endpoints(
-                        &views,
-                        &port.name,
-                        &port.protocol,
-                        &family,
-                        &snapshot.node,
-                        &mut interner,
-                    );
-                    family_plan(svc, port.node_port, &family, eps, &snapshot.node)
-                };
-                let ipv4 = plan(IpFamily::Ipv4);
-                let ipv6 = plan(IpFamily::Ipv6);
-                snapshot.ports.insert(
-                    name.clone(),
-                    Arc::new(ServicePort {
-                        name,
-                        port: port.port,
-                        node_port: port.node_port,
-                        session_affinity_timeout: svc.session_affinity_timeout,
-                        external_policy_local: svc.external_traffic_local
-                            && svc.externally_accessible(),
-                        internal_policy_local: svc.internal_traffic_local,
-                        health_check_node_port: if svc.needs_health_check() {
-                            svc.health_check_node_port
-                        } else {
-                            None
-                        },
-                        ipv4,
-                        ipv6,
-                    }),
-                );
+            snapshot.services.insert(svc.key.clone(), info);
+            for port in ports {
+                snapshot.ports.insert(port.name.clone(), port);
             }
         }
         Ok(snapshot)

@@ -12,6 +12,7 @@
 mod build;
 mod diff;
 mod topology;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,8 +22,10 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 pub use build::SnapshotError;
+pub(crate) use build::{Interner, service_entries};
 pub use diff::{Change, SnapshotDiff};
 pub use topology::categorize;
+pub use traffic::{EndpointSet, Traffic};
 
 use crate::model::{IpFamily, Protocol, ServiceType};
 use crate::valid::{ClusterIps, ServiceKey, ValidServicePort};
@@ -184,6 +187,8 @@ pub struct FamilyPlan {
     pub endpoints: Vec<Endpoint>,
     /// The selection.
     pub selection: EndpointSelection,
+    /// Which of the selected endpoints each kind of traffic reaches.
+    pub traffic: Traffic,
 }
 
 impl FamilyPlan {
@@ -206,6 +211,19 @@ impl FamilyPlan {
             .local
             .iter()
             .map(|&i| &self.endpoints[i as usize])
+    }
+
+    /// The endpoints of one set, as indices into [`FamilyPlan::endpoints`].
+    pub fn set(&self, set: EndpointSet) -> &[u32] {
+        match set {
+            EndpointSet::Cluster => &self.selection.cluster,
+            EndpointSet::Local => &self.selection.local,
+        }
+    }
+
+    /// The endpoints of one set.
+    pub fn set_endpoints(&self, set: EndpointSet) -> impl Iterator<Item = &Endpoint> {
+        self.set(set).iter().map(|&i| &self.endpoints[i as usize])
     }
 
     /// Every endpoint a rule may reach from this node.
