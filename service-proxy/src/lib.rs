@@ -1,16 +1,63 @@
-//! Service proxy backends: a [`service_core::snapshot::Snapshot`] in, kernel rules out.
+//! Service proxy backends and the engine that drives them: cluster state in, kernel rules
+//! out.
 //!
 //! ```text
-//! Snapshot ──► <backend>::Renderer::full / ::partial ──► RuleSet ──► applier (kernel)
-//!                                                            └──► trace(packet) → verdict
+//! events ──► ChangeTracker ──checkout──► (Snapshot, changed service ports)
+//!                                              │
+//! SyncScheduler (when: min-sync-period, ──────►│ SyncRequest
+//!   sync-period, backoff; sans-IO)             ▼
+//!                     Proxier::sync ── iptables::IptablesProxier ─► iptables-restore
+//!                     (one trait,   ── nftables::NftProxier ──────► nf_tables netlink
+//!                      every        ── ipvs::IpvsProxier ─────────► IPVS genl, ipset
+//!                      backend)     ── userspace::UserspaceProxier ► portals + REDIRECT
+//!                                   ── dry_run::DryRun ───────────► the text, no kernel
+//!                          │
+//!                          ▼
+//!          SyncReport { kind, duration, changes, BackendReport } or SyncError { kind }
 //! ```
+//!
+//! - [`Proxier`] is the one interface of every backend: sync a snapshot (with the service
+//!   ports that changed), force the next sync full, clean up. One [`SyncReport`], one
+//!   [`SyncError`] whose [`SyncErrorKind`] says what to do (fall back, resync, retry).
+//! - [`ChangeTracker`] (from `service-core`) applies Service, EndpointSlice and Node
+//!   events to the snapshot and hands out exactly the service ports that changed.
+//! - [`SyncScheduler`] decides when to sync, kube-proxy's way, from the time it is given.
+//! - [`Engine`] ties the three together for one or two IP families: what the `proxy`
+//!   daemon runs, and what an embedder runs.
 //!
 //! Rendering is pure: a renderer turns a snapshot into a rule set (a typed model with a
 //! `Display` impl in the kernel tool's own input format) and remembers what it rendered so
-//! that the next render after a small change can be partial. The [`SyncEngine`] decides
-//! between full and partial syncs from snapshot diffs. Appliers (feature `apply`) are thin
-//! IO layers that feed rule sets to the kernel; the tracer answers where a packet goes by
-//! evaluating the rendered rule model, without a kernel.
+//! that the next render after a small change can be partial. Which endpoints each kind of
+//! traffic reaches is derived once, on the snapshot's service port
+//! ([`service_core::snapshot::Traffic`]), and read by every backend. Appliers (feature
+//! `apply`) are thin IO layers that feed rule sets to the kernel; the tracers answer where
+//! a packet goes by evaluating the rendered rule model, without a kernel.
+//!
+//! ```no_run
+//! use std::time::{Instant, SystemTime};
+//! use service_core::model::IpFamily;
+//! use service_core::snapshot::NodeInfo;
+//! use service_proxy::nftables::apply::{NftProxier, NftSocket};
+//! use service_proxy::nftables::{NftablesConfig, Renderer};
+//! use service_proxy::{ChangeTracker, Engine, ProxyConfig, SchedulerConfig};
+//!
+//! let renderer = Renderer::new(NftablesConfig::new(ProxyConfig::default()), false);
+//! let proxier = NftProxier::new(renderer, NftSocket::new()?);
+//! let node = NodeInfo::new("node-a", vec!["192.168.0.2".parse()?]);
+//! let mut engine =
+//!     Engine::new(ChangeTracker::new(node), SchedulerConfig::default(), vec![proxier], Instant::now());
+//! loop {
+//!     // engine.apply(event, when, Instant::now()) for each Service/EndpointSlice event...
+//!     if let Some(sync) = engine.poll(Instant::now(), SystemTime::now()) {
+//!         for (family, result) in &sync.results {
+//!             println!("{family:?}: {result:?}");
+//!         }
+//!     }
+//!     // ... then sleep until engine.poll_timeout() or the next event.
+//! #   break;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! # What this crate does not do
 //! It does not watch a Kubernetes API server or read manifests (see `service-core`), and
@@ -31,18 +78,20 @@
 pub use service_core as core;
 
 mod config;
+pub mod dry_run;
+pub mod engine;
 #[cfg(feature = "apply")]
 mod netns;
 #[cfg(any(feature = "apply", feature = "ipvs", feature = "nftables"))]
 mod nlmsg;
 mod port_name;
+pub mod proxier;
 #[cfg(all(feature = "apply", feature = "ipvs"))]
 mod rtnl;
+pub mod scheduler;
 mod sync;
 pub mod trace;
 
-#[cfg(feature = "apply")]
-#[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub mod conntrack;
 #[cfg(feature = "iptables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "iptables")))]
@@ -58,5 +107,11 @@ pub mod nftables;
 pub mod userspace;
 
 pub use config::ProxyConfig;
+pub use engine::{Engine, EngineSync};
 pub use port_name::PortName;
-pub use sync::{SyncEngine, SyncKind, SyncPlan};
+pub use proxier::{
+    BackendReport, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport, SyncRequest,
+};
+pub use scheduler::{SchedulerConfig, SyncDue, SyncScheduler};
+pub use service_core::tracker::{ChangeTracker, Changes, Event, Source, TimedEvent};
+pub use sync::SyncKind;

@@ -1,4 +1,7 @@
-//! The sync engine: decides between a full and a partial sync.
+//! Full or partial: what each proxier remembers of its last successful sync, and how it
+//! decides what the next one rewrites.
+
+use std::collections::BTreeSet;
 
 use service_core::snapshot::{ServicePortName, Snapshot};
 
@@ -6,7 +9,7 @@ use service_core::snapshot::{ServicePortName, Snapshot};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SyncKind {
-    /// Rewrite everything.
+    /// Rewrite everything (or, for incremental backends, compare every service port).
     Full,
     /// Rewrite the top-level dispatch plus the changed service ports.
     Partial,
@@ -14,18 +17,24 @@ pub enum SyncKind {
 
 /// The plan for one sync.
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SyncPlan {
+pub(crate) struct SyncPlan {
     /// Full or partial.
-    pub kind: SyncKind,
+    pub(crate) kind: SyncKind,
     /// The service ports that changed since the last successful sync (empty for full).
-    pub changed: Vec<ServicePortName>,
+    pub(crate) changed: Vec<ServicePortName>,
 }
 
 impl SyncPlan {
     /// Whether there is nothing to do (a partial sync with no change).
-    pub fn is_noop(&self) -> bool {
+    pub(crate) fn is_noop(&self) -> bool {
         self.kind == SyncKind::Partial && self.changed.is_empty()
+    }
+
+    fn full() -> Self {
+        Self {
+            kind: SyncKind::Full,
+            changed: Vec::new(),
+        }
     }
 }
 
@@ -33,59 +42,65 @@ impl SyncPlan {
 ///
 /// A full sync happens first, after any failure, when the node facts change, and when
 /// asked for ([`SyncEngine::force_full`], e.g. a canary chain found missing or a periodic
-/// resync); otherwise only the service ports that differ from the last committed snapshot
-/// are re-rendered.
+/// resync); otherwise only the changed service ports are re-rendered: those the caller
+/// names (from a change tracker), or those that differ from the last committed snapshot.
 #[derive(Clone, Debug, Default)]
-pub struct SyncEngine {
+pub(crate) struct SyncEngine {
     committed: Option<Snapshot>,
     needs_full: bool,
 }
 
 impl SyncEngine {
     /// A fresh engine: its first plan is a full sync.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The plan to bring the kernel from the last committed snapshot to `next`.
-    pub fn plan(&self, next: &Snapshot) -> SyncPlan {
+    pub(crate) fn plan(
+        &self,
+        next: &Snapshot,
+        changed: Option<&BTreeSet<ServicePortName>>,
+    ) -> SyncPlan {
         let Some(prev) = self.committed.as_ref().filter(|_| !self.needs_full) else {
-            return SyncPlan {
-                kind: SyncKind::Full,
-                changed: Vec::new(),
-            };
+            return SyncPlan::full();
         };
-        let diff = next.diff(prev);
-        if diff.node_changed {
-            return SyncPlan {
-                kind: SyncKind::Full,
-                changed: Vec::new(),
-            };
+        if next.node != prev.node {
+            return SyncPlan::full();
         }
+        let changed = match changed {
+            Some(names) => names.iter().cloned().collect(),
+            None => next
+                .diff(prev)
+                .ports
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect(),
+        };
         SyncPlan {
             kind: SyncKind::Partial,
-            changed: diff.ports.into_iter().map(|(name, _)| name).collect(),
+            changed,
         }
     }
 
     /// Records that `snapshot` reached the kernel.
-    pub fn committed(&mut self, snapshot: Snapshot) {
+    pub(crate) fn committed(&mut self, snapshot: Snapshot) {
         self.committed = Some(snapshot);
         self.needs_full = false;
     }
 
     /// Records a failed sync: the next one is full.
-    pub fn failed(&mut self) {
+    pub(crate) fn failed(&mut self) {
         self.needs_full = true;
     }
 
     /// Forces the next sync to be full.
-    pub fn force_full(&mut self) {
+    pub(crate) fn force_full(&mut self) {
         self.needs_full = true;
     }
 
     /// The last committed snapshot.
-    pub fn last(&self) -> Option<&Snapshot> {
+    pub(crate) fn last(&self) -> Option<&Snapshot> {
         self.committed.as_ref()
     }
 }

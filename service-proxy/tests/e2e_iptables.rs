@@ -14,11 +14,11 @@ use common::{
     snapshot_of,
 };
 use service_proxy::ProxyConfig;
-use service_proxy::SyncKind;
 use service_proxy::conntrack::Conntrack;
-use service_proxy::iptables::apply::{Flavor, Proxier, SystemRunner};
+use service_proxy::iptables::apply::{Flavor, IptablesProxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer};
 use service_proxy::trace::Packet;
+use service_proxy::{Proxier, SyncKind};
 use service_testkit::fixtures;
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
 
@@ -79,13 +79,13 @@ fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
 
     let conntrack =
         Conntrack::in_netns(&node.path()).expect("conntrack socket in the node namespace");
-    let mut proxier = Proxier::new(
+    let mut proxier = IptablesProxier::new(
         Renderer::new(config(), false),
         SystemRunner::in_netns(node.name()).with_flavor(flavor),
-        conntrack,
-    );
+    )
+    .with_conntrack(conntrack);
     let snap = snapshot_of(CLUSTER, None);
-    let report = proxier.sync(&snap).expect("first sync");
+    let report = proxier.sync_to(&snap).expect("first sync");
     assert_eq!(report.kind, SyncKind::Full);
     let rules = proxier.current_rules().unwrap();
 
@@ -135,9 +135,9 @@ fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
     );
     assert_ne!(yaml, CLUSTER);
     let next = snapshot_of(&yaml, Some(&snap));
-    let report = proxier.sync(&next).expect("partial sync");
+    let report = proxier.sync_to(&next).expect("partial sync");
     assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
-    assert_eq!(report.changed, 2);
+    assert_eq!(report.service_ports_changed, 2);
     assert!(report.conntrack_deleted >= 1, "{report:?}");
     assert_eq!(stale(&mut dump), 0);
     let rules = proxier.current_rules().unwrap();
@@ -179,7 +179,7 @@ fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
         ),
         Reached::Refused | Reached::Timeout | Reached::Other(_)
     ));
-    let report = proxier.sync(&next).expect("resync");
+    let report = proxier.sync_to(&next).expect("resync");
     assert_eq!(report.kind, SyncKind::Full);
     assert_eq!(
         check(&env, &trace, From::ClientPod, "10.96.0.10:80", 30),
@@ -220,13 +220,12 @@ fn restore_accepts_every_fixture() {
             cfg.proxy
                 .cluster_cidrs
                 .push("fd00:10::/64".parse().unwrap());
-            let mut proxier = Proxier::new(
+            let mut proxier = IptablesProxier::new(
                 Renderer::new(cfg, ipv6),
                 SystemRunner::in_netns(node.name()),
-                service_proxy::iptables::apply::NoConntrack,
             );
             proxier
-                .sync(&snap)
+                .sync_to(&snap)
                 .unwrap_or_else(|e| panic!("{} (ipv6={ipv6}): {e}", path.display()));
             proxier.cleanup().unwrap();
         }
@@ -272,14 +271,13 @@ fn partial_syncs_match_a_full_restore_in_the_kernel() {
         return;
     }
     let node = Netns::new("psync");
-    let mut proxier = Proxier::new(
+    let mut proxier = IptablesProxier::new(
         Renderer::new(config(), false),
         SystemRunner::in_netns(node.name()),
-        service_proxy::iptables::apply::NoConntrack,
     );
     let mut yaml = CLUSTER.to_owned();
     let mut snap = snapshot_of(&yaml, None);
-    proxier.sync(&snap).unwrap();
+    proxier.sync_to(&snap).unwrap();
     let edits: [(&str, &str); 6] = [
         (
             "- {addresses: [10.244.2.12], nodeName: node-b}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: sticky",
@@ -304,16 +302,15 @@ fn partial_syncs_match_a_full_restore_in_the_kernel() {
         assert!(yaml.contains(from), "edit does not apply: {from}");
         yaml = yaml.replacen(from, to, 1);
         let next = snapshot_of(&yaml, Some(&snap));
-        let report = proxier.sync(&next).unwrap();
+        let report = proxier.sync_to(&next).unwrap();
         assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
         snap = next;
     }
     let fresh = Netns::new("psync-full");
-    let mut full = Proxier::new(
+    let mut full = IptablesProxier::new(
         Renderer::new(config(), false),
         SystemRunner::in_netns(fresh.name()),
-        service_proxy::iptables::apply::NoConntrack,
     );
-    assert_eq!(full.sync(&snap).unwrap().kind, SyncKind::Full);
+    assert_eq!(full.sync_to(&snap).unwrap().kind, SyncKind::Full);
     assert_eq!(kube_state(&node), kube_state(&fresh));
 }

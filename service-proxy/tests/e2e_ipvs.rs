@@ -15,13 +15,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{Backend, CLUSTER, Env, echo, names, run_flows, sa, snapshot_of};
-use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{
     DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsPlan, IpvsProtocol,
     IpvsProxier, Scheduler,
 };
+use service_proxy::{Proxier, ProxyConfig};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, serve_lines, tcp_connect};
 use service_testkit::uml;
 
@@ -156,10 +156,15 @@ fn ipvs_in_uml() {
     let mut proxier = start_backend(&env, Scheduler::Rr)
         .expect("start the IPVS backend")
         .with_conntrack(conntrack);
-    let report = proxier.sync(&snap).expect("first sync");
-    assert!(report.changes > 0 && report.bound > 0, "{report:?}");
-    let again = proxier.sync(&snap).expect("second sync");
-    assert_eq!(again.changes, 0, "a sync with nothing new changes nothing");
+    let report = proxier.sync_to(&snap).expect("first sync");
+    let d = report.ipvs().unwrap();
+    assert!(d.changes > 0 && d.bound > 0, "{report:?}");
+    let again = proxier.sync_to(&snap).expect("second sync");
+    assert_eq!(
+        again.ipvs().unwrap().changes,
+        0,
+        "a sync with nothing new changes nothing"
+    );
 
     // The flow table every backend passes, the tracer checked against the kernel on each.
     let config = node_config(&env, Scheduler::Rr);
@@ -210,7 +215,7 @@ fn ipvs_in_uml() {
         .collect();
     let snap_udp = snapshot_of(&format!("{head}{dns}"), Some(&snap));
     let report = proxier
-        .sync(&snap_udp)
+        .sync_to(&snap_udp)
         .expect("sync without a UDP endpoint");
     assert!(report.conntrack_deleted >= 1, "{report:?}");
     let mut answers = Vec::new();
@@ -224,7 +229,7 @@ fn ipvs_in_uml() {
         !answers.contains(&first),
         "{first} still answers: {answers:?}"
     );
-    proxier.sync(&snap).expect("the endpoint back");
+    proxier.sync_to(&snap).expect("the endpoint back");
     passed("udp");
 
     // A node port on the node's address, from outside; masqueraded (KUBE-NODE-PORT-TCP).
@@ -281,8 +286,8 @@ fn ipvs_in_uml() {
     };
     let without = format!("{CLUSTER}{}", echo(&[kept]));
     let snap2 = snapshot_of(&without, Some(&snap));
-    let report = proxier.sync(&snap2).expect("sync without the endpoint");
-    assert_eq!(report.draining, 1, "{report:?}");
+    let report = proxier.sync_to(&snap2).expect("sync without the endpoint");
+    assert_eq!(report.ipvs().unwrap().draining, 1, "{report:?}");
     let state = proxier.kernel_state().unwrap();
     let (_, dests) = &state[&(common::ip("10.96.0.20"), IpvsProtocol::Tcp, 7)];
     let drained = dests
@@ -315,8 +320,8 @@ fn ipvs_in_uml() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         std::thread::sleep(Duration::from_secs(1));
-        let report = proxier.sync(&snap2).expect("sync while draining");
-        if report.draining == 0 {
+        let report = proxier.sync_to(&snap2).expect("sync while draining");
+        if report.ipvs().unwrap().draining == 0 {
             break;
         }
         assert!(
@@ -331,8 +336,11 @@ fn ipvs_in_uml() {
     passed("draining");
 
     // Between full syncs a sync reads only what decides a drain: nothing, here.
-    let report = proxier.sync(&snap2).expect("sync");
-    assert!(!report.full && report.changes == 0, "{report:?}");
+    let report = proxier.sync_to(&snap2).expect("sync");
+    assert!(
+        !report.ipvs().unwrap().read_all && report.ipvs().unwrap().changes == 0,
+        "{report:?}"
+    );
     // A virtual server deleted behind our back is restored by the next sync.
     let state = proxier.kernel_state().unwrap();
     let (web, _) = state[&(common::ip("10.96.0.10"), IpvsProtocol::Tcp, 80)].clone();
@@ -344,10 +352,11 @@ fn ipvs_in_uml() {
         tcp_connect(pod, None, sa("10.96.0.10:80"), WAIT),
         Reached::Server("web-0".into(), env.topo.pods[env.client_pod].ip)
     );
-    let report = proxier.sync(&snap2).expect("resync");
-    assert!(!report.full, "{report:?}");
+    let report = proxier.sync_to(&snap2).expect("resync");
+    assert!(!report.ipvs().unwrap().read_all, "{report:?}");
     assert_eq!(
-        report.changes, 4,
+        report.ipvs().unwrap().changes,
+        4,
         "the service and its three real servers: {report:?}"
     );
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
@@ -367,8 +376,11 @@ fn ipvs_in_uml() {
     };
     assert!(!in_set());
     proxier.force_full();
-    let report = proxier.sync(&snap2).expect("full resync");
-    assert!(report.full && report.changes == 1, "{report:?}");
+    let report = proxier.sync_to(&snap2).expect("full resync");
+    assert!(
+        report.ipvs().unwrap().read_all && report.ipvs().unwrap().changes == 1,
+        "{report:?}"
+    );
     assert!(in_set(), "the ipset entry is back");
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     passed("resync");
@@ -394,10 +406,11 @@ fn ipvs_in_uml() {
             .expect("add a foreign virtual server");
     }
     let report = proxier
-        .sync(&snap2)
+        .sync_to(&snap2)
         .expect("sync with foreign virtual servers");
     assert_eq!(
-        report.changes, 1,
+        report.ipvs().unwrap().changes,
+        1,
         "only the unexcluded one is deleted: {report:?}"
     );
     let state = proxier.kernel_state().unwrap();
@@ -422,12 +435,21 @@ fn ipvs_in_uml() {
     let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
     let mut proxier6 =
         IpvsProxier::in_netns(config, runner, true, &node.path()).expect("start for IPv6");
-    let report = proxier6.sync(&snap6).expect("IPv6 sync");
+    let report = proxier6.sync_to(&snap6).expect("IPv6 sync");
     assert_eq!(
-        report.changes, 2,
+        report.ipvs().unwrap().changes,
+        2,
         "a virtual server and its real server: {report:?}"
     );
-    assert_eq!(proxier6.sync(&snap6).expect("IPv6 resync").changes, 0);
+    assert_eq!(
+        proxier6
+            .sync_to(&snap6)
+            .expect("IPv6 resync")
+            .ipvs()
+            .unwrap()
+            .changes,
+        0
+    );
     let state6 = proxier6.kernel_state().unwrap();
     assert_eq!(state6.len(), 1, "{state6:?}");
     let (vs6, dests6) = &state6[&(common::ip("fd00:10:96::10"), IpvsProtocol::Tcp, 80)];
@@ -471,8 +493,8 @@ fn ipvs_in_uml() {
     let rules = node.exec_text("iptables-legacy-save", &[]);
     assert!(!rules.contains("KUBE-"), "{rules}");
     // A sync after cleanup starts from the kernel again and brings everything back.
-    let report = proxier.sync(&snap2).expect("sync after cleanup");
-    assert!(report.full, "{report:?}");
+    let report = proxier.sync_to(&snap2).expect("sync after cleanup");
+    assert!(report.ipvs().unwrap().read_all, "{report:?}");
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     proxier.cleanup().expect("cleanup again");
     passed("cleanup");

@@ -17,11 +17,11 @@ use common::{
     Backend, CLUSTER, Env, From, NODE_IP, TIMEOUT, check, ip, names, run_flows, sa, snapshot_of,
 };
 use service_proxy::ProxyConfig;
-use service_proxy::SyncKind;
 use service_proxy::conntrack::Conntrack;
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer};
 use service_proxy::trace::Packet;
+use service_proxy::{Proxier, SyncKind};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
 
 fn config() -> NftablesConfig {
@@ -96,9 +96,9 @@ fn nftables_end_to_end() {
 
     let mut proxier = proxier(node);
     let snap = snapshot_of(CLUSTER, None);
-    let report = proxier.sync(&snap).expect("first sync");
+    let report = proxier.sync_to(&snap).expect("first sync");
     assert_eq!(report.kind, SyncKind::Full);
-    assert!(report.transactions >= 2, "{report:?}");
+    assert!(report.nftables().unwrap().transactions >= 2, "{report:?}");
     let rules = proxier.rules().unwrap().clone();
     let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
     run_flows(&env, &trace, Backend::Nftables);
@@ -129,10 +129,13 @@ fn nftables_end_to_end() {
         .collect();
     let yaml = with_web_endpoints(&["10.244.1.10", "10.244.1.11"]).replace(dns_old, &dns_new);
     let next = snapshot_of(&yaml, Some(&snap));
-    let report = proxier.sync(&next).expect("partial sync");
+    let report = proxier.sync_to(&next).expect("partial sync");
     assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
-    assert_eq!(report.changed, 3, "web, sticky and dns: {report:?}");
-    assert_eq!(report.transactions, 1);
+    assert_eq!(
+        report.service_ports_changed, 3,
+        "web, sticky and dns: {report:?}"
+    );
+    assert_eq!(report.nftables().unwrap().transactions, 1);
     assert!(report.conntrack_deleted >= 1, "{report:?}");
     let rules = proxier.rules().unwrap().clone();
     let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
@@ -145,17 +148,19 @@ fn nftables_end_to_end() {
         other => panic!("UDP after the endpoint left: {other:?}"),
     }
     // A sync without changes sends nothing.
-    let report = proxier.sync(&next).expect("no-op sync");
-    assert_eq!((report.transactions, report.messages), (0, 0), "{report:?}");
+    let report = proxier.sync_to(&next).expect("no-op sync");
+    let d = report.nftables().unwrap();
+    assert_eq!((d.transactions, d.messages), (0, 0), "{report:?}");
+    assert!(!report.wrote);
 
     // Someone deletes our table: the next change fails, and the sync after it rebuilds.
     node.exec("nft", &["delete", "table", "ip", "kube-proxy"]);
     let again = snapshot_of(CLUSTER, Some(&next));
     assert!(
-        proxier.sync(&again).is_err(),
+        proxier.sync_to(&again).is_err(),
         "a transaction on a missing table fails"
     );
-    let report = proxier.sync(&again).expect("rebuild");
+    let report = proxier.sync_to(&again).expect("rebuild");
     assert_eq!(report.kind, SyncKind::Full);
     let rules = proxier.rules().unwrap().clone();
     let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
@@ -208,7 +213,7 @@ fn endpoints_change_under_traffic_without_misrouting() {
     };
     let expected: Vec<BTreeSet<String>> = steps.iter().map(|s| pod_names(s)).collect();
     let mut snap = snapshot_of(&with_web_endpoints(steps[0]), None);
-    proxier.sync(&snap).expect("first sync");
+    proxier.sync_to(&snap).expect("first sync");
 
     // Clients connect continuously; each connection records the sync epoch around it.
     let epoch = Arc::new(AtomicUsize::new(0));
@@ -238,9 +243,9 @@ fn endpoints_change_under_traffic_without_misrouting() {
     for (i, step) in steps.iter().enumerate().skip(1) {
         std::thread::sleep(Duration::from_millis(400));
         snap = snapshot_of(&with_web_endpoints(step), Some(&snap));
-        let report = proxier.sync(&snap).expect("sync under traffic");
+        let report = proxier.sync_to(&snap).expect("sync under traffic");
         assert_eq!(report.kind, SyncKind::Partial);
-        deleted += report.chains_deleted;
+        deleted += report.nftables().unwrap().chains_deleted;
         epoch.store(i, Ordering::SeqCst);
     }
     std::thread::sleep(Duration::from_millis(400));
@@ -266,7 +271,12 @@ fn endpoints_change_under_traffic_without_misrouting() {
     assert!(total > 20, "only {total} connections");
     // Endpoint chains that left were deleted after the delay, and none is left over.
     std::thread::sleep(Duration::from_millis(350));
-    deleted += proxier.sync(&snap).unwrap().chains_deleted;
+    deleted += proxier
+        .sync_to(&snap)
+        .unwrap()
+        .nftables()
+        .unwrap()
+        .chains_deleted;
     assert!(deleted >= 3, "stale chains deleted: {deleted}");
     assert_eq!(proxier.pending_chain_deletes(), 0);
     let chains = node.exec_text("nft", &["list", "chains", "ip"]);

@@ -15,6 +15,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use common::{CLUSTER, Env, TIMEOUT, echo, names, sa, snapshot_of};
+use service_proxy::Proxier;
 use service_proxy::iptables::apply::SystemRunner;
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, serve_lines, tcp_connect};
@@ -73,8 +74,8 @@ fn userspace_end_to_end() {
         UserspaceProxy::new(config, rt.handle().clone()),
         SystemRunner::in_netns(node.name()),
     );
-    let report = proxier.sync(&snap).expect("first sync");
-    assert!(report.rules > 0, "{report:?}");
+    let report = proxier.sync_to(&snap).expect("first sync");
+    assert!(report.userspace().unwrap().rules > 0, "{report:?}");
     let pod = &env.topo.pods[env.client_pod].ns;
 
     // Round robin over every endpoint, from a pod and from outside through a node port.
@@ -139,8 +140,8 @@ fn userspace_end_to_end() {
         "10.244.1.10"
     };
     let next = snapshot_of(&format!("{CLUSTER}{}", echo(&[other])), Some(&snap));
-    let report = proxier.sync(&next).expect("endpoint change");
-    assert_eq!(report.portals.updated, 1, "{report:?}");
+    let report = proxier.sync_to(&next).expect("endpoint change");
+    assert_eq!(report.userspace().unwrap().portals.updated, 1, "{report:?}");
     conn.write_all(b"two\n").unwrap();
     line.clear();
     reader.read_line(&mut line).unwrap();

@@ -4,9 +4,9 @@
 //!
 //! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
 
-use service_proxy::ProxyConfig;
 use service_proxy::nftables::apply::NftSocket;
 use service_proxy::nftables::{NftablesConfig, Renderer, Ruleset};
+use service_proxy::{Proxier, ProxyConfig};
 use service_testkit::fixtures;
 use service_testkit::netns::{E2e, Netns, require};
 
@@ -302,11 +302,11 @@ fn nft_program_fallback_applies_the_same_table() {
     );
     for snap in [&first, &next] {
         // Each sync rebuilds the table with nft, as a cold start over netlink builds it.
-        let report = a.sync(snap).expect("nft -f");
-        assert_eq!(report.transactions, 1);
+        let report = a.sync_to(snap).expect("nft -f");
+        assert_eq!(report.nftables().unwrap().transactions, 1);
         let by_netlink = Netns::new("nftprog");
         let mut b = NftProxier::new(renderer(), NftSocket::in_netns(&by_netlink.path()).unwrap());
-        b.sync(snap).expect("netlink");
+        b.sync_to(snap).expect("netlink");
         assert_eq!(
             normalized(&list(&by_program, "ip")),
             normalized(&list(&by_netlink, "ip"))

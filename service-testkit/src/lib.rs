@@ -4,7 +4,10 @@
 //! a throw-away certificate authority.
 
 pub mod etcd;
+pub mod fake;
 pub mod fixtures;
 pub mod netns;
 pub mod pki;
 pub mod uml;
+
+pub use fake::FakeRunner;

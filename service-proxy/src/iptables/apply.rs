@@ -5,24 +5,29 @@
 //!   `KUBE-PROXY-CANARY` chain in mangle, nat and filter, and deletes service chains the
 //!   kernel holds that the rule set does not (left over from an earlier run).
 //! - [`Applier::canary_present`] tells whether someone flushed the tables (firewalld, an
-//!   `iptables -F`); the [`Proxier`] then forces a full resync.
+//!   `iptables -F`); the [`IptablesProxier`] then forces a full resync.
 //! - [`Applier::cleanup`] removes every jump rule and chain the proxy creates, and nothing
 //!   else.
 //!
 //! All process execution goes through a [`Runner`]; [`SystemRunner`] runs the real tools
-//! (optionally inside a named network namespace), [`FakeRunner`] records for tests.
+//! (optionally inside a named network namespace); `service_testkit::FakeRunner` records
+//! for tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use service_core::model::IpFamily;
-use service_core::snapshot::Snapshot;
 
 use super::model::{ChainName, FixedChain, RuleSet, Table};
 use super::render::Renderer;
-use super::{JumpRule, jump_rules};
+use super::{IptablesReport, JumpRule, jump_rules};
+use crate::conntrack::{Cleanup, ConntrackCleaner, stale_filters};
+use crate::proxier::{
+    BackendReport, NoLocalEndpoints, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport,
+    SyncRequest, endpoints_changed,
+};
 use crate::sync::{SyncEngine, SyncKind};
 
 /// Running `iptables-restore` or `iptables-save` failed.
@@ -292,66 +297,6 @@ impl Runner for SystemRunner {
     fn ipset(&mut self, args: &[&str], input: Option<&[u8]>) -> Result<String, ApplyError> {
         let chunks: Option<[&[u8]; 1]> = input.map(|i| [i]);
         self.run("ipset", args, chunks.as_ref().map(|c| &c[..]))
-    }
-}
-
-/// Records restores and serves canned `iptables-save` output, for tests.
-#[derive(Clone, Debug, Default)]
-pub struct FakeRunner {
-    /// Every restore input, in order.
-    pub restores: Vec<String>,
-    /// What `save` returns per (ipv6, table).
-    pub saved: BTreeMap<(bool, Table), String>,
-    /// Fail the next this-many restores.
-    pub fail_restores: usize,
-    /// Every `ipset` command line, with its input after a newline.
-    pub ipset_calls: Vec<String>,
-    /// What `ipset save` returns.
-    pub ipset_saved: String,
-}
-
-impl Runner for FakeRunner {
-    fn restore(&mut self, _ipv6: bool, input: &[&[u8]]) -> Result<(), ApplyError> {
-        let input = input.concat();
-        self.restores
-            .push(String::from_utf8_lossy(&input).into_owned());
-        if self.fail_restores > 0 {
-            self.fail_restores -= 1;
-            let stderr = "iptables-restore: line 1 failed".to_owned();
-            return Err(ApplyError::Failed {
-                program: "iptables-restore".into(),
-                status: "exit status: 2".into(),
-                input: excerpt(&input, &stderr),
-                stderr,
-            });
-        }
-        Ok(())
-    }
-
-    fn save(&mut self, ipv6: bool, table: Table) -> Result<String, ApplyError> {
-        Ok(self.saved.get(&(ipv6, table)).cloned().unwrap_or_default())
-    }
-
-    fn chain_exists(&mut self, ipv6: bool, table: Table, chain: &str) -> Result<bool, ApplyError> {
-        let text = self.saved.get(&(ipv6, table)).cloned().unwrap_or_default();
-        Ok(text.lines().any(|l| {
-            l.strip_prefix(':')
-                .and_then(|r| r.split_whitespace().next())
-                == Some(chain)
-        }))
-    }
-    fn ipset(&mut self, args: &[&str], input: Option<&[u8]>) -> Result<String, ApplyError> {
-        let mut call = args.join(" ");
-        if let Some(input) = input {
-            call.push('\n');
-            call.push_str(&String::from_utf8_lossy(input));
-        }
-        self.ipset_calls.push(call);
-        Ok(if args == ["save"] {
-            self.ipset_saved.clone()
-        } else {
-            String::new()
-        })
     }
 }
 
@@ -630,81 +575,37 @@ impl<R: Runner> Applier<R> {
     }
 }
 
-/// Removes stale conntrack entries after a sync.
-pub trait ConntrackCleaner {
-    /// Deletes entries matching any filter; returns how many.
-    ///
-    /// # Errors
-    /// Talking to the kernel failed.
-    fn clear(
-        &mut self,
-        family: &IpFamily,
-        filters: &[crate::conntrack::Filter],
-    ) -> std::io::Result<usize>;
-}
-
-impl ConntrackCleaner for crate::conntrack::Conntrack {
-    fn clear(
-        &mut self,
-        family: &IpFamily,
-        filters: &[crate::conntrack::Filter],
-    ) -> std::io::Result<usize> {
-        self.delete_matching(family, filters)
-    }
-}
-
-/// A cleaner that does nothing (when conntrack is not to be touched).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoConntrack;
-
-impl ConntrackCleaner for NoConntrack {
-    fn clear(&mut self, _: &IpFamily, _: &[crate::conntrack::Filter]) -> std::io::Result<usize> {
-        Ok(0)
-    }
-}
-
-/// What one sync did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SyncReport {
-    /// Full or partial (a partial sync that failed and was redone in full reports `Full`).
-    pub kind: SyncKind,
-    /// Whether anything was written.
-    pub wrote: bool,
-    /// Service ports re-rendered (partial syncs).
-    pub changed: usize,
-    /// Rules in the restore input.
-    pub rules: usize,
-    /// How long the sync took, render to kernel.
-    pub duration: Duration,
-    /// Stale conntrack entries deleted.
-    pub conntrack_deleted: usize,
-    /// Whether a failed partial restore was retried in full.
-    pub recovered: bool,
-}
-
 /// The iptables proxy for one family: renders, applies, and keeps the kernel in sync.
 #[derive(Debug)]
-pub struct Proxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
+pub struct IptablesProxier<R: Runner> {
     renderer: Renderer,
     applier: Applier<R>,
     engine: SyncEngine,
-    conntrack: C,
+    conntrack: Cleanup,
+    no_local: NoLocalEndpoints,
     family: IpFamily,
 }
 
-impl<R: Runner, C: ConntrackCleaner> Proxier<R, C> {
-    /// A proxier from a renderer and an applier of the same family.
-    pub fn new(renderer: Renderer, runner: R, conntrack: C) -> Self {
+impl<R: Runner> IptablesProxier<R> {
+    /// A proxier from a renderer and the runner of its programs (same family).
+    pub fn new(renderer: Renderer, runner: R) -> Self {
         let ipv6 = renderer.ipv6();
         let localhost = renderer.config().proxy.localhost_nodeports;
         Self {
             renderer,
             applier: Applier::new(runner, ipv6, localhost),
             engine: SyncEngine::new(),
-            conntrack,
+            conntrack: Cleanup::default(),
+            no_local: NoLocalEndpoints::default(),
             family: if ipv6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 },
         }
+    }
+
+    /// Also clears stale UDP conntrack entries after each sync (see [`crate::conntrack`]).
+    #[must_use]
+    pub fn with_conntrack(mut self, cleaner: impl ConntrackCleaner + 'static) -> Self {
+        self.conntrack = Cleanup::new(cleaner);
+        self
     }
 
     /// The applier.
@@ -712,118 +613,113 @@ impl<R: Runner, C: ConntrackCleaner> Proxier<R, C> {
         &mut self.applier
     }
 
-    /// Forces the next sync to be full (e.g. periodically).
-    pub fn force_full(&mut self) {
-        self.engine.force_full();
-    }
-
     /// The full rule set the kernel should hold now (for tracing).
     pub fn current_rules(&mut self) -> Option<RuleSet> {
         let snap = self.engine.last()?.clone();
         Some(self.renderer.full(&snap))
     }
+}
 
-    /// Brings the kernel to `snapshot`: a partial sync when possible, a full one first,
-    /// after a failure, or when the canary chain is gone. A failed partial restore is
-    /// retried at once as a full one.
-    ///
-    /// # Errors
-    /// The sync failed even in full; the next sync will be full.
-    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
+fn error(e: ApplyError) -> SyncError {
+    let kind = match &e {
+        ApplyError::Spawn { .. } => SyncErrorKind::Unavailable,
+        ApplyError::Failed { .. } => SyncErrorKind::Rejected,
+    };
+    SyncError::new(ProxyMode::Iptables, kind, e)
+}
+
+impl<R: Runner> Proxier for IptablesProxier<R> {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Iptables
+    }
+
+    fn family(&self) -> IpFamily {
+        self.family.clone()
+    }
+
+    /// Brings the kernel to the snapshot: a partial sync when possible, a full one first,
+    /// after a failure, when asked, or when the canary chain is gone. A failed partial
+    /// restore is retried at once as a full one.
+    fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
-        if self.engine.last().is_some() && !self.applier.canary_present()? {
+        let snapshot = request.snapshot;
+        if request.full {
             self.engine.force_full();
         }
-        let plan = self.engine.plan(snapshot);
-        if plan.is_noop() {
-            return Ok(SyncReport {
-                kind: SyncKind::Partial,
-                wrote: false,
-                changed: 0,
-                rules: 0,
-                duration: start.elapsed(),
-                conntrack_deleted: 0,
-                recovered: false,
-            });
+        if self.engine.last().is_some() && !self.applier.canary_present().map_err(error)? {
+            self.engine.force_full();
         }
+        let plan = self.engine.plan(snapshot, request.changed);
+        let mut detail = IptablesReport::default();
         let (rules, mut kind) = match plan.kind {
-            SyncKind::Full => (self.renderer.full(snapshot), SyncKind::Full),
+            SyncKind::Full => (Some(self.renderer.full(snapshot)), SyncKind::Full),
+            _ if plan.is_noop() => (None, SyncKind::Partial),
             _ => (
-                self.renderer.partial(snapshot, &plan.changed),
+                Some(self.renderer.partial(snapshot, &plan.changed)),
                 SyncKind::Partial,
             ),
         };
-        if rules.full {
-            kind = SyncKind::Full;
-        }
-        let mut recovered = false;
-        let mut count = rules.filter.rule_count() + rules.nat.rule_count();
-        if let Err(e) = self.applier.apply(&rules) {
-            if kind == SyncKind::Full {
-                self.engine.failed();
-                return Err(e);
+        if let Some(rules) = rules {
+            if rules.full {
+                kind = SyncKind::Full;
             }
-            // The kernel may not hold what the renderer believes: start over in full.
-            self.renderer.reset();
-            let full = self.renderer.full(snapshot);
-            count = full.filter.rule_count() + full.nat.rule_count();
-            if let Err(e) = self.applier.apply(&full) {
-                self.engine.failed();
-                return Err(e);
+            detail.rules = rules.filter.rule_count() + rules.nat.rule_count();
+            if let Err(e) = self.applier.apply(&rules) {
+                if kind == SyncKind::Full {
+                    self.engine.failed();
+                    return Err(error(e));
+                }
+                // The kernel may not hold what the renderer believes: start over in full.
+                self.renderer.reset();
+                let full = self.renderer.full(snapshot);
+                detail.rules = full.filter.rule_count() + full.nat.rule_count();
+                if let Err(e) = self.applier.apply(&full) {
+                    self.engine.failed();
+                    return Err(error(e));
+                }
+                kind = SyncKind::Full;
+                detail.recovered = true;
             }
-            kind = SyncKind::Full;
-            recovered = true;
         }
-        let filters = crate::conntrack::stale_filters(self.engine.last(), snapshot, &self.family);
-        // Stale conntrack entries cost a retry, not correctness of the rules: a failure
-        // here is reported in the count only.
-        let conntrack_deleted = self.conntrack.clear(&self.family, &filters).unwrap_or(0);
+        let wrote = detail.rules > 0 || kind == SyncKind::Full;
+        let changed = (kind == SyncKind::Partial)
+            .then_some(request.changed)
+            .flatten();
+        let mut report = SyncReport::new(kind, BackendReport::Iptables(detail));
+        report.wrote = wrote;
+        report.service_ports_changed = match kind {
+            SyncKind::Full => snapshot.ports.len(),
+            _ => plan.changed.len(),
+        };
+        let last = self.engine.last();
+        report.endpoints_changed = endpoints_changed(last, snapshot, &self.family, changed);
+        let filters = stale_filters(last, snapshot, &self.family, changed);
+        // Stale conntrack entries cost a retry, not correctness of the rules: a failure is
+        // reported and the filters are retried with the next sync.
+        let cleaned = self.conntrack.run(&self.family, filters);
+        report.conntrack_deleted = cleaned.deleted;
+        report.conntrack_failed = cleaned.failed;
+        report.no_local_endpoints = self.no_local.update(snapshot, &self.family, changed);
         self.engine.committed(snapshot.clone());
-        Ok(SyncReport {
-            kind,
-            wrote: true,
-            changed: plan.changed.len(),
-            rules: count,
-            duration: start.elapsed(),
-            conntrack_deleted,
-            recovered,
-        })
+        report.duration = start.elapsed();
+        Ok(report)
     }
 
-    /// Removes everything the proxy installed.
-    ///
-    /// # Errors
-    /// See [`Applier::cleanup`].
-    pub fn cleanup(&mut self) -> Result<(), ApplyError> {
+    fn force_full(&mut self) {
+        self.engine.force_full();
+    }
+
+    /// Removes everything the proxy installed (see [`Applier::cleanup`]).
+    fn cleanup(&mut self) -> Result<(), SyncError> {
         self.renderer.reset();
         self.engine.force_full();
-        self.applier.cleanup()
+        self.applier.cleanup().map_err(error)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProxyConfig;
-    use crate::iptables::IptablesConfig;
-    use service_testkit::fixtures;
-
-    fn proxier() -> Proxier<FakeRunner> {
-        let mut proxy = ProxyConfig::default();
-        proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
-        Proxier::new(
-            Renderer::new(IptablesConfig::new(proxy), false),
-            FakeRunner::default(),
-            NoConntrack,
-        )
-    }
-
-    fn canary(p: &mut Proxier<FakeRunner>) {
-        p.applier_mut().runner_mut().saved.insert(
-            (false, Table::Mangle),
-            ":KUBE-PROXY-CANARY - [0:0]\n".into(),
-        );
-    }
 
     #[test]
     fn flavour_programs() {
@@ -835,148 +731,6 @@ mod tests {
         assert_eq!(
             Flavor::Legacy.program("ip6tables-restore"),
             "ip6tables-legacy-restore"
-        );
-    }
-
-    #[test]
-    fn first_sync_is_full_and_installs_jumps_and_canary() {
-        let mut p = proxier();
-        let report = p.sync(&fixtures::kube_proxy_snapshot()).unwrap();
-        assert_eq!(report.kind, SyncKind::Full);
-        let input = &p.applier_mut().runner().restores[0];
-        assert!(input.starts_with("*mangle\n:KUBE-PROXY-CANARY - [0:0]\nCOMMIT\n*filter\n"));
-        assert!(input.contains("-I INPUT 1 -j KUBE-FIREWALL\n"));
-        assert!(input.contains(
-            "-I PREROUTING 1 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
-        ));
-        assert!(input.contains("-I FORWARD 4 -m comment --comment \"kubernetes externally-visible service portals\" -m conntrack --ctstate NEW -j KUBE-EXTERNAL-SERVICES\n"));
-    }
-
-    #[test]
-    fn unchanged_snapshot_writes_nothing_and_a_change_is_partial() {
-        let mut p = proxier();
-        let snap = fixtures::kube_proxy_snapshot();
-        p.sync(&snap).unwrap();
-        canary(&mut p);
-        let r = p.sync(&snap).unwrap();
-        assert!(!r.wrote);
-        assert_eq!(p.applier_mut().runner().restores.len(), 1);
-        let yaml = fixtures::KUBE_PROXY_CLUSTER.replace("10.180.0.1]", "10.180.0.9]");
-        let c = fixtures::cluster(&yaml);
-        let next = snap
-            .rebuild(
-                snap.node.as_ref().clone(),
-                &c.services,
-                &c.endpoint_slices,
-                &[],
-            )
-            .unwrap();
-        let r = p.sync(&next).unwrap();
-        assert_eq!(r.kind, SyncKind::Partial);
-        assert_eq!(r.changed, 1);
-        let input = p.applier_mut().runner().restores.last().unwrap();
-        assert!(!input.contains("*mangle"));
-        assert!(input.contains("-X KUBE-SEP-SXIVWICOYRO3J4NJ"));
-    }
-
-    #[test]
-    fn missing_canary_forces_a_full_sync() {
-        let mut p = proxier();
-        let snap = fixtures::kube_proxy_snapshot();
-        p.sync(&snap).unwrap();
-        // No canary in the (fake) mangle table: someone flushed it.
-        let r = p.sync(&snap).unwrap();
-        assert_eq!(r.kind, SyncKind::Full);
-        assert!(r.wrote);
-    }
-
-    #[test]
-    fn failed_partial_restore_is_redone_in_full() {
-        let mut p = proxier();
-        let snap = fixtures::kube_proxy_snapshot();
-        p.sync(&snap).unwrap();
-        canary(&mut p);
-        let yaml = fixtures::KUBE_PROXY_CLUSTER.replace("10.180.0.1]", "10.180.0.9]");
-        let c = fixtures::cluster(&yaml);
-        let next = snap
-            .rebuild(
-                snap.node.as_ref().clone(),
-                &c.services,
-                &c.endpoint_slices,
-                &[],
-            )
-            .unwrap();
-        p.applier_mut().runner_mut().fail_restores = 1;
-        let r = p.sync(&next).unwrap();
-        assert!(r.recovered);
-        assert_eq!(r.kind, SyncKind::Full);
-        let restores = &p.applier_mut().runner().restores;
-        assert_eq!(restores.len(), 3);
-        assert!(restores[2].starts_with("*mangle"));
-        // Both fail: the error surfaces and the next sync is full.
-        p.applier_mut().runner_mut().fail_restores = 2;
-        let again = fixtures::KUBE_PROXY_CLUSTER.replace("10.180.0.1]", "10.180.0.8]");
-        let c = fixtures::cluster(&again);
-        let third = next
-            .rebuild(
-                next.node.as_ref().clone(),
-                &c.services,
-                &c.endpoint_slices,
-                &[],
-            )
-            .unwrap();
-        assert!(p.sync(&third).is_err());
-        let r = p.sync(&third).unwrap();
-        assert_eq!(r.kind, SyncKind::Full);
-    }
-
-    #[test]
-    fn leftover_chains_and_misplaced_jumps_are_reconciled() {
-        let mut p = proxier();
-        p.applier_mut().runner_mut().saved.insert(
-            (false, Table::Nat),
-            ":KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -j DOCKER\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n".into(),
-        );
-        p.sync(&fixtures::kube_proxy_snapshot()).unwrap();
-        let input = &p.applier_mut().runner().restores[0];
-        assert!(input.contains(":KUBE-SVC-AAAAAAAAAAAAAAAA - [0:0]\n"));
-        assert!(input.contains("-X KUBE-SVC-AAAAAAAAAAAAAAAA\n"));
-        assert!(!input.contains("DOCKER"));
-        // Ours was not first in PREROUTING: deleted and re-inserted at the top.
-        assert!(input.contains(
-            "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
-        ));
-        assert!(input.contains("-I PREROUTING 1 "));
-    }
-
-    #[test]
-    fn cleanup_removes_only_ours() {
-        let mut runner = FakeRunner::default();
-        runner.saved.insert(
-            (false, Table::Nat),
-            ":KUBE-SERVICES - [0:0]\n:KUBE-SEP-AAAAAAAAAAAAAAAA - [0:0]\n:DOCKER - [0:0]\n-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n-A PREROUTING -j DOCKER\n-A DOCKER -j RETURN\n".into(),
-        );
-        runner.saved.insert(
-            (false, Table::Filter),
-            ":KUBE-FIREWALL - [0:0]\n-A INPUT -j KUBE-FIREWALL\n-A INPUT -m comment --comment kubelet -j KUBE-FIREWALL\n".into(),
-        );
-        let mut a = Applier::new(runner, false, true);
-        a.cleanup().unwrap();
-        let input = &a.runner().restores[0];
-        assert!(input.contains(
-            "-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
-        ));
-        assert!(input.contains("-X KUBE-SERVICES\n"));
-        assert!(input.contains("-X KUBE-SEP-AAAAAAAAAAAAAAAA\n"));
-        assert!(!input.contains("DOCKER"));
-        assert!(
-            !input.contains("-X KUBE-FIREWALL"),
-            "kept while another rule jumps to it:\n{input}"
-        );
-        assert!(input.contains("-D INPUT -j KUBE-FIREWALL\n"), "{input}");
-        assert!(
-            !input.contains("-D INPUT -m comment --comment kubelet"),
-            "{input}"
         );
     }
 }

@@ -7,7 +7,8 @@
 //! - [`jump_rules`] are the rules in the built-in chains that lead to the proxy's chains;
 //!   they are not part of the restore input (the proxy does not own those chains).
 //! - [`Tracer`] answers where a packet goes by evaluating the rule model.
-//! - [`apply`] (feature `apply`) feeds rule sets to `iptables-restore`/`ip6tables-restore`.
+//! - [`apply`] (feature `apply`) feeds rule sets to `iptables-restore`/`ip6tables-restore`;
+//!   its [`apply::IptablesProxier`] is the backend's [`crate::Proxier`].
 
 mod hash;
 mod model;
@@ -19,6 +20,8 @@ mod trace;
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub mod apply;
 
+#[cfg(feature = "apply")]
+pub use apply::IptablesProxier;
 pub use hash::{endpoint_hash, port_hash};
 pub use model::{
     Addr, ChainName, Comment, CtState, FixedChain, L4, Match, Phrase, Rule, RuleSet, Segment,
@@ -27,6 +30,16 @@ pub use model::{
 pub use parse::{ParseError, parse_rule};
 pub use render::{IptablesConfig, LARGE_CLUSTER_ENDPOINTS, Renderer};
 pub use trace::Tracer;
+
+/// The iptables backend's part of a [`crate::SyncReport`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IptablesReport {
+    /// Rules in the restore input (`filter` and `nat`).
+    pub rules: usize,
+    /// Whether a failed partial restore was redone in full.
+    pub recovered: bool,
+}
 
 /// A rule in a built-in chain that jumps to one of the proxy's chains.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use service_core::model::{IpFamily, Protocol};
-use service_core::snapshot::{FamilyPlan, ServicePort, ServicePortName, Snapshot};
+use service_core::snapshot::{EndpointSet, FamilyPlan, ServicePort, ServicePortName, Snapshot};
 
 use super::hash::{endpoint_hash, port_hash};
 use super::model::{
@@ -455,31 +455,21 @@ impl Renderer {
         let detector = proxy.cluster_cidr(&self.family());
         let probs = &mut self.probs;
 
-        let cluster = &plan.selection.cluster;
-        let local = &plan.selection.local;
-        let has_endpoints = plan.selection.has_any;
-        let accessible = plan.externally_accessible(sp.node_port);
-        let internal_local = sp.internal_policy_local;
-        let external_local = sp.external_policy_local;
-        let uses_cluster = !internal_local || accessible;
-        let uses_local = internal_local || (external_local && accessible);
-        let uses_cluster_chain = !cluster.is_empty() && uses_cluster;
-        let uses_local_chain = !local.is_empty() && uses_local;
-
-        let (internal_chain, has_internal) = if internal_local {
-            (svl_chain, has_endpoints && !local.is_empty())
-        } else {
-            (svc_chain, has_endpoints)
+        // Which endpoints each kind of traffic reaches: derived once, on the snapshot.
+        let t = &plan.traffic;
+        let has_endpoints = t.has_endpoints;
+        let accessible = t.externally_accessible;
+        let external_local = t.external == EndpointSet::Local;
+        let uses_cluster_chain = t.uses_cluster_set;
+        let uses_local_chain = t.uses_local_set;
+        let chain_of = |set: EndpointSet| match set {
+            EndpointSet::Local => svl_chain,
+            _ => svc_chain,
         };
-        let (external_policy_chain, has_external) = if external_local {
-            (svl_chain, has_endpoints && !local.is_empty())
-        } else {
-            (svc_chain, has_endpoints)
-        };
+        let (internal_chain, has_internal) = (chain_of(t.internal), t.internal_reachable);
+        let (external_policy_chain, has_external) = (chain_of(t.external), t.external_reachable);
         let uses_ext_chain = has_endpoints && accessible;
-        let uses_fw = has_endpoints
-            && !plan.load_balancer_ips.is_empty()
-            && !plan.load_balancer_source_ranges.is_empty();
+        let uses_fw = t.firewall;
         let lb_chain = if uses_fw { fw_chain } else { ext_chain };
 
         let (internal_filter, external_filter) = if !has_endpoints {

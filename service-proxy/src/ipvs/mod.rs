@@ -26,8 +26,27 @@ pub use model::{
 pub use plan::{DUMMY_DEVICE, IpSet, IpvsConfig, IpvsPlan};
 #[cfg(feature = "apply")]
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
-pub use proxier::{IpvsProxier, IpvsSyncReport, SYSCTLS};
+pub use proxier::{IpvsProxier, SYSCTLS};
 pub use rules::ipvs_text;
 #[cfg(feature = "apply")]
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub use socket::{IpvsError, IpvsSocket};
+
+/// The IPVS backend's part of a [`crate::SyncReport`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IpvsReport {
+    /// Virtual servers in the plan.
+    pub virtual_servers: usize,
+    /// IPVS changes sent (virtual and real servers added, updated, deleted).
+    pub changes: usize,
+    /// Removed TCP real servers still draining (weight 0, connections left).
+    pub draining: usize,
+    /// Addresses bound to the dummy interface.
+    pub bound: usize,
+    /// Addresses removed from it.
+    pub unbound: usize,
+    /// Whether the ipsets and every virtual server's real servers were read (a full sync);
+    /// otherwise only the real servers of virtual servers losing some were.
+    pub read_all: bool,
+}

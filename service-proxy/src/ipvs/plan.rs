@@ -279,19 +279,10 @@ impl IpvsPlan {
                 .map(|&i| RealServer::new(plan.endpoints[i as usize].addr()))
                 .collect()
         };
-        // Internal traffic: the cluster (or, with internalTrafficPolicy Local, local)
-        // endpoints. External traffic with externalTrafficPolicy Local: the local ones,
-        // falling back to the cluster's when the node has none (kubernetes#97081).
-        let internal = if sp.internal_policy_local {
-            servers(&plan.selection.local)
-        } else {
-            servers(&plan.selection.cluster)
-        };
-        let external = if sp.external_policy_local && !plan.selection.local.is_empty() {
-            servers(&plan.selection.local)
-        } else {
-            servers(&plan.selection.cluster)
-        };
+        // Internal traffic as in every mode; external traffic as IPVS mode sends it, which
+        // differs where `Traffic::ipvs_external` says.
+        let internal = servers(plan.set(plan.traffic.internal));
+        let external = servers(plan.set(plan.traffic.ipvs_external()));
         let entry = |ip: IpAddr, port: u16| format!("{ip},{}:{port}", proto.as_str());
         let set = |s: &mut Self, set: IpSet, e: String| {
             s.ipsets.entry(set).or_default().insert(e);

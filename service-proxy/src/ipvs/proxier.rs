@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
-use service_core::snapshot::Snapshot;
+use service_core::snapshot::{ServicePortName, Snapshot};
 
 use super::diff::{IpvsChange, KernelState, ServiceKey, diff, draining, record, to_refresh};
 use super::ipset;
@@ -24,8 +25,15 @@ use super::socket::{IpvsError, IpvsSocket};
 use crate::iptables::Table;
 use service_core::model::IpFamily;
 
-use crate::iptables::apply::{ConntrackCleaner, NoConntrack, Runner};
+use super::IpvsReport;
+use crate::conntrack::{Cleanup, ConntrackCleaner};
+use crate::iptables::apply::Runner;
+use crate::proxier::{
+    BackendReport, NoLocalEndpoints, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport,
+    SyncRequest, endpoints_changed,
+};
 use crate::rtnl::Rtnl;
+use crate::sync::SyncKind;
 
 /// The sysctls kube-proxy's IPVS mode sets: IPVS keeps conntrack entries (needed by the
 /// masquerade rules), drops connections whose real server is gone, lets persistence
@@ -37,37 +45,16 @@ pub const SYSCTLS: [(&str, &str); 4] = [
     ("net/ipv4/ip_forward", "1"),
 ];
 
-/// What one sync did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct IpvsSyncReport {
-    /// IPVS changes sent (virtual and real servers added, updated, deleted).
-    pub changes: usize,
-    /// Removed TCP real servers still draining (weight 0, connections left).
-    pub draining: usize,
-    /// Addresses bound to the dummy interface.
-    pub bound: usize,
-    /// Addresses removed from it.
-    pub unbound: usize,
-    /// Virtual servers in the plan.
-    pub services: usize,
-    /// Stale UDP conntrack entries deleted (see [`IpvsProxier::with_conntrack`]).
-    pub conntrack_deleted: usize,
-    /// Whether the ipsets and every virtual server's real servers were read (the first
-    /// sync, after a failure, or after [`IpvsProxier::force_full`]); otherwise only the
-    /// real servers of virtual servers losing some were (see [`IpvsProxier::sync`]).
-    pub full: bool,
-}
-
 /// The IPVS backend bound to one network namespace and IP family.
 #[derive(Debug)]
-pub struct IpvsProxier<R: Runner, C: ConntrackCleaner = NoConntrack> {
+pub struct IpvsProxier<R: Runner> {
     config: IpvsConfig,
     ipv6: bool,
     ipvs: IpvsSocket,
     rtnl: Rtnl,
     runner: R,
-    conntrack: C,
+    conntrack: Cleanup,
+    no_local: NoLocalEndpoints,
     /// The last snapshot fully applied, for the conntrack filters of the next sync.
     last: Option<Snapshot>,
     /// What the last sync left in the kernel, when all of it went through: the next sync
@@ -155,7 +142,8 @@ impl<R: Runner> IpvsProxier<R> {
             ipvs,
             rtnl,
             runner,
-            conntrack: NoConntrack,
+            conntrack: Cleanup::default(),
+            no_local: NoLocalEndpoints::default(),
             last: None,
             known: None,
         })
@@ -165,21 +153,14 @@ impl<R: Runner> IpvsProxier<R> {
     /// UDP service port that gained its first endpoint, entries to its addresses; for a UDP
     /// endpoint that went away, entries to it. (IPVS drops its own connection to a deleted
     /// real server on the next packet, with `expire_nodest_conn=1`.)
-    pub fn with_conntrack<D: ConntrackCleaner>(self, conntrack: D) -> IpvsProxier<R, D> {
-        IpvsProxier {
-            config: self.config,
-            ipv6: self.ipv6,
-            ipvs: self.ipvs,
-            rtnl: self.rtnl,
-            runner: self.runner,
-            conntrack,
-            last: self.last,
-            known: self.known,
-        }
+    #[must_use]
+    pub fn with_conntrack(mut self, cleaner: impl ConntrackCleaner + 'static) -> Self {
+        self.conntrack = Cleanup::new(cleaner);
+        self
     }
 }
 
-impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
+impl<R: Runner> IpvsProxier<R> {
     /// The runner (its `iptables` and `ipset` programs).
     pub fn runner_mut(&mut self) -> &mut R {
         &mut self.runner
@@ -197,15 +178,6 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     pub fn kernel_state(&mut self) -> Result<KernelState, IpvsError> {
         let ipv6 = self.ipv6;
         self.ipvs.state(|vs| vs.addr.is_ipv6() == ipv6)
-    }
-
-    /// Makes the next sync read every real server and ipset entry again, so that it also
-    /// repairs what others changed there (call it periodically, as the `proxy` daemon does
-    /// every `--sync-period`, and after changing real servers through
-    /// [`IpvsProxier::ipvs_mut`]). Virtual servers, addresses and iptables rules are read
-    /// by every sync.
-    pub fn force_full(&mut self) {
-        self.known = None;
     }
 
     fn jumps_present(&mut self) -> Result<Vec<&'static Jump>, IpvsError> {
@@ -240,11 +212,16 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     /// # Errors
     /// The dummy interface, ipsets or iptables rules could not be set up, or IPVS refused
     /// changes ([`IpvsError::Incomplete`]).
-    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<IpvsSyncReport, IpvsError> {
+    fn sync_ipvs(
+        &mut self,
+        snapshot: &Snapshot,
+        changed: Option<&BTreeSet<ServicePortName>>,
+        outer: &mut SyncReport,
+    ) -> Result<IpvsReport, IpvsError> {
         let plan = IpvsPlan::build(&self.config, snapshot, self.ipv6);
-        let mut report = IpvsSyncReport {
-            services: plan.services.len(),
-            ..IpvsSyncReport::default()
+        let mut report = IpvsReport {
+            virtual_servers: plan.services.len(),
+            ..IpvsReport::default()
         };
         // Addresses first, so that the virtual servers are reachable as soon as they exist.
         let index = self.rtnl.ensure_dummy(DUMMY_DEVICE)?;
@@ -255,7 +232,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
             }
         }
         let (known_table, known_sets) = self.known.take().map(|k| (k.table, k.sets)).unzip();
-        report.full = known_table.is_none();
+        report.read_all = known_table.is_none();
         // ipsets before the rules that name them.
         let current = match known_sets {
             Some(sets) => sets,
@@ -309,9 +286,14 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
         } else {
             IpFamily::Ipv4
         };
-        let filters = crate::conntrack::stale_filters(self.last.as_ref(), snapshot, &family);
-        // Stale entries cost a retry, not correctness: a failure shows in the count only.
-        report.conntrack_deleted = self.conntrack.clear(&family, &filters).unwrap_or(0);
+        let filters =
+            crate::conntrack::stale_filters(self.last.as_ref(), snapshot, &family, changed);
+        // Stale entries cost a retry, not correctness: a failure is reported and retried.
+        let cleaned = self.conntrack.run(&family, filters);
+        outer.conntrack_deleted = cleaned.deleted;
+        outer.conntrack_failed = cleaned.failed;
+        outer.endpoints_changed = endpoints_changed(self.last.as_ref(), snapshot, &family, changed);
+        outer.no_local_endpoints = self.no_local.update(snapshot, &family, changed);
         // Addresses no longer planned go last, after their virtual servers.
         let stale: BTreeSet<IpAddr> = bound.difference(&plan.addresses).copied().collect();
         for ip in stale {
@@ -341,7 +323,7 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
     ///
     /// # Errors
     /// A removal failed.
-    pub fn cleanup(&mut self) -> Result<(), IpvsError> {
+    fn cleanup_ipvs(&mut self) -> Result<(), IpvsError> {
         // What the last sync left is going: a later sync starts from the kernel again.
         self.known = None;
         for (vs, _) in self.kernel_state()?.into_values() {
@@ -381,6 +363,87 @@ impl<R: Runner, C: ConntrackCleaner> IpvsProxier<R, C> {
             }
         }
         Ok(())
+    }
+}
+
+fn error(e: IpvsError) -> SyncError {
+    let kind = match &e {
+        IpvsError::Unavailable | IpvsError::Scheduler { .. } => SyncErrorKind::Unavailable,
+        IpvsError::Io(_) => SyncErrorKind::Transient,
+        IpvsError::Rules(crate::iptables::apply::ApplyError::Spawn { .. }) => {
+            SyncErrorKind::Unavailable
+        }
+        _ => SyncErrorKind::Rejected,
+    };
+    SyncError::new(ProxyMode::Ipvs, kind, e)
+}
+
+impl<R: Runner> Proxier for IpvsProxier<R> {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Ipvs
+    }
+
+    fn family(&self) -> IpFamily {
+        if self.ipv6 {
+            IpFamily::Ipv6
+        } else {
+            IpFamily::Ipv4
+        }
+    }
+
+    /// Brings the node to the plan for the snapshot (see [`IpvsProxier`]): every
+    /// step runs even when an IPVS change is refused; the error then names the first
+    /// refusal and the next sync reads everything again.
+    ///
+    /// The first sync reads everything: `ipset save`, the virtual servers, then each
+    /// one's real servers (a dump each), as kube-proxy does on every sync. Later ones read
+    /// the virtual servers, the addresses and the iptables rules (what others changed there
+    /// is repaired at once) but take ipset entries and real servers from what the previous
+    /// sync left, reading only the real servers of virtual servers that lose some (their
+    /// connection counts decide between draining and deleting) or that it did not know:
+    /// at 10k services one endpoint changed costs two dumps, not ten thousand and an
+    /// `ipset save` of every entry. A full sync ([`SyncRequest::full`], or after
+    /// [`Proxier::force_full`]) reads them all again, so it also repairs what others
+    /// changed there.
+    fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        if request.full {
+            self.known = None;
+        }
+        let kind = if self.known.is_none() {
+            SyncKind::Full
+        } else {
+            SyncKind::Partial
+        };
+        let changed = (kind == SyncKind::Partial)
+            .then_some(request.changed)
+            .flatten();
+        let mut report = SyncReport::new(kind, BackendReport::Ipvs(IpvsReport::default()));
+        let result = self.sync_ipvs(request.snapshot, changed, &mut report);
+        let detail = result.map_err(|e| {
+            self.known = None;
+            error(e)
+        })?;
+        report.wrote = detail.changes + detail.bound + detail.unbound > 0 || kind == SyncKind::Full;
+        report.service_ports_changed = match (kind, request.changed) {
+            (SyncKind::Partial, Some(c)) => c.len(),
+            _ => request.snapshot.ports.len(),
+        };
+        report.detail = BackendReport::Ipvs(detail);
+        report.duration = start.elapsed();
+        Ok(report)
+    }
+
+    /// Makes the next sync read every real server and ipset entry again, so that it also
+    /// repairs what others changed there (the `proxy` daemon's periodic resync does, and so
+    /// should a caller after changing real servers through [`IpvsProxier::ipvs_mut`]).
+    /// Virtual servers, addresses and iptables rules are read by every sync.
+    fn force_full(&mut self) {
+        self.known = None;
+    }
+
+    fn cleanup(&mut self) -> Result<(), SyncError> {
+        self.cleanup_ipvs().map_err(error)
     }
 }
 

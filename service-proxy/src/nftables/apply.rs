@@ -14,15 +14,21 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use service_core::model::IpFamily;
 use service_core::snapshot::Snapshot;
 
+use super::NftablesReport;
 use super::model::Family;
 use super::render::{Renderer, Ruleset, StaleChain};
 use super::transaction::{Op, Transaction};
 use super::wire::{Batch, EncodedBatch};
-use crate::conntrack::{Conntrack, stale_filters};
+use crate::conntrack::{Cleanup, ConntrackCleaner, stale_filters};
 use crate::nlmsg::messages;
-use crate::{SyncEngine, SyncKind};
+use crate::proxier::{
+    BackendReport, NoLocalEndpoints, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport,
+    SyncRequest, endpoints_changed,
+};
+use crate::sync::{SyncEngine, SyncKind};
 
 /// Why applying failed.
 #[derive(Debug, thiserror::Error)]
@@ -325,35 +331,14 @@ pub struct BatchStats {
     pub bytes: usize,
 }
 
-/// What one sync did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct SyncReport {
-    /// Full (table rebuilt or every port compared) or partial.
-    pub kind: SyncKind,
-    /// Service ports whose objects changed.
-    pub changed: usize,
-    /// Transactions sent.
-    pub transactions: usize,
-    /// Netlink messages sent.
-    pub messages: usize,
-    /// Bytes sent.
-    pub bytes: usize,
-    /// Stale chains deleted by this sync.
-    pub chains_deleted: usize,
-    /// Conntrack entries removed for endpoints that went away.
-    pub conntrack_deleted: usize,
-    /// Time spent rendering, encoding and applying.
-    pub duration: Duration,
-}
-
 /// Keeps one family's table in sync with snapshots, incrementally, through an [`Applier`]
 /// (the netlink socket unless told otherwise).
 #[derive(Debug)]
 pub struct NftProxier<A = NftSocket> {
     renderer: Renderer,
     socket: A,
-    conntrack: Option<Conntrack>,
+    conntrack: Cleanup,
+    no_local: NoLocalEndpoints,
     engine: SyncEngine,
     committed: Option<Ruleset>,
     pending: Vec<(StaleChain, Instant)>,
@@ -363,6 +348,14 @@ pub struct NftProxier<A = NftSocket> {
     pub max_ops: usize,
 }
 
+fn io_error(e: ApplyError) -> SyncError {
+    let kind = match &e {
+        ApplyError::Io(_) => SyncErrorKind::Transient,
+        ApplyError::Program { .. } | ApplyError::Rejected { .. } => SyncErrorKind::Rejected,
+    };
+    SyncError::new(ProxyMode::Nftables, kind, e)
+}
+
 impl<A: Applier> NftProxier<A> {
     /// A proxier that applies `renderer`'s rules through `socket` (an [`NftSocket`], or an
     /// [`NftProgram`]).
@@ -370,7 +363,8 @@ impl<A: Applier> NftProxier<A> {
         Self {
             renderer,
             socket,
-            conntrack: None,
+            conntrack: Cleanup::default(),
+            no_local: NoLocalEndpoints::default(),
             engine: SyncEngine::new(),
             committed: None,
             pending: Vec::new(),
@@ -379,9 +373,10 @@ impl<A: Applier> NftProxier<A> {
         }
     }
 
-    /// Also removes conntrack entries of UDP flows to endpoints that went away.
-    pub fn with_conntrack(mut self, conntrack: Conntrack) -> Self {
-        self.conntrack = Some(conntrack);
+    /// Also clears stale UDP conntrack entries after each sync (see [`crate::conntrack`]).
+    #[must_use]
+    pub fn with_conntrack(mut self, cleaner: impl ConntrackCleaner + 'static) -> Self {
+        self.conntrack = Cleanup::new(cleaner);
         self
     }
 
@@ -395,121 +390,63 @@ impl<A: Applier> NftProxier<A> {
         &self.renderer
     }
 
-    /// Forces the next sync to compare every service port (not to rebuild the table).
-    pub fn force_full(&mut self) {
-        self.engine.force_full();
-    }
-
     /// Stale chains waiting to be deleted.
     pub fn pending_chain_deletes(&self) -> usize {
         self.pending.len()
     }
 
-    /// Brings the kernel to `snapshot`.
-    ///
-    /// # Errors
-    /// The kernel rejected a transaction or the socket failed. The next sync then
-    /// rebuilds the table from scratch.
-    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
-        let start = Instant::now();
-        if !self.socket.incremental() {
-            self.committed = None;
+    fn family_of(&self) -> IpFamily {
+        match self.renderer.family() {
+            Family::Ip => IpFamily::Ipv4,
+            Family::Ip6 => IpFamily::Ipv6,
         }
-        let mut report = match self.committed.take() {
-            None => self.rebuild(snapshot)?,
-            Some(mut rules) => {
-                let plan = self.engine.plan(snapshot);
-                let update = match plan.kind {
-                    SyncKind::Partial => {
-                        self.renderer
-                            .update(&mut rules, snapshot, Some(&plan.changed))
-                    }
-                    _ => self.renderer.update(&mut rules, snapshot, None),
-                };
-                let mut tx = update.transaction;
-                let now = Instant::now();
-                let mut deleted = 0;
-                let delay = self.chain_delete_delay;
-                let mut keep = Vec::new();
-                for (stale, since) in std::mem::take(&mut self.pending) {
-                    if rules.port_has_chain(stale.port.name(), &stale.name) {
-                        continue;
-                    }
-                    if now.duration_since(since) >= delay {
-                        tx.ops.push(Op::DeleteChain(stale.name.clone()));
-                        deleted += 1;
-                    } else {
-                        keep.push((stale, since));
-                    }
-                }
-                let stats = if tx.is_empty() {
-                    BatchStats::default()
-                } else {
-                    match self.socket.apply(&[&tx]) {
-                        Ok(s) => s,
-                        Err(e) => {
-                            // The kernel state is unknown to us now: rebuild next time.
-                            self.engine.failed();
-                            self.pending.clear();
-                            return Err(e);
-                        }
-                    }
-                };
-                for s in update.stale {
-                    keep.retain(|(p, _)| p.name != s.name);
-                    keep.push((s, now));
-                }
-                self.pending = keep;
-                self.committed = Some(rules);
-                SyncReport {
-                    kind: if plan.kind == SyncKind::Partial {
-                        SyncKind::Partial
-                    } else {
-                        SyncKind::Full
-                    },
-                    changed: update.changed,
-                    transactions: usize::from(!tx.is_empty()),
-                    messages: stats.messages,
-                    bytes: stats.bytes,
-                    chains_deleted: deleted,
-                    conntrack_deleted: 0,
-                    duration: Duration::ZERO,
-                }
+    }
+
+    /// Sends the changes from the committed ruleset to `snapshot`, with the chains whose
+    /// delay has passed deleted.
+    fn update(
+        &mut self,
+        mut rules: Ruleset,
+        request: &SyncRequest<'_>,
+    ) -> Result<(NftablesReport, SyncKind, usize), ApplyError> {
+        let plan = self.engine.plan(request.snapshot, request.changed);
+        let only = (plan.kind == SyncKind::Partial).then_some(&plan.changed[..]);
+        let update = self.renderer.update(&mut rules, request.snapshot, only);
+        let mut tx = update.transaction;
+        let now = request.now;
+        let mut report = NftablesReport::default();
+        let mut keep = Vec::new();
+        for (stale, since) in std::mem::take(&mut self.pending) {
+            if rules.port_has_chain(stale.port.name(), &stale.name) {
+                continue;
             }
-        };
-        // The engine still holds the previous snapshot: compare with it before committing.
-        let family = match self.renderer.family() {
-            Family::Ip => service_core::model::IpFamily::Ipv4,
-            Family::Ip6 => service_core::model::IpFamily::Ipv6,
-        };
-        let filters = match self.conntrack {
-            Some(_) => stale_filters(self.engine.last(), snapshot, &family),
-            None => Vec::new(),
-        };
-        self.engine.committed(snapshot.clone());
-        if let Some(ct) = self.conntrack.as_mut()
-            && !filters.is_empty()
-        {
-            report.conntrack_deleted = ct.delete_matching(&family, &filters)?;
+            if now.saturating_duration_since(since) >= self.chain_delete_delay {
+                tx.ops.push(Op::DeleteChain(stale.name.clone()));
+                report.chains_deleted += 1;
+            } else {
+                keep.push((stale, since));
+            }
         }
-        report.duration = start.elapsed();
-        Ok(report)
+        if !tx.is_empty() {
+            let stats = self.socket.apply(&[&tx])?;
+            report.transactions = 1;
+            report.messages = stats.messages;
+            report.bytes = stats.bytes;
+        }
+        for s in update.stale {
+            keep.retain(|(p, _)| p.name != s.name);
+            keep.push((s, now));
+        }
+        self.pending = keep;
+        self.committed = Some(rules);
+        Ok((report, plan.kind, update.changed))
     }
 
     /// Builds the table from nothing, in bounded transactions.
-    fn rebuild(&mut self, snapshot: &Snapshot) -> Result<SyncReport, ApplyError> {
+    fn rebuild(&mut self, snapshot: &Snapshot) -> Result<NftablesReport, ApplyError> {
         let rules = self.renderer.render(snapshot);
         let txs = rules.create(self.max_ops);
-        let mut report = SyncReport {
-            kind: SyncKind::Full,
-            changed: rules.ports.len(),
-            transactions: 0,
-            messages: 0,
-            bytes: 0,
-            chains_deleted: 0,
-            conntrack_deleted: 0,
-            duration: Duration::ZERO,
-        };
+        let mut report = NftablesReport::default();
         // Bounded transactions for the kernel; one script for `nft`, which would otherwise
         // leave the table half built between its runs.
         let groups: Vec<Vec<&Transaction>> = if self.socket.incremental() {
@@ -518,31 +455,82 @@ impl<A: Applier> NftProxier<A> {
             vec![txs.iter().collect()]
         };
         for group in groups {
-            match self.socket.apply(&group) {
-                Ok(s) => {
-                    report.transactions += 1;
-                    report.messages += s.messages;
-                    report.bytes += s.bytes;
-                }
-                Err(e) => {
-                    self.engine.failed();
-                    return Err(e);
-                }
-            }
+            let s = self.socket.apply(&group)?;
+            report.transactions += 1;
+            report.messages += s.messages;
+            report.bytes += s.bytes;
         }
         self.pending.clear();
         self.committed = Some(rules);
         Ok(report)
     }
+}
+
+impl<A: Applier> Proxier for NftProxier<A> {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Nftables
+    }
+
+    fn family(&self) -> IpFamily {
+        self.family_of()
+    }
+
+    /// Brings the kernel to the snapshot: the first sync (and the first after a failure)
+    /// rebuilds the table; later ones send one transaction with the changes of the changed
+    /// service ports (of every port, when full).
+    fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        let snapshot = request.snapshot;
+        if request.full {
+            self.engine.force_full();
+        }
+        if !self.socket.incremental() {
+            self.committed = None;
+        }
+        let result = match self.committed.take() {
+            None => self
+                .rebuild(snapshot)
+                .map(|r| (r, SyncKind::Full, snapshot.ports.len())),
+            Some(rules) => self.update(rules, &request),
+        };
+        let (detail, kind, ports) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The kernel state is unknown to us now: rebuild next time.
+                self.engine.failed();
+                self.pending.clear();
+                return Err(io_error(e));
+            }
+        };
+        let family = self.family_of();
+        let changed = (kind == SyncKind::Partial)
+            .then_some(request.changed)
+            .flatten();
+        let mut report = SyncReport::new(kind, BackendReport::Nftables(detail));
+        report.wrote = detail.transactions > 0;
+        report.service_ports_changed = ports;
+        let last = self.engine.last();
+        report.endpoints_changed = endpoints_changed(last, snapshot, &family, changed);
+        let filters = stale_filters(last, snapshot, &family, changed);
+        let cleaned = self.conntrack.run(&family, filters);
+        report.conntrack_deleted = cleaned.deleted;
+        report.conntrack_failed = cleaned.failed;
+        report.no_local_endpoints = self.no_local.update(snapshot, &family, changed);
+        self.engine.committed(snapshot.clone());
+        report.duration = start.elapsed();
+        Ok(report)
+    }
+
+    /// Forces the next sync to compare every service port (not to rebuild the table).
+    fn force_full(&mut self) {
+        self.engine.force_full();
+    }
 
     /// Deletes our table (and nothing else).
-    ///
-    /// # Errors
-    /// The kernel rejected the deletion or the socket failed.
-    pub fn cleanup(&mut self) -> Result<(), ApplyError> {
+    fn cleanup(&mut self) -> Result<(), SyncError> {
         let mut tx = Transaction::new(self.renderer.family());
         tx.ops.push(Op::DeleteTable);
-        self.socket.apply(&[&tx])?;
+        self.socket.apply(&[&tx]).map_err(io_error)?;
         self.committed = None;
         self.pending.clear();
         self.engine = SyncEngine::new();

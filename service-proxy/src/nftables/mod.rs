@@ -28,6 +28,8 @@ pub mod wire;
 #[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
 pub mod apply;
 
+#[cfg(feature = "apply")]
+pub use apply::NftProxier;
 pub use model::{
     AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, Element, EndpointChain, Family,
     FixedSet, Hook, Key, KeyShape, L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, TABLE, Verdict,
@@ -39,3 +41,17 @@ pub use render::{
 };
 pub use trace::Tracer;
 pub use transaction::{Op, SetDecl, Transaction};
+
+/// The nftables backend's part of a [`crate::SyncReport`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NftablesReport {
+    /// Transactions sent (several only when a table is built from nothing).
+    pub transactions: usize,
+    /// nf_tables netlink messages sent.
+    pub messages: usize,
+    /// Bytes sent.
+    pub bytes: usize,
+    /// Stale chains deleted by this sync.
+    pub chains_deleted: usize,
+}

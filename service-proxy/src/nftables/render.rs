@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 
 use service_core::model::IpFamily;
-use service_core::snapshot::{ServicePort, ServicePortName, Snapshot};
+use service_core::snapshot::{EndpointSet, ServicePort, ServicePortName, Snapshot};
 
 use super::model::{
     AffinitySet, BaseHook, Chain, Data, Dir, Element, EndpointChain, Family, FixedSet, Hook, Key,
@@ -1061,40 +1061,29 @@ impl Renderer {
             s.push_str(rest);
             Name::from(s)
         };
-        let accessible = plan.externally_accessible(sp.node_port);
-        let has_endpoints = plan.selection.has_any;
+        // Which endpoints each kind of traffic reaches: derived once, on the snapshot.
+        let t = &plan.traffic;
+        let accessible = t.externally_accessible;
+        let has_endpoints = t.has_endpoints;
         let local_chain = swap(
             "local-",
             sp.internal_policy_local || sp.external_policy_local,
         );
         let external_chain = swap("external-", has_endpoints && accessible);
-        let firewall_chain = swap(
-            "firewall-",
-            !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty(),
-        );
+        let firewall_chain = swap("firewall-", t.source_ranges);
 
-        let cluster = &plan.selection.cluster;
-        let local = &plan.selection.local;
-        let internal_local = sp.internal_policy_local;
-        let external_local = sp.external_policy_local;
-        let uses_cluster = !internal_local || accessible;
-        let uses_local = internal_local || (external_local && accessible);
-        let uses_cluster_chain = !cluster.is_empty() && uses_cluster;
-        let uses_local_chain = !local.is_empty() && uses_local;
-
-        let (internal_chain, has_internal) = if internal_local {
-            (&local_chain, has_endpoints && !local.is_empty())
-        } else {
-            (&cluster_chain, has_endpoints)
+        let external_local = t.external == EndpointSet::Local;
+        let uses_cluster_chain = t.uses_cluster_set;
+        let uses_local_chain = t.uses_local_set;
+        let chain_of = |set: EndpointSet| match set {
+            EndpointSet::Local => &local_chain,
+            _ => &cluster_chain,
         };
-        let (external_policy_chain, has_external) = if external_local {
-            (&local_chain, has_endpoints && !local.is_empty())
-        } else {
-            (&cluster_chain, has_endpoints)
-        };
+        let (internal_chain, has_internal) = (chain_of(t.internal), t.internal_reachable);
+        let (external_policy_chain, has_external) = (chain_of(t.external), t.external_reachable);
         let uses_external_chain = has_endpoints && accessible;
-        let uses_firewall =
-            !plan.load_balancer_ips.is_empty() && !plan.load_balancer_source_ranges.is_empty();
+        let uses_firewall = t.source_ranges;
+        let (cluster, local) = (&plan.selection.cluster, &plan.selection.local);
 
         let reject = Verdict::Goto(self.reject_chain.clone());
         let (internal_filter, external_filter) = if !has_endpoints {

@@ -249,6 +249,11 @@ impl UserspaceProxy {
         }
     }
 
+    /// The settings.
+    pub fn config(&self) -> &UserspaceConfig {
+        &self.config
+    }
+
     /// Where each service port is served.
     pub fn portals(&self) -> Vec<PortalInfo> {
         self.portals

@@ -1,13 +1,23 @@
 //! [`UserspaceProxier`]: the portals and the nat rules that lead to them, kept in sync.
 
+use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
 
-use service_core::snapshot::Snapshot;
+use service_core::model::{IpFamily, Protocol};
+use service_core::snapshot::{ServicePortName, Snapshot};
 
 use super::rules::{self, PortalChain};
 use super::{UserspaceProxy, UserspaceSync};
+use crate::conntrack::{Cleanup, ConntrackCleaner, Filter};
 use crate::iptables::Table;
 use crate::iptables::apply::{ApplyError, Runner};
+use crate::proxier::{
+    BackendReport, NoLocalEndpoints, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport,
+    SyncRequest, endpoints_changed,
+};
+use crate::sync::SyncKind;
 
 /// Why a userspace sync failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +31,7 @@ pub enum UserspaceError {
     Rules(#[from] ApplyError),
 }
 
-/// What a sync did.
+/// The userspace backend's part of a [`crate::SyncReport`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UserspaceReport {
@@ -36,12 +46,39 @@ pub struct UserspaceReport {
 pub struct UserspaceProxier<R: Runner> {
     proxy: UserspaceProxy,
     runner: R,
+    conntrack: Cleanup,
+    no_local: NoLocalEndpoints,
+    /// The snapshot and portals of the last successful sync.
+    last: Option<(Snapshot, BTreeMap<ServicePortName, SocketAddr>)>,
+}
+
+fn error(e: UserspaceError) -> SyncError {
+    let kind = match &e {
+        UserspaceError::Portal(_) => SyncErrorKind::Transient,
+        UserspaceError::Rules(ApplyError::Spawn { .. }) => SyncErrorKind::Unavailable,
+        UserspaceError::Rules(_) => SyncErrorKind::Rejected,
+    };
+    SyncError::new(ProxyMode::Userspace, kind, e)
 }
 
 impl<R: Runner> UserspaceProxier<R> {
     /// Portals from `proxy`, rules through `runner` (its iptables flavour).
     pub fn new(proxy: UserspaceProxy, runner: R) -> Self {
-        Self { proxy, runner }
+        Self {
+            proxy,
+            runner,
+            conntrack: Cleanup::default(),
+            no_local: NoLocalEndpoints::default(),
+            last: None,
+        }
+    }
+
+    /// Also clears the conntrack entries of UDP flows redirected to a portal that closed or
+    /// moved, so that their next packet follows the new redirect rule.
+    #[must_use]
+    pub fn with_conntrack(mut self, cleaner: impl ConntrackCleaner + 'static) -> Self {
+        self.conntrack = Cleanup::new(cleaner);
+        self
     }
 
     /// The portals.
@@ -50,7 +87,7 @@ impl<R: Runner> UserspaceProxier<R> {
     }
 
     fn ipv6(&self) -> bool {
-        self.proxy.config.family == service_core::model::IpFamily::Ipv6
+        self.proxy.config.family == IpFamily::Ipv6
     }
 
     /// The jumps from the built-in chains that are in place.
@@ -67,10 +104,7 @@ impl<R: Runner> UserspaceProxier<R> {
 
     /// Opens and closes portals for `snapshot`, then rewrites the redirect rules (their
     /// chains are small: one rule per address and port).
-    ///
-    /// # Errors
-    /// A portal could not listen or the rules were refused.
-    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<UserspaceReport, UserspaceError> {
+    fn sync_portals(&mut self, snapshot: &Snapshot) -> Result<UserspaceReport, UserspaceError> {
         let portals = self.proxy.sync(snapshot)?;
         let rules = rules::render(snapshot, &self.proxy.portals(), &self.proxy.config.family);
         let present = self.jumps_present()?;
@@ -87,21 +121,96 @@ impl<R: Runner> UserspaceProxier<R> {
         })
     }
 
+    /// Filters for the UDP flows redirected to portals that closed or moved.
+    fn stale_redirects(&self, now: &BTreeMap<ServicePortName, SocketAddr>) -> Vec<Filter> {
+        let Some((snapshot, before)) = &self.last else {
+            return Vec::new();
+        };
+        let family = &self.proxy.config.family;
+        let mut out = Vec::new();
+        for (name, addr) in before {
+            if name.protocol != Protocol::Udp || now.get(name) == Some(addr) {
+                continue;
+            }
+            let Some(sp) = snapshot.ports.get(name) else {
+                continue;
+            };
+            let Some(plan) = sp.family(family) else {
+                continue;
+            };
+            let ips = std::iter::once(plan.cluster_ip)
+                .chain(plan.external_ips.iter().copied())
+                .chain(plan.load_balancer_ips.iter().copied());
+            out.extend(ips.map(|ip| Filter {
+                protocol: 17,
+                orig_dst: Some(ip),
+                orig_dport: Some(sp.port),
+                ..Filter::default()
+            }));
+        }
+        out
+    }
+}
+
+impl<R: Runner> Proxier for UserspaceProxier<R> {
+    fn mode(&self) -> ProxyMode {
+        ProxyMode::Userspace
+    }
+
+    fn family(&self) -> IpFamily {
+        self.proxy.config.family.clone()
+    }
+
+    /// Opens and closes portals for the snapshot and rewrites the redirect rules (every
+    /// sync is full: the chains hold one rule per address and port).
+    fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
+        let start = Instant::now();
+        let snapshot = request.snapshot;
+        let detail = self.sync_portals(snapshot).map_err(error)?;
+        let portals: BTreeMap<ServicePortName, SocketAddr> = self
+            .proxy
+            .portals()
+            .into_iter()
+            .map(|p| (p.name, p.local))
+            .collect();
+        let family = self.family();
+        let mut report = SyncReport::new(SyncKind::Full, BackendReport::Userspace(detail));
+        report.wrote = true;
+        report.service_ports_changed =
+            detail.portals.opened + detail.portals.closed + detail.portals.updated;
+        report.endpoints_changed = endpoints_changed(
+            self.last.as_ref().map(|(s, _)| s),
+            snapshot,
+            &family,
+            request.changed,
+        );
+        let cleaned = self.conntrack.run(&family, self.stale_redirects(&portals));
+        report.conntrack_deleted = cleaned.deleted;
+        report.conntrack_failed = cleaned.failed;
+        report.no_local_endpoints = self.no_local.update(snapshot, &family, None);
+        self.last = Some((snapshot.clone(), portals));
+        report.duration = start.elapsed();
+        Ok(report)
+    }
+
+    /// Every sync is full already.
+    fn force_full(&mut self) {}
+
     /// Removes the rules and stops listening.
-    ///
-    /// # Errors
-    /// The rules could not be removed.
-    pub fn cleanup(&mut self) -> Result<(), ApplyError> {
+    fn cleanup(&mut self) -> Result<(), SyncError> {
         self.proxy.shutdown();
-        let present = self.jumps_present()?;
+        self.last = None;
+        let present = self.jumps_present().map_err(|e| error(e.into()))?;
         let ipv6 = self.ipv6();
         let exists = PortalChain::ALL
             .into_iter()
             .map(|c| self.runner.chain_exists(ipv6, Table::Nat, c.name()))
-            .collect::<Result<Vec<bool>, _>>()?;
+            .collect::<Result<Vec<bool>, _>>()
+            .map_err(|e| error(e.into()))?;
         if exists.iter().any(|e| *e) || !present.is_empty() {
             self.runner
-                .restore(ipv6, &[rules::cleanup_input(&present).as_bytes()])?;
+                .restore(ipv6, &[rules::cleanup_input(&present).as_bytes()])
+                .map_err(|e| error(e.into()))?;
         }
         Ok(())
     }

@@ -1,23 +1,15 @@
-//! Clearing stale conntrack entries over netlink (ctnetlink), as kube-proxy does after a
-//! sync, so that UDP clients such as DNS resolvers are not blackholed:
-//!
-//! - when a UDP service port gets its first endpoint, entries created while it had none
-//!   (rejected or unreplied) are deleted, so the next packet is DNATed afresh;
-//! - when a UDP endpoint goes away, entries DNATed to it are deleted.
-//!
-//! The message encoding and parsing are pure and tested byte for byte; [`Conntrack`] is a
-//! thin blocking socket layer (dump the table, delete matching entries by their original
-//! tuple). It needs `CAP_NET_ADMIN` in the network namespace it works on.
+//! ctnetlink: dump the conntrack table and delete entries by their original tuple. The
+//! message encoding and parsing are pure and tested byte for byte; [`Conntrack`] is a thin
+//! blocking socket layer. It needs `CAP_NET_ADMIN` in the network namespace it works on.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
-use service_core::model::{IpFamily, Protocol};
-use service_core::snapshot::{ServicePort, Snapshot};
+use service_core::model::IpFamily;
 
+use super::{ConntrackCleaner, Entry, Filter, Tuple};
 use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -42,64 +34,6 @@ const CTA_PROTO_DST_PORT: u16 = 3;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
-
-/// The IP protocol number of a service protocol.
-pub fn protocol_number(p: &Protocol) -> u8 {
-    match p {
-        Protocol::Udp => 17,
-        Protocol::Sctp => 132,
-        _ => 6,
-    }
-}
-
-/// One direction of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub struct Tuple {
-    /// Source address and port.
-    pub src: SocketAddr,
-    /// Destination address and port.
-    pub dst: SocketAddr,
-    /// IP protocol number.
-    pub protocol: u8,
-}
-
-/// A conntrack entry: original and reply directions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub struct Entry {
-    /// As the client sent it.
-    pub orig: Tuple,
-    /// As the server answers (after NAT: the real endpoint is the reply's source).
-    pub reply: Tuple,
-}
-
-/// Which entries to delete. Every set field must match.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub struct Filter {
-    /// IP protocol number.
-    pub protocol: u8,
-    /// The original destination address (a service IP).
-    pub orig_dst: Option<IpAddr>,
-    /// The original destination port (a service port or node port).
-    pub orig_dport: Option<u16>,
-    /// The reply source address (the endpoint the entry was DNATed to).
-    pub reply_src: Option<IpAddr>,
-    /// The reply source port (the endpoint port).
-    pub reply_sport: Option<u16>,
-}
-
-impl Filter {
-    /// Whether an entry matches.
-    pub fn matches(&self, e: &Entry) -> bool {
-        e.orig.protocol == self.protocol
-            && self.orig_dst.is_none_or(|ip| e.orig.dst.ip() == ip)
-            && self.orig_dport.is_none_or(|p| e.orig.dst.port() == p)
-            && self.reply_src.is_none_or(|ip| e.reply.src.ip() == ip)
-            && self.reply_sport.is_none_or(|p| e.reply.src.port() == p)
-    }
-}
 
 fn push_attr(buf: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     let len = 4 + payload.len();
@@ -376,71 +310,10 @@ impl Conntrack {
     }
 }
 
-/// The entries to clear after moving from `old` to `new` for one family (kube-proxy's
-/// UDP rules): for every UDP service port that gained its first endpoint, entries to its
-/// service IPs and node port; for every UDP endpoint that went away, entries DNATed to it.
-pub fn stale_filters(old: Option<&Snapshot>, new: &Snapshot, family: &IpFamily) -> Vec<Filter> {
-    let mut out = BTreeSet::new();
-    let reachable = |sp: &ServicePort| -> BTreeSet<SocketAddr> {
-        sp.family(family)
-            .map(|p| p.reachable_endpoints().map(|e| e.addr()).collect())
-            .unwrap_or_default()
-    };
-    for (name, sp) in &new.ports {
-        if sp.name.protocol != Protocol::Udp {
-            continue;
-        }
-        let Some(plan) = sp.family(family) else {
-            continue;
-        };
-        let prev = old.and_then(|o| o.ports.get(name));
-        let had = prev
-            .and_then(|p| p.family(family))
-            .is_some_and(|p| p.selection.has_any);
-        if plan.selection.has_any && !had {
-            let ips = std::iter::once(plan.cluster_ip)
-                .chain(plan.external_ips.iter().copied())
-                .chain(plan.load_balancer_ips.iter().copied());
-            for ip in ips {
-                out.insert(Filter {
-                    protocol: 17,
-                    orig_dst: Some(ip),
-                    orig_dport: Some(sp.port),
-                    ..Filter::default()
-                });
-            }
-            if let Some(np) = sp.node_port {
-                out.insert(Filter {
-                    protocol: 17,
-                    orig_dport: Some(np),
-                    ..Filter::default()
-                });
-            }
-        }
+impl ConntrackCleaner for Conntrack {
+    fn clear(&mut self, family: &IpFamily, filters: &[Filter]) -> io::Result<usize> {
+        self.delete_matching(family, filters)
     }
-    // Endpoints gone from a UDP service port (or with the port itself).
-    if let Some(old) = old {
-        for (name, sp) in &old.ports {
-            if sp.name.protocol != Protocol::Udp {
-                continue;
-            }
-            let before = reachable(sp);
-            let after = new
-                .ports
-                .get(name)
-                .map(|n| reachable(n))
-                .unwrap_or_default();
-            for ep in before.difference(&after) {
-                out.insert(Filter {
-                    protocol: 17,
-                    reply_src: Some(ep.ip()),
-                    reply_sport: Some(ep.port()),
-                    ..Filter::default()
-                });
-            }
-        }
-    }
-    out.into_iter().collect()
 }
 
 #[cfg(test)]
