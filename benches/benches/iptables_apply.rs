@@ -4,7 +4,8 @@
 
 use std::time::Instant;
 
-use service_proxy::iptables::apply::{Flavor, NoConntrack, Proxier, SystemRunner};
+use service_proxy::Proxier;
+use service_proxy::iptables::apply::{Flavor, IptablesProxier, SystemRunner};
 use service_proxy::iptables::{IptablesConfig, Renderer};
 use service_testkit::netns::{E2e, Netns, require};
 
@@ -33,24 +34,23 @@ fn main() {
 fn measure(flavor: Flavor, services: usize) {
     let ns = Netns::new("apply-bench");
     let proxy = service_benches::proxy_config();
-    let mut proxier = Proxier::new(
+    let mut proxier = IptablesProxier::new(
         Renderer::new(IptablesConfig::new(proxy), false),
         SystemRunner::in_netns(ns.name()).with_flavor(flavor),
-        NoConntrack,
     );
     let (before, after, _) = service_benches::one_change(services, 10);
     let t = Instant::now();
-    let r = proxier.sync(&before).expect("full sync");
+    let r = proxier.sync_to(&before).expect("full sync");
     println!(
         "{flavor:?}: full sync, {services} services x 10 endpoints: {} rules in {:?} (render + iptables-save + iptables-restore)",
-        r.rules,
+        r.iptables().expect("iptables report").rules,
         t.elapsed()
     );
     let mut times = Vec::new();
     for i in 0..6 {
         let snap = if i % 2 == 0 { &after } else { &before };
         let t = Instant::now();
-        let r = proxier.sync(snap).expect("partial sync");
+        let r = proxier.sync_to(snap).expect("partial sync");
         assert_eq!(r.kind, service_proxy::SyncKind::Partial);
         times.push(t.elapsed());
     }
@@ -60,7 +60,7 @@ fn measure(flavor: Flavor, services: usize) {
         times[times.len() / 2],
         times[0],
         times[times.len() - 1],
-        r.rules
+        r.iptables().expect("iptables report").rules
     );
     proxier.cleanup().expect("cleanup");
 }

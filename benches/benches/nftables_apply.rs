@@ -13,6 +13,7 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use service_proxy::Proxier;
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer};
 use service_testkit::netns::{E2e, Netns, require_programs};
@@ -50,7 +51,7 @@ fn full(c: &mut Criterion) {
                     let socket = NftSocket::in_netns(&ns.path()).expect("socket");
                     let mut p = NftProxier::new(renderer(), socket);
                     let t = Instant::now();
-                    p.sync(&snap).expect("full apply");
+                    p.sync_to(&snap).expect("full apply");
                     total += t.elapsed();
                 }
                 total
@@ -66,14 +67,14 @@ fn one_change(c: &mut Criterion) {
     let ns = Netns::new("nft-bench");
     let socket = NftSocket::in_netns(&ns.path()).expect("socket");
     let mut p = NftProxier::new(renderer(), socket);
-    p.sync(&before).expect("full apply");
+    p.sync_to(&before).expect("full apply");
     let mut flip = false;
     g.bench_function("10000", |b| {
         b.iter(|| {
             flip = !flip;
             let snap = if flip { &after } else { &before };
-            let r = p.sync(snap).expect("one change");
-            assert_eq!(r.transactions, 1);
+            let r = p.sync_to(snap).expect("one change");
+            assert_eq!(r.nftables().expect("nftables report").transactions, 1);
         });
     });
     g.finish();

@@ -2,8 +2,9 @@
 //! services × 10 endpoints.
 use std::io::Write as _;
 
-use service_proxy::iptables::apply::{Applier, FakeRunner};
+use service_proxy::iptables::apply::Applier;
 use service_proxy::iptables::{IptablesConfig, Renderer};
+use service_testkit::FakeRunner;
 
 fn main() {
     let n: usize = service_benches::arg_or(1, 1000);

@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use service_proxy::Proxier;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{IpvsConfig, IpvsProxier};
 use service_testkit::netns::E2e;
@@ -46,12 +47,12 @@ fn ipvs_sync_times_in_uml() {
             IpvsProxier::new(IpvsConfig::new(proxy), runner, false).expect("start IPVS");
         let timed = |what: &str, proxier: &mut IpvsProxier<SystemRunner>, snap| {
             let started = Instant::now();
-            let report = proxier.sync(snap).expect("sync");
+            let report = proxier.sync_to(snap).expect("sync");
             println!(
                 "{MARK} {services} services, {what}: {:?} ({} changes, full: {})",
                 started.elapsed(),
-                report.changes,
-                report.full
+                report.ipvs().expect("ipvs report").changes,
+                report.ipvs().expect("ipvs report").read_all
             );
         };
         timed("first", &mut proxier, &before);

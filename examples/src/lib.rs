@@ -1,5 +1,9 @@
 //! Shared plumbing of the example binaries: reading manifest files, the node flags named
-//! after kube-proxy's options, and turning invalid input into exit status 2.
+//! after kube-proxy's options, logging, turning invalid input into exit status 2; the
+//! daemons' file source and signals ([`daemon`]) and the proxy's backends ([`backend`]).
+
+pub mod backend;
+pub mod daemon;
 
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -13,6 +17,46 @@ use service_core::snapshot::{NodeInfo, Snapshot};
 
 /// Exit status for invalid input (a file that does not parse, an invalid object).
 pub const EXIT_INVALID: u8 = 2;
+
+/// The logging flags of the daemons.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Verbosity, as klog's `-v`: 0-1 info, 2-4 debug, 5 and up trace.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line per event: time, level, message, fields.
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// Sends `tracing` events to standard error in the chosen format.
+pub fn init_logging(args: &LogArgs) {
+    let level = match args.verbosity {
+        0..=1 => tracing::Level::INFO,
+        2..=4 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false);
+    let result = match args.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging already set up: {e}");
+    }
+}
 
 /// `--ip-family`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -164,26 +208,4 @@ pub fn load_snapshot(files: &[String], node: &NodeArgs) -> Result<Snapshot, Exit
         eprintln!("error: {e}");
         ExitCode::from(EXIT_INVALID)
     })
-}
-
-/// The flags a daemon polls: `reload` is raised by SIGHUP, `stop` by SIGTERM and SIGINT
-/// (a signal that cannot be handled is reported on stderr).
-pub fn daemon_signals() -> (
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-    std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicBool;
-    let reload = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    for (sig, flag) in [
-        (signal_hook::consts::SIGHUP, &reload),
-        (signal_hook::consts::SIGTERM, &stop),
-        (signal_hook::consts::SIGINT, &stop),
-    ] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
-            eprintln!("warning: cannot handle signal {sig}: {e}");
-        }
-    }
-    (reload, stop)
 }

@@ -1,7 +1,7 @@
 //! The `proxy` daemon run as a user runs it, inside a network namespace: it installs the
 //! rules, follows the manifest file as it changes (keeping the rules when a change is
-//! invalid), and removes its rules on SIGTERM. Every backend; IPVS inside User-Mode Linux
-//! (the host kernel has no IPVS).
+//! invalid), leaves its rules in place on SIGTERM, and `--cleanup` removes them. Every
+//! backend; IPVS inside User-Mode Linux (the host kernel has no IPVS).
 //!
 //! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
 
@@ -48,6 +48,20 @@ impl Drop for Manifest {
 
 fn spawn(ns: &Netns, backend: &str, file: &str) -> Child {
     spawn_with(ns, backend, file, &[])
+}
+
+/// `proxy --cleanup` in the namespace; returns its log.
+fn cleanup(ns: &Netns, backend: &str, extra: &[&str]) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
+        .args(["--backend", backend, "--cleanup"])
+        .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
+        .args(extra)
+        .output()
+        .expect("run proxy --cleanup");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "proxy --cleanup failed:\n{log}");
+    log
 }
 
 fn spawn_with(ns: &Netns, backend: &str, file: &str, extra: &[&str]) -> Child {
@@ -128,16 +142,24 @@ fn run_daemon(backend: &str, state: impl Fn(&Netns) -> String, web: &str, moved:
     );
     let (ok, log) = terminate(child);
     assert!(ok, "{log}");
-    assert!(log.contains("sync 1: full"), "{log}");
-    assert!(log.contains(": partial (2 service ports changed)"), "{log}");
+    assert!(log.contains("sync 1: full sync"), "{log}");
     assert!(
-        log.contains("reload failed: keeping the previous rules"),
+        log.contains(": partial sync")
+            && log.contains("sync in")
+            && log.contains(": 2 service ports and "),
         "{log}"
     );
-    assert!(log.contains("stopped: rules removed"), "{log}");
+    assert!(
+        log.contains("reload failed: keeping the previous objects"),
+        "{log}"
+    );
+    // SIGTERM leaves the rules in place, as kube-proxy does; --cleanup removes them.
+    assert!(log.contains("stopped: the rules stay in place"), "{log}");
+    assert!(state(&ns).contains(moved), "rules kept after SIGTERM");
+    cleanup(&ns, backend, &[]);
     assert!(
         !state(&ns).contains(moved),
-        "rules left behind:\n{}",
+        "rules left behind by --cleanup:\n{}",
         state(&ns)
     );
 }
@@ -206,9 +228,10 @@ fn proxy_daemon_userspace() {
     let (ok, log) = terminate(child);
     assert!(ok, "{log}");
     assert!(log.contains("portals opened"), "{log}");
+    cleanup(&ns, "userspace", &[]);
     assert!(
         !nat(&ns).contains("KUBE-"),
-        "rules left behind:\n{}",
+        "rules left behind by --cleanup:\n{}",
         nat(&ns)
     );
 }
@@ -242,6 +265,7 @@ fn proxy_daemon_ipvs_falls_back_to_iptables_without_ipvs() {
             && log.contains("falling back to the iptables backend"),
         "{log}"
     );
+    cleanup(&ns, "ipvs", &[]);
     assert!(!nat(&ns).contains("KUBE-"));
 }
 
@@ -286,11 +310,16 @@ fn proxy_daemon_ipvs_in_uml() {
     );
     let (ok, log) = terminate(child);
     assert!(ok, "{log}");
-    assert!(log.contains("sync 1: full"), "{log}");
+    assert!(log.contains("sync 1: full sync"), "{log}");
     // The endpoint change: a partial sync (the table as sync 1 left it, plus one dump).
-    assert!(log.contains("sync 2: partial"), "{log}");
+    assert!(log.contains("sync 2: partial sync"), "{log}");
     assert!(log.contains("virtual servers"), "{log}");
-    assert!(log.contains("stopped: rules removed"), "{log}");
+    assert!(log.contains("stopped: the rules stay in place"), "{log}");
+    assert!(
+        ipvs(&ns).contains("-A"),
+        "virtual servers kept after SIGTERM"
+    );
+    cleanup(&ns, "ipvs", &legacy);
     assert!(!ipvs(&ns).contains("-A"), "virtual servers left behind");
     let rules = ns.exec_text("iptables-legacy-save", &[]);
     assert!(!rules.contains("KUBE-"), "rules left behind:\n{rules}");
@@ -319,4 +348,10 @@ fn proxy_daemon_ipvs_in_uml() {
             && log.contains("falling back to the iptables backend"),
         "{log}"
     );
+    cleanup(
+        &ns,
+        "ipvs",
+        &["--iptables-flavor", "legacy", "--ipvs-scheduler", "sed"],
+    );
+    assert!(!nat().contains("KUBE-"), "rules left behind by --cleanup");
 }

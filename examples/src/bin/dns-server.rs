@@ -1,21 +1,24 @@
 //! `dns-server --listen ADDR:PORT [--zone cluster.local] [--upstream ADDR:PORT] FILE...`:
 //! serves the cluster DNS for the files' Services over UDP and TCP until stopped. SIGHUP,
-//! or a change to any file, reloads them: only the Services that changed are updated,
-//! and queries are answered throughout. Invalid files on reload are reported and the
-//! previous state keeps being served.
+//! or a change to any file (followed with inotify), reloads them: only the Services that
+//! changed are updated, and queries are answered throughout. A file that is invalid, empty
+//! or being rewritten keeps its previous records (see `service_examples::daemon`).
 //!
 //! Prints `listening on ADDR` on standard error once it serves (useful with port 0).
 
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use service_core::cluster::Cluster;
-use service_core::snapshot::{NodeInfo, Snapshot};
+use service_core::controller::ControllerConfig;
+use service_core::model::Pod;
+use service_core::snapshot::NodeInfo;
+use service_core::tracker::{ChangeTracker, Source as _};
 use service_dns::server::{DnsServer, ServerConfig};
 use service_dns::{DnsConfig, PodRecords, Zone};
-use service_examples::{EXIT_INVALID, daemon_signals, load_cluster};
+use service_examples::daemon::{FileSource, Signals, Wake};
+use service_examples::{EXIT_INVALID, LogArgs, init_logging};
 
 /// Serve Kubernetes cluster DNS for manifests.
 #[derive(Parser)]
@@ -39,7 +42,9 @@ struct Args {
     /// UDP worker threads (default: one per CPU).
     #[arg(long)]
     udp_workers: Option<usize>,
-    /// Manifest files (YAML, JSON, `kind: List`).
+    #[command(flatten)]
+    log: LogArgs,
+    /// Manifest files (YAML, JSON, `kind: List`); `-` reads standard input once.
     #[arg(required = true)]
     files: Vec<String>,
 }
@@ -51,20 +56,8 @@ enum Pods {
     Verified,
 }
 
-fn snapshot(cluster: &Cluster) -> Option<Snapshot> {
-    match cluster.snapshot(NodeInfo::new("", Vec::new())) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            eprintln!("error: {e}");
-            None
-        }
-    }
-}
-
-fn pods(cluster: &Cluster) -> Vec<(String, std::net::IpAddr)> {
-    cluster
-        .pods
-        .iter()
+fn pods(pods: &[Pod]) -> Vec<(String, std::net::IpAddr)> {
+    pods.iter()
         .flat_map(|p| {
             let ns = p.metadata.namespace().to_owned();
             p.ips()
@@ -75,15 +68,27 @@ fn pods(cluster: &Cluster) -> Vec<(String, std::net::IpAddr)> {
         .collect()
 }
 
-fn mtimes(files: &[String]) -> Vec<Option<SystemTime>> {
-    files
-        .iter()
-        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
-        .collect()
+/// Applies what the source has to the tracker; whether anything arrived.
+fn drain(source: &mut FileSource, tracker: &mut ChangeTracker) -> bool {
+    let events = match source.poll_events() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("the manifest source failed: {e}");
+            return false;
+        }
+    };
+    let any = !events.is_empty();
+    for e in events {
+        if let Err(err) = tracker.apply(e.event, e.at) {
+            tracing::error!("{err}");
+        }
+    }
+    any
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    init_logging(&args.log);
     let mut config = DnsConfig::for_zone(&args.zone);
     config.ttl = args.ttl;
     config.pods = match args.pods {
@@ -91,14 +96,33 @@ fn main() -> ExitCode {
         Pods::Insecure => PodRecords::Insecure,
         Pods::Verified => PodRecords::Verified,
     };
-    let Ok(cluster) = load_cluster(&args.files) else {
-        return ExitCode::from(EXIT_INVALID);
+    let wake = Wake::default();
+    let signals = match Signals::install(&wake) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    let Some(mut current) = snapshot(&cluster) else {
-        return ExitCode::from(EXIT_INVALID);
+    let mut source = match FileSource::open(
+        &args.files,
+        ControllerConfig::default(),
+        &wake,
+        signals.reload.clone(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_INVALID);
+        }
     };
+    // DNS answers do not depend on the node: no name, no IPs.
+    let mut tracker = ChangeTracker::new(NodeInfo::new("", Vec::new()));
+    drain(&mut source, &mut tracker);
+    let (mut current, _) = tracker.checkout();
     let mut zone = Zone::from_snapshot(config, &current);
-    zone.set_pods(pods(&cluster));
+    let mut pod_ips = pods(source.pods());
+    zone.set_pods(pod_ips.clone());
     let mut server_config = ServerConfig::new(args.listen);
     server_config.upstream = args.upstream;
     if let Some(n) = args.udp_workers {
@@ -111,7 +135,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (reload, stop) = daemon_signals();
     eprintln!(
         "listening on {} (zone {}, {} services, {} names)",
         server.local_addr(),
@@ -119,30 +142,27 @@ fn main() -> ExitCode {
         current.services.len(),
         zone.len()
     );
-    let mut seen = mtimes(&args.files);
-    while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = mtimes(&args.files);
-        let hup = reload.swap(false, Ordering::SeqCst);
-        if !hup && now == seen {
+    while !signals.stop.load(Ordering::SeqCst) {
+        wake.wait_until(None);
+        let hup = signals.reload.load(Ordering::SeqCst);
+        let started = Instant::now();
+        let any = drain(&mut source, &mut tracker);
+        let next_pods = pods(source.pods());
+        if !any && next_pods == pod_ips {
             continue;
         }
-        seen = now;
-        let started = Instant::now();
-        let Ok(cluster) = load_cluster(&args.files) else {
-            eprintln!("reload failed: keeping the previous records");
-            continue;
-        };
-        let Some(next) = snapshot(&cluster) else {
-            continue;
-        };
+        let (next, changes) = tracker.checkout();
         let changed = zone.update(&current, &next);
-        zone.set_pods(pods(&cluster));
+        if next_pods != pod_ips {
+            pod_ips = next_pods;
+            zone.set_pods(pod_ips.clone());
+        }
         server.publish(zone.view());
         current = next;
-        eprintln!(
-            "reloaded ({}): {changed} services changed, {} names, in {:?}",
+        tracing::info!(
+            "reloaded ({}): {changed} services changed ({} in the tracker's view), {} names, in {:?}",
             if hup { "SIGHUP" } else { "files changed" },
+            changes.services.len(),
             zone.len(),
             started.elapsed()
         );

@@ -1,4 +1,4 @@
-//! `render --backend {iptables|nftables} [NODE FLAGS] FILE...`: prints the complete rule set
+//! `render --backend {iptables|nftables|ipvs} [NODE FLAGS] FILE...`: prints the complete rule set
 //! for a node on stdout.
 //!
 //! For iptables this is `iptables-restore` input (or `ip6tables-restore` with
@@ -13,9 +13,13 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
+use service_core::model::IpFamily;
 use service_examples::{BackendArg, IpFamilyArg, NodeArgs, load_snapshot};
-use service_proxy::iptables::{IptablesConfig, Renderer};
-use service_proxy::nftables::{NftablesConfig, Renderer as NftRenderer};
+use service_proxy::Proxier as _;
+use service_proxy::dry_run::DryRun;
+use service_proxy::iptables::IptablesConfig;
+use service_proxy::ipvs::IpvsConfig;
+use service_proxy::nftables::NftablesConfig;
 
 /// Render the proxy rules for one node.
 #[derive(Parser)]
@@ -40,26 +44,17 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let ipv6 = args.node.ipv6(args.ip_family);
-    let text = match args.backend {
-        BackendArg::Iptables => {
-            let config = IptablesConfig::new(args.node.proxy_config());
-            let localhost = config.proxy.localhost_nodeports;
-            Renderer::new(config, ipv6)
-                .full(&snapshot)
-                .to_restore_input_with_jumps(localhost)
-        }
-        BackendArg::Nftables => {
-            NftRenderer::new(NftablesConfig::new(args.node.proxy_config()), ipv6)
-                .render(&snapshot)
-                .create_one()
-                .to_string()
-        }
-        BackendArg::Ipvs => {
-            let config = service_proxy::ipvs::IpvsConfig::new(args.node.proxy_config());
-            let plan = service_proxy::ipvs::IpvsPlan::build(&config, &snapshot, ipv6);
-            service_proxy::ipvs::ipvs_text(&plan, &config, ipv6)
-        }
+    let family = if args.node.ipv6(args.ip_family) {
+        IpFamily::Ipv6
+    } else {
+        IpFamily::Ipv4
+    };
+    let proxy = args.node.proxy_config();
+    // The proxier the daemon runs without --apply: its first (full) sync is the rule set.
+    let mut proxier = match args.backend {
+        BackendArg::Iptables => DryRun::iptables(IptablesConfig::new(proxy), family),
+        BackendArg::Nftables => DryRun::nftables(NftablesConfig::new(proxy), family),
+        BackendArg::Ipvs => DryRun::ipvs(IpvsConfig::new(proxy), family),
         BackendArg::Userspace => {
             eprintln!(
                 "error: the userspace backend's rules name the ports its portals listen on: run `proxy --backend userspace` (without --apply it prints them)"
@@ -67,6 +62,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = proxier.sync_to(&snapshot) {
+        eprintln!("error: rendering: {e}");
+        return ExitCode::FAILURE;
+    }
+    let text = proxier.last_text();
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         eprintln!("error: writing the rules: {e}");
