@@ -167,6 +167,8 @@ impl DryRun {
                 }
             },
             #[cfg(feature = "ipvs")]
+            Backend::Ipvs(_) if plan.is_noop() => (String::new(), SyncKind::Partial, 0),
+            #[cfg(feature = "ipvs")]
             Backend::Ipvs(config) => {
                 let ipv6 = ipv6(&self.family);
                 let plan_ = crate::ipvs::IpvsPlan::build(config, snapshot, ipv6);

@@ -133,8 +133,9 @@ impl<P: Proxier> Engine<P> {
         self.scheduler.request_full(now);
     }
 
-    /// Runs a sync if one is due at `now`; `wall` is the wall-clock time at its end, for
-    /// the latencies.
+    /// Runs a sync if one is due at `now`. `wall` is the same moment on the wall clock: the
+    /// latencies are measured from the events' times to `wall` plus the time the sync took
+    /// (the proxiers' reported durations; the engine reads no clock).
     pub fn poll(&mut self, now: Instant, wall: SystemTime) -> Option<EngineSync> {
         let due = self.scheduler.poll(now)?;
         let (snapshot, changes) = self.tracker.checkout();

@@ -50,6 +50,8 @@ pub struct UserspaceProxier<R: Runner> {
     no_local: NoLocalEndpoints,
     /// The snapshot and portals of the last successful sync.
     last: Option<(Snapshot, BTreeMap<ServicePortName, SocketAddr>)>,
+    /// The rules the last sync restored.
+    last_input: String,
 }
 
 fn error(e: UserspaceError) -> SyncError {
@@ -70,6 +72,7 @@ impl<R: Runner> UserspaceProxier<R> {
             conntrack: Cleanup::default(),
             no_local: NoLocalEndpoints::default(),
             last: None,
+            last_input: String::new(),
         }
     }
 
@@ -103,8 +106,12 @@ impl<R: Runner> UserspaceProxier<R> {
     }
 
     /// Opens and closes portals for `snapshot`, then rewrites the redirect rules (their
-    /// chains are small: one rule per address and port).
-    fn sync_portals(&mut self, snapshot: &Snapshot) -> Result<UserspaceReport, UserspaceError> {
+    /// chains are small: one rule per address and port) unless they are what the last sync
+    /// restored and every jump to them is in place; returns whether it restored.
+    fn sync_portals(
+        &mut self,
+        snapshot: &Snapshot,
+    ) -> Result<(UserspaceReport, bool), UserspaceError> {
         let portals = self.proxy.sync(snapshot)?;
         let rules = rules::render(snapshot, &self.proxy.portals(), &self.proxy.config.family);
         let present = self.jumps_present()?;
@@ -113,12 +120,18 @@ impl<R: Runner> UserspaceProxier<R> {
             .filter(|c| !present.contains(c))
             .collect();
         let input = rules::restore_input(&rules, &missing);
-        let ipv6 = self.ipv6();
-        self.runner.restore(ipv6, &[input.as_bytes()])?;
-        Ok(UserspaceReport {
+        let report = UserspaceReport {
             portals,
             rules: rules.len(),
-        })
+        };
+        if missing.is_empty() && input == self.last_input {
+            return Ok((report, false));
+        }
+        let ipv6 = self.ipv6();
+        self.last_input.clear();
+        self.runner.restore(ipv6, &[input.as_bytes()])?;
+        self.last_input = input;
+        Ok((report, true))
     }
 
     /// Filters for the UDP flows redirected to portals that closed or moved.
@@ -166,7 +179,7 @@ impl<R: Runner> Proxier for UserspaceProxier<R> {
     fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
         let snapshot = request.snapshot;
-        let detail = self.sync_portals(snapshot).map_err(error)?;
+        let (detail, wrote) = self.sync_portals(snapshot).map_err(error)?;
         let portals: BTreeMap<ServicePortName, SocketAddr> = self
             .proxy
             .portals()
@@ -175,7 +188,7 @@ impl<R: Runner> Proxier for UserspaceProxier<R> {
             .collect();
         let family = self.family();
         let mut report = SyncReport::new(SyncKind::Full, BackendReport::Userspace(detail));
-        report.wrote = true;
+        report.wrote = wrote || detail.portals != Default::default();
         report.service_ports_changed =
             detail.portals.opened + detail.portals.closed + detail.portals.updated;
         report.endpoints_changed = endpoints_changed(
@@ -200,6 +213,7 @@ impl<R: Runner> Proxier for UserspaceProxier<R> {
     fn cleanup(&mut self) -> Result<(), SyncError> {
         self.proxy.shutdown();
         self.last = None;
+        self.last_input.clear();
         let present = self.jumps_present().map_err(|e| error(e.into()))?;
         let ipv6 = self.ipv6();
         let exists = PortalChain::ALL

@@ -3,6 +3,8 @@
 //! tracer, and the flow table every backend must pass.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod contract;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
