@@ -4,10 +4,10 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use crate::controller::{self, ControllerConfig};
+use crate::controller::{self, ControllerConfig, SliceChanges};
 use crate::defaults;
 use crate::manifest::{Located, Location, Object};
-use crate::model::{EndpointSlice, Endpoints, Node, Pod};
+use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
 use crate::snapshot::{NodeInfo, Snapshot, SnapshotError};
 use crate::valid::ValidService;
 use crate::validation::{self, ValidationError};
@@ -53,35 +53,78 @@ impl Cluster {
         let mut cluster = Self::default();
         let mut invalid = Vec::new();
         for Located { location, object } in objects {
-            let result = match object {
-                Object::Service(mut svc) => {
-                    defaults::service(&mut svc);
-                    validation::validate_service(&svc).map(|v| cluster.services.push(v))
-                }
-                Object::EndpointSlice(mut slice) => {
-                    defaults::endpoint_slice(&mut slice);
-                    validation::validate_endpoint_slice(&slice)
-                        .map(|()| cluster.endpoint_slices.push(slice))
-                }
-                Object::Endpoints(mut ep) => {
-                    defaults::endpoints(&mut ep);
-                    validation::validate_endpoints(&ep).map(|()| cluster.endpoints.push(ep))
-                }
-                Object::Pod(mut pod) => {
-                    defaults::pod(&mut pod);
-                    cluster.pods.push(pod);
-                    Ok(())
-                }
-                Object::Node(node) => {
-                    cluster.nodes.push(node);
-                    Ok(())
-                }
-            };
-            if let Err(error) = result {
+            if let Err(error) = cluster.add(object) {
                 invalid.push(InvalidObject { location, error });
             }
         }
         (cluster, invalid)
+    }
+
+    /// Adds an object built in code or loaded: defaulted and validated as the API server
+    /// does on create (Pods and Nodes are only defaulted; they feed the endpoints
+    /// controller).
+    ///
+    /// # Errors
+    /// The object is invalid; the cluster is unchanged.
+    pub fn add(&mut self, object: Object) -> Result<(), ValidationError> {
+        match object {
+            Object::Service(svc) => self.add_service(svc).map(|_| ()),
+            Object::EndpointSlice(slice) => self.add_endpoint_slice(slice),
+            Object::Endpoints(ep) => self.add_endpoints(ep),
+            Object::Pod(pod) => {
+                self.add_pod(pod);
+                Ok(())
+            }
+            Object::Node(node) => {
+                self.nodes.push(node);
+                Ok(())
+            }
+        }
+    }
+
+    /// Adds a Service (defaulted, validated); returns its validated form.
+    ///
+    /// # Errors
+    /// The Service is invalid (the API server's 422 message, field by field).
+    pub fn add_service(&mut self, mut svc: Service) -> Result<&ValidService, ValidationError> {
+        defaults::service(&mut svc);
+        let valid = validation::validate_service(&svc)?;
+        let at = self.services.len();
+        self.services.push(valid);
+        Ok(&self.services[at])
+    }
+
+    /// Adds an EndpointSlice (defaulted, validated).
+    ///
+    /// # Errors
+    /// The slice is invalid.
+    pub fn add_endpoint_slice(&mut self, mut slice: EndpointSlice) -> Result<(), ValidationError> {
+        defaults::endpoint_slice(&mut slice);
+        validation::validate_endpoint_slice(&slice)?;
+        self.endpoint_slices.push(slice);
+        Ok(())
+    }
+
+    /// Adds legacy Endpoints (defaulted, validated).
+    ///
+    /// # Errors
+    /// The object is invalid.
+    pub fn add_endpoints(&mut self, mut ep: Endpoints) -> Result<(), ValidationError> {
+        defaults::endpoints(&mut ep);
+        validation::validate_endpoints(&ep)?;
+        self.endpoints.push(ep);
+        Ok(())
+    }
+
+    /// Adds a Pod (defaulted).
+    pub fn add_pod(&mut self, mut pod: Pod) {
+        defaults::pod(&mut pod);
+        self.pods.push(pod);
+    }
+
+    /// Adds a Node.
+    pub fn add_node(&mut self, node: Node) {
+        self.nodes.push(node);
     }
 
     /// Runs the EndpointSlice controller for every Service that has a selector, matching
@@ -117,6 +160,58 @@ impl Cluster {
         let n = added.len();
         self.endpoint_slices.extend(added);
         n
+    }
+
+    /// Runs the EndpointSlice controller for every Service with a selector against the
+    /// slices the cluster holds, as kube-controller-manager does after Pods change: the
+    /// cluster's slices are updated in place and the changes returned (feed them to a
+    /// [`crate::tracker::ChangeTracker`] with [`SliceChanges::into_events`]).
+    pub fn reconcile_endpoint_slices(&mut self, config: ControllerConfig) -> SliceChanges {
+        let nodes = (!self.nodes.is_empty()).then_some(self.nodes.as_slice());
+        let mut all = SliceChanges::default();
+        for svc in self.services.iter().filter(|s| s.selector.is_some()) {
+            let changes =
+                controller::reconcile(svc, &self.pods, nodes, &self.endpoint_slices, config);
+            all.create.extend(changes.create);
+            all.update.extend(changes.update);
+            all.delete.extend(changes.delete);
+        }
+        let key = |s: &EndpointSlice| {
+            (
+                s.metadata.namespace().to_owned(),
+                s.metadata.name().to_owned(),
+            )
+        };
+        let gone: HashSet<(String, String)> = all.delete.iter().map(key).collect();
+        self.endpoint_slices.retain(|s| !gone.contains(&key(s)));
+        for updated in &all.update {
+            if let Some(s) = self
+                .endpoint_slices
+                .iter_mut()
+                .find(|s| key(s) == key(updated))
+            {
+                s.clone_from(updated);
+            }
+        }
+        self.endpoint_slices.extend(all.create.iter().cloned());
+        all
+    }
+
+    /// The Pod `namespace/name`, to change it (e.g. its readiness) before
+    /// [`Cluster::reconcile_endpoint_slices`].
+    pub fn pod_mut(&mut self, namespace: &str, name: &str) -> Option<&mut Pod> {
+        self.pods
+            .iter_mut()
+            .find(|p| p.metadata.namespace() == namespace && p.metadata.name() == name)
+    }
+
+    /// Sets the `Ready` condition of the Pod `namespace/name` (a readiness probe's verdict);
+    /// false when there is no such Pod. [`Cluster::reconcile_endpoint_slices`] then carries
+    /// it into the slices.
+    pub fn set_pod_ready(&mut self, namespace: &str, name: &str, ready: bool) -> bool {
+        self.pod_mut(namespace, name)
+            .map(|p| p.set_ready(ready))
+            .is_some()
     }
 
     /// Builds the snapshot for a node.

@@ -84,6 +84,26 @@ pub struct Located<T> {
     pub object: T,
 }
 
+impl Location {
+    /// The first document of `source` (a file name, or what an object built in code came
+    /// from: `"code"`).
+    pub fn new(source: &str) -> Self {
+        Self {
+            source: source.to_owned(),
+            document: 1,
+            line: 1,
+            item: None,
+        }
+    }
+}
+
+impl<T> Located<T> {
+    /// An object and where it came from.
+    pub fn new(location: Location, object: T) -> Self {
+        Self { location, object }
+    }
+}
+
 /// Something the loader skipped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]

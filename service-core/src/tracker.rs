@@ -49,6 +49,8 @@ use std::time::SystemTime;
 
 use ipnet::IpNet;
 
+use crate::cluster::Cluster;
+use crate::controller::SliceChanges;
 use crate::defaults;
 use crate::model::{EndpointSlice, Endpoints, Node, Service};
 use crate::snapshot::{
@@ -146,6 +148,22 @@ pub enum TrackerError {
     /// The object fails the API server's validation.
     #[error("{0}")]
     Invalid(ValidationError),
+}
+
+impl SliceChanges {
+    /// The changes as tracker events: upserts for created and updated slices, deletes for
+    /// the rest.
+    pub fn into_events(self) -> Vec<Event> {
+        let deleted = self.delete.into_iter().map(|s| {
+            Event::EndpointSliceDeleted(ServiceKey::new(s.metadata.namespace(), s.metadata.name()))
+        });
+        self.create
+            .into_iter()
+            .chain(self.update)
+            .map(Event::EndpointSliceUpserted)
+            .chain(deleted)
+            .collect()
+    }
 }
 
 /// What changed between two checkouts.
@@ -324,6 +342,52 @@ impl ChangeTracker {
             Event::NodeUpdated(node) => self.node_updated(&node),
         }
         Ok(())
+    }
+
+    /// Applies events that all happened at `at`, in order.
+    ///
+    /// # Errors
+    /// The first event the tracker refused (the rest are applied).
+    pub fn apply_all(
+        &mut self,
+        events: impl IntoIterator<Item = Event>,
+        at: SystemTime,
+    ) -> Result<(), TrackerError> {
+        let mut first = None;
+        for e in events {
+            if let Err(err) = self.apply(e, at) {
+                first.get_or_insert(err);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Applies every Service, EndpointSlice, Endpoints and this node's Node of `cluster`
+    /// as upserts that happened at `at` (a tracker's first state, e.g. after a full list).
+    ///
+    /// # Errors
+    /// The first object the tracker refused (the rest are applied).
+    pub fn load(&mut self, cluster: &Cluster, at: SystemTime) -> Result<(), TrackerError> {
+        let events = cluster
+            .services
+            .iter()
+            .map(|s| Event::ServiceUpserted(s.object.clone()))
+            .chain(
+                cluster
+                    .endpoint_slices
+                    .iter()
+                    .cloned()
+                    .map(Event::EndpointSliceUpserted),
+            )
+            .chain(
+                cluster
+                    .endpoints
+                    .iter()
+                    .cloned()
+                    .map(Event::EndpointsUpserted),
+            )
+            .chain(cluster.nodes.iter().cloned().map(Event::NodeUpdated));
+        self.apply_all(events.collect::<Vec<_>>(), at)
     }
 
     /// Replaces the node's configured facts (name, IPs, zone, pod CIDRs); every Service is

@@ -3,6 +3,7 @@
 //! library does not use are kept in `extra` maps. Nothing here is validated; see
 //! [`crate::validation`] for the checks and [`crate::valid`] for the checked model.
 
+mod build;
 mod common;
 mod endpoints;
 mod pod;

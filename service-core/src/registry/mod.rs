@@ -44,7 +44,7 @@ use ipnet::IpNet;
 use crate::alloc::{AllocError, IpAllocator, PortAllocator, PortRange, RangeAllocation};
 use crate::defaults;
 use crate::model::{IpFamily, Service, ServiceType, TrafficPolicy};
-use crate::valid::ServiceKey;
+use crate::valid::{ServiceKey, ValidService};
 use crate::validation::names::parse_ip_sloppy;
 use crate::validation::{
     BadValue, FieldError, Path, ValidationError, validate_service, validate_service_update,
@@ -698,13 +698,17 @@ impl<S: Store, R: Random> Registry<S, R> {
     // ---- create --------------------------------------------------------------------
 
     /// Creates a Service: defaults, allocates cluster IPs and node ports, validates and
-    /// stores it, and returns it as stored. `status` is cleared, as on the API server.
+    /// stores it. `status` is cleared, as on the API server.
+    ///
+    /// Returns the validated form, which is what the endpoints controller, the change
+    /// tracker and the snapshot take; [`ValidService::object`] is the Service as stored
+    /// (what the API server would answer, with its `resourceVersion`).
     ///
     /// # Errors
     /// 422 for an invalid Service or an explicit cluster IP or node port that is taken or
     /// out of range, 409 when it exists, 500 when a range is full or the store fails.
     /// Nothing stays allocated after an error.
-    pub fn create(&mut self, mut svc: Service) -> Result<Service, ApiError> {
+    pub fn create(&mut self, mut svc: Service) -> Result<ValidService, ApiError> {
         if svc.metadata.name().is_empty()
             && let Some(prefix) = svc.metadata.generate_name.clone().filter(|p| !p.is_empty())
         {
@@ -725,10 +729,13 @@ impl<S: Store, R: Random> Registry<S, R> {
             self.revert(txn);
             return Err(e);
         }
-        if let Err(e) = validate_service(&svc) {
-            self.revert(txn);
-            return Err(ApiError::from_validation(e));
-        }
+        let mut valid = match validate_service(&svc) {
+            Ok(v) => v,
+            Err(e) => {
+                self.revert(txn);
+                return Err(ApiError::from_validation(e));
+            }
+        };
         let key = self.config.service_key(&key_of(&svc));
         match self
             .store
@@ -737,7 +744,8 @@ impl<S: Store, R: Random> Registry<S, R> {
             Ok(Some(version)) => {
                 self.commit(txn);
                 svc.metadata.resource_version = Some(version.to_string());
-                Ok(svc)
+                valid.object = svc;
+                Ok(valid)
             }
             Ok(None) => {
                 self.revert(txn);
@@ -950,7 +958,9 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// # Errors
     /// 404, 409 (stale `resourceVersion`), 422, 500; values given up are released only
     /// after success.
-    pub fn update(&mut self, svc: Service) -> Result<Service, ApiError> {
+    ///
+    /// Returns the validated form, as [`Registry::create`] does.
+    pub fn update(&mut self, svc: Service) -> Result<ValidService, ApiError> {
         let (key, conditional) = write_target(&svc);
         for _ in 0..MAX_ATTEMPTS {
             let (old, version) = self.read_for_write(&key, conditional.as_deref())?;
@@ -972,7 +982,7 @@ impl<S: Store, R: Random> Registry<S, R> {
         svc: &mut Service,
         old: &Service,
         version: u64,
-    ) -> Result<Option<Service>, ApiError> {
+    ) -> Result<Option<ValidService>, ApiError> {
         defaults::service(svc);
         // beginUpdate.
         fields::patch_allocated_values(svc, old);
@@ -989,10 +999,13 @@ impl<S: Store, R: Random> Registry<S, R> {
         let mut old_for_validation = old.clone();
         old_for_validation.metadata.resource_version = None;
         svc.metadata.resource_version = None;
-        if let Err(e) = validate_service_update(svc, &old_for_validation) {
-            self.revert(txn);
-            return Err(ApiError::from_validation(e));
-        }
+        let mut valid = match validate_service_update(svc, &old_for_validation) {
+            Ok(v) => v,
+            Err(e) => {
+                self.revert(txn);
+                return Err(ApiError::from_validation(e));
+            }
+        };
         let key = self.config.service_key(&key_of(svc));
         match self
             .store
@@ -1001,7 +1014,8 @@ impl<S: Store, R: Random> Registry<S, R> {
             Ok(Some(v)) => {
                 self.commit(txn);
                 svc.metadata.resource_version = Some(v.to_string());
-                Ok(Some(svc.clone()))
+                valid.object = svc.clone();
+                Ok(Some(valid))
             }
             Ok(None) => {
                 self.revert(txn);

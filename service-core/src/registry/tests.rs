@@ -39,7 +39,7 @@ fn used<S: Store, R: Random>(r: &Registry<S, R>) -> (Vec<usize>, usize) {
 #[test]
 fn create_allocates_from_the_dynamic_band() {
     let mut r = registry(&["10.0.0.0/24"]);
-    let s = r.create(svc("web")).unwrap();
+    let s = r.create(svc("web")).unwrap().object;
     let ip: IpAddr = s.spec.cluster_ip.as_deref().unwrap().parse().unwrap();
     assert!(matches!(ip, IpAddr::V4(v) if v.octets()[3] >= 17), "{ip}");
     assert_eq!(s.spec.cluster_ips, [ip.to_string()]);
@@ -131,7 +131,7 @@ fn node_ports() {
     let mut tcp = ServicePort::tcp("dns-tcp", 53);
     tcp.protocol = Some(Protocol::Tcp);
     dns.spec.ports = vec![udp, tcp];
-    let dns = r.create(dns).unwrap();
+    let dns = r.create(dns).unwrap().object;
     let np: Vec<i32> = dns.spec.ports.iter().map(node_port).collect();
     assert_eq!(np[0], np[1]);
     assert!(np[0] >= 30086, "{np:?}");
@@ -159,7 +159,7 @@ fn node_ports() {
     lb.spec.allocate_load_balancer_node_ports = Some(false);
     lb.spec.ports.push(ServicePort::tcp("https", 443));
     lb.spec.ports[1].node_port = Some(30005);
-    let lb = r.create(lb).unwrap();
+    let lb = r.create(lb).unwrap().object;
     assert_eq!(
         lb.spec.ports.iter().map(node_port).collect::<Vec<_>>(),
         [0, 30005]
@@ -168,7 +168,7 @@ fn node_ports() {
     // externalTrafficPolicy: Local gets a health-check node port.
     let mut local = typed("local", ServiceType::LoadBalancer);
     local.spec.external_traffic_policy = Some(TrafficPolicy::Local);
-    let local = r.create(local).unwrap();
+    let local = r.create(local).unwrap().object;
     let hc = local.spec.health_check_node_port.unwrap();
     assert!(hc >= 30000 && hc != node_port(&local.spec.ports[0]));
     assert_eq!(used(&r), (vec![3], 4));
@@ -212,7 +212,7 @@ fn ip_families_and_policies() {
         single.create(req.clone()).unwrap_err().message,
         r#"Service "req" is invalid: spec.ipFamilyPolicy: Invalid value: "RequireDualStack": this cluster is not configured for dual-stack services"#
     );
-    let s = dual.create(req).unwrap();
+    let s = dual.create(req).unwrap().object;
     assert_eq!(s.spec.ip_families, [IpFamily::Ipv4, IpFamily::Ipv6]);
     assert!(s.spec.cluster_ips[1].starts_with("fd00::"));
 
@@ -220,15 +220,21 @@ fn ip_families_and_policies() {
     let mut pref = svc("pref");
     pref.spec.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
     assert_eq!(
-        single.create(pref.clone()).unwrap().spec.cluster_ips.len(),
+        single
+            .create(pref.clone())
+            .unwrap()
+            .object
+            .spec
+            .cluster_ips
+            .len(),
         1
     );
-    assert_eq!(dual.create(pref).unwrap().spec.cluster_ips.len(), 2);
+    assert_eq!(dual.create(pref).unwrap().object.spec.cluster_ips.len(), 2);
 
     // IPv6 first.
     let mut v6 = svc("v6");
     v6.spec.ip_families = vec![IpFamily::Ipv6];
-    let s = dual.create(v6).unwrap();
+    let s = dual.create(v6).unwrap().object;
     assert!(s.spec.cluster_ip.unwrap().contains(':'));
     let mut v6 = svc("v6");
     v6.spec.ip_families = vec![IpFamily::Ipv6];
@@ -241,7 +247,7 @@ fn ip_families_and_policies() {
     let mut h = Service::new("default", "h");
     h.spec.cluster_ip = Some("None".into());
     h.spec.ports = vec![ServicePort::tcp("p", 1)];
-    let s = single.create(h).unwrap();
+    let s = single.create(h).unwrap().object;
     assert_eq!(
         s.spec.ip_family_policy,
         Some(IpFamilyPolicy::RequireDualStack)
@@ -262,12 +268,18 @@ fn ip_families_and_policies() {
 #[test]
 fn updates_keep_allocated_values_and_follow_type_changes() {
     let mut r = registry(&["10.0.0.0/24"]);
-    let created = r.create(typed("web", ServiceType::NodePort)).unwrap();
+    let created = r
+        .create(typed("web", ServiceType::NodePort))
+        .unwrap()
+        .object;
     let ip = created.spec.cluster_ip.clone();
     let np = node_port(&created.spec.ports[0]);
 
     // Resubmitting the original request (no IP, no node port, no version) keeps both.
-    let again = r.update(typed("web", ServiceType::NodePort)).unwrap();
+    let again = r
+        .update(typed("web", ServiceType::NodePort))
+        .unwrap()
+        .object;
     assert_eq!(again.spec.cluster_ip, ip);
     assert_eq!(node_port(&again.spec.ports[0]), np);
     assert_eq!(used(&r), (vec![1], 1));
@@ -276,7 +288,7 @@ fn updates_keep_allocated_values_and_follow_type_changes() {
     let mut to_cluster_ip = again;
     to_cluster_ip.spec.type_ = Some(ServiceType::ClusterIp);
     to_cluster_ip.metadata.resource_version = None;
-    let s = r.update(to_cluster_ip).unwrap();
+    let s = r.update(to_cluster_ip).unwrap().object;
     assert_eq!(node_port(&s.spec.ports[0]), 0);
     assert_eq!(used(&r), (vec![1], 0));
 
@@ -284,7 +296,7 @@ fn updates_keep_allocated_values_and_follow_type_changes() {
     let mut lb = s;
     lb.spec.type_ = Some(ServiceType::LoadBalancer);
     lb.spec.external_traffic_policy = Some(TrafficPolicy::Local);
-    let s = r.update(lb).unwrap();
+    let s = r.update(lb).unwrap().object;
     assert!(s.spec.health_check_node_port.is_some());
     assert_eq!(used(&r), (vec![1], 2));
 
@@ -294,7 +306,7 @@ fn updates_keep_allocated_values_and_follow_type_changes() {
     ext.spec.external_name = Some("example.com".into());
     ext.spec.external_traffic_policy = None;
     ext.spec.selector = None;
-    let s = r.update(ext).unwrap();
+    let s = r.update(ext).unwrap().object;
     assert_eq!(s.spec.cluster_ip, None);
     assert!(s.spec.cluster_ips.is_empty() && s.spec.ip_families.is_empty());
     assert_eq!(s.spec.health_check_node_port, None);
@@ -303,7 +315,7 @@ fn updates_keep_allocated_values_and_follow_type_changes() {
     // ExternalName → ClusterIP allocates again.
     let mut back = svc("web");
     back.spec.type_ = Some(ServiceType::ClusterIp);
-    let s = r.update(back).unwrap();
+    let s = r.update(back).unwrap().object;
     assert!(s.spec.cluster_ip.is_some());
     assert_eq!(used(&r), (vec![1], 0));
 
@@ -335,11 +347,11 @@ fn updates_keep_allocated_values_and_follow_type_changes() {
 #[test]
 fn dual_stack_upgrade_and_downgrade() {
     let mut r = registry(&["10.0.0.0/24", "fd00::/112"]);
-    let s = r.create(svc("web")).unwrap();
+    let s = r.create(svc("web")).unwrap().object;
     assert_eq!(s.spec.cluster_ips.len(), 1);
     let mut up = s;
     up.spec.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
-    let s = r.update(up).unwrap();
+    let s = r.update(up).unwrap().object;
     assert_eq!(s.spec.cluster_ips.len(), 2);
     assert_eq!(used(&r).0, [1, 1]);
     // Dropping the secondary needs SingleStack.
@@ -355,7 +367,7 @@ fn dual_stack_upgrade_and_downgrade() {
     );
     let mut down = s;
     down.spec.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
-    let s = r.update(down).unwrap();
+    let s = r.update(down).unwrap().object;
     assert_eq!(s.spec.cluster_ips.len(), 1);
     assert_eq!(s.spec.ip_families, [IpFamily::Ipv4]);
     assert_eq!(used(&r).0, [1, 0]);
@@ -386,7 +398,7 @@ fn status_is_cleared_on_create_and_kept_on_update() {
     st.load_balancer = Some(crate::model::LoadBalancerStatus::default());
     st.load_balancer.as_mut().unwrap().ingress = vec![ing];
     s.status = Some(st.clone());
-    let created = r.create(s).unwrap();
+    let created = r.create(s).unwrap().object;
     assert_eq!(created.status, None);
     let mut with_status = created;
     with_status.status = Some(st);
@@ -395,12 +407,12 @@ fn status_is_cleared_on_create_and_kept_on_update() {
     // A spec update does not touch it.
     let mut spec_only = s;
     spec_only.status = None;
-    let s = r.update(spec_only).unwrap();
+    let s = r.update(spec_only).unwrap().object;
     assert!(s.status.is_some());
     // Another type has no load-balancer status.
     let mut cluster_ip = s;
     cluster_ip.spec.type_ = Some(ServiceType::ClusterIp);
-    let s = r.update(cluster_ip).unwrap();
+    let s = r.update(cluster_ip).unwrap().object;
     assert_eq!(s.status.and_then(|st| st.load_balancer), None);
     assert_eq!(s.spec.external_traffic_policy, None);
     assert_eq!(used(&r), (vec![1], 0));
@@ -412,7 +424,7 @@ fn generated_names() {
     let mut s = svc("");
     s.metadata.name = None;
     s.metadata.generate_name = Some("web-".into());
-    let s = r.create(s).unwrap();
+    let s = r.create(s).unwrap().object;
     assert!(s.metadata.name().starts_with("web-") && s.metadata.name().len() == 9);
 }
 
@@ -425,7 +437,7 @@ fn repair_reallocates_reports_and_frees_leaks_on_the_third_pass() {
         SeededRandom::new(3),
     )
     .unwrap();
-    let a = r.create(typed("a", ServiceType::NodePort)).unwrap();
+    let a = r.create(typed("a", ServiceType::NodePort)).unwrap().object;
     let a_ip: IpAddr = a.spec.cluster_ip.as_deref().unwrap().parse().unwrap();
 
     // A leak: allocated, no Service (a replica died between allocation and write).
