@@ -171,7 +171,7 @@ impl ZoneView {
         if req.qclass != CLASS_IN && req.qclass != rtype::ANY {
             return simple(out, rcode::REFUSED, 0);
         }
-        let lookup = self.lookup(req.qname(), req.qtype);
+        let lookup = self.lookup_code(req.qname(), req.qtype);
         if lookup == Lookup::NotOurs {
             return if forwarding {
                 Outcome::Forward
@@ -274,7 +274,7 @@ impl ZoneView {
         }
         let mut name = target.to_owned();
         for _ in 0..8 {
-            match self.lookup(&name, req.qtype) {
+            match self.lookup_code(&name, req.qtype) {
                 Lookup::Answer(recs, _) => {
                     let mut next = None;
                     for r in &recs {

@@ -31,8 +31,11 @@
 //! [DNS specification 1.1.0]: https://github.com/kubernetes/dns/blob/master/docs/specification.md
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub use service_core as core;
+
 mod answer;
 mod config;
+mod record_type;
 pub mod resolv;
 pub mod wire;
 mod zone;
@@ -42,4 +45,5 @@ pub mod server;
 
 pub use answer::{Outcome, Transport};
 pub use config::{DNS_SCHEMA_VERSION, DNS_VERSION_TTL, DnsConfig, PodRecords};
+pub use record_type::{RecordType, UnknownRecordType};
 pub use zone::{Authority, Lookup, Rdata, Record, Zone, ZoneView, dashed_ip, reverse_name};

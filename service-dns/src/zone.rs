@@ -8,6 +8,7 @@
 //! while [`Zone::update`] replaces only the shards a change touched.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use service_core::snapshot::{Change, ServiceInfo, Snapshot};
 use service_core::valid::{ClusterIps, ServiceKey};
 
 use crate::config::{DNS_SCHEMA_VERSION, DnsConfig, PodRecords};
+use crate::record_type::RecordType;
 use crate::wire::rtype;
 
 /// Record data.
@@ -49,15 +51,15 @@ pub enum Rdata {
 
 impl Rdata {
     /// The record type.
-    pub fn rtype(&self) -> u16 {
+    pub fn rtype(&self) -> RecordType {
         match self {
-            Self::A(_) => rtype::A,
-            Self::Aaaa(_) => rtype::AAAA,
-            Self::Cname(_) => rtype::CNAME,
-            Self::Srv { .. } => rtype::SRV,
-            Self::Ptr(_) => rtype::PTR,
-            Self::Txt(_) => rtype::TXT,
-            Self::Ns(_) => rtype::NS,
+            Self::A(_) => RecordType::A,
+            Self::Aaaa(_) => RecordType::Aaaa,
+            Self::Cname(_) => RecordType::Cname,
+            Self::Srv { .. } => RecordType::Srv,
+            Self::Ptr(_) => RecordType::Ptr,
+            Self::Txt(_) => RecordType::Txt,
+            Self::Ns(_) => RecordType::Ns,
         }
     }
 
@@ -798,6 +800,54 @@ pub enum Lookup {
     NotOurs,
 }
 
+/// The data of each answer, one per line as a zone file writes it, or the negative
+/// outcome: `NXDOMAIN`, `NODATA`, `SOA`, `not in this zone`.
+impl fmt::Display for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Answer(recs, _) => {
+                for (i, r) in recs.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{r}")?;
+                }
+                Ok(())
+            }
+            Self::NoData(_) => f.write_str("NODATA"),
+            Self::NxDomain(_) => f.write_str("NXDOMAIN"),
+            Self::Soa(_) => f.write_str("SOA"),
+            Self::NotOurs => f.write_str("not in this zone"),
+        }
+    }
+}
+
+/// The record data as a zone file writes it: `10.96.0.10`, `0 50 80 web.shop.svc.cluster.local.`,
+/// `"1.1.0"`.
+impl fmt::Display for Rdata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::A(ip) => write!(f, "{ip}"),
+            Self::Aaaa(ip) => write!(f, "{ip}"),
+            Self::Cname(n) | Self::Ptr(n) | Self::Ns(n) => write!(f, "{n}."),
+            Self::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => write!(f, "{priority} {weight} {port} {target}."),
+            Self::Txt(t) => write!(f, "{t:?}"),
+        }
+    }
+}
+
+/// `name. IN TYPE data`, as a zone file (without TTL).
+impl fmt::Display for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}. IN {} {}", self.name, self.data.rtype(), self.data)
+    }
+}
+
 /// Records at a name, before filtering by type: `None` when the name does not exist.
 type AtName = Option<Vec<Rdata>>;
 
@@ -807,7 +857,7 @@ fn filter(at: AtName, qtype: u16, authority: Authority) -> Lookup {
     };
     let mut out: Vec<Rdata> = Vec::new();
     for r in &recs {
-        if (r.rtype() == qtype || qtype == rtype::ANY) && !out.contains(r) {
+        if (r.rtype().code() == qtype || qtype == rtype::ANY) && !out.contains(r) {
             out.push(r.clone());
         }
     }
@@ -819,7 +869,7 @@ fn filter(at: AtName, qtype: u16, authority: Authority) -> Lookup {
     if matches!(qtype, rtype::A | rtype::AAAA) {
         let cname: Vec<Rdata> = recs
             .into_iter()
-            .filter(|r| r.rtype() == rtype::CNAME)
+            .filter(|r| r.rtype() == RecordType::Cname)
             .collect();
         if !cname.is_empty() {
             return Lookup::Answer(cname, authority);
@@ -1003,8 +1053,8 @@ impl ZoneView {
     pub fn addresses(&self, name: &str) -> Vec<Rdata> {
         let mut out = Vec::new();
         for t in [rtype::A, rtype::AAAA] {
-            if let Lookup::Answer(recs, _) = self.lookup(name, t) {
-                out.extend(recs.into_iter().filter(|r| r.rtype() == t));
+            if let Lookup::Answer(recs, _) = self.lookup_code(name, t) {
+                out.extend(recs.into_iter().filter(|r| r.rtype().code() == t));
             }
         }
         out
@@ -1014,9 +1064,41 @@ impl ZoneView {
         self.namespaces.contains(ns)
     }
 
-    /// Looks `qname` (lowercase, no trailing dot) up for `qtype` with the rules of the
-    /// CoreDNS `kubernetes` plugin.
-    pub fn lookup(&self, qname: &str, qtype: u16) -> Lookup {
+    /// Looks `name` up for `rtype` with the rules of the CoreDNS `kubernetes` plugin.
+    /// Names match case-insensitively, with or without the final dot.
+    ///
+    /// ```
+    /// use service_core::cluster::Cluster;
+    /// use service_core::model::{Service, ServicePort};
+    /// use service_core::snapshot::NodeInfo;
+    /// use service_dns::{DnsConfig, Lookup, RecordType, Zone};
+    ///
+    /// let mut cluster = Cluster::default();
+    /// cluster.add_service(
+    ///     Service::cluster_ip("shop", "web")
+    ///         .with_cluster_ip("10.96.0.10")
+    ///         .with_port(ServicePort::tcp("http", 80)),
+    /// )?;
+    /// let zone = Zone::from_snapshot(DnsConfig::default(), &cluster.snapshot(NodeInfo::default())?);
+    /// let answer = zone.view().lookup("Web.Shop.svc.cluster.local.", RecordType::A);
+    /// assert_eq!(answer.to_string(), "10.96.0.10");
+    /// let srv = zone.view().lookup("_http._tcp.web.shop.svc.cluster.local", RecordType::Srv);
+    /// assert_eq!(srv.to_string(), "0 100 80 web.shop.svc.cluster.local.");
+    /// assert!(matches!(zone.view().lookup("nope.shop.svc.cluster.local", RecordType::A), Lookup::NxDomain(_)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn lookup(&self, name: &str, rtype: impl Into<RecordType>) -> Lookup {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let code = rtype.into().code();
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.lookup_code(&name.to_ascii_lowercase(), code)
+        } else {
+            self.lookup_code(name, code)
+        }
+    }
+
+    /// [`ZoneView::lookup`] for a lowercase name without the final dot, by type number.
+    pub(crate) fn lookup_code(&self, qname: &str, qtype: u16) -> Lookup {
         let zone = self.config.zone.as_str();
         let rel = if qname == zone {
             Some("")

@@ -64,7 +64,7 @@ fn assert_lookups_match_records(zone: &Zone) -> Result<(), TestCaseError> {
     use std::collections::BTreeMap;
     let mut by: BTreeMap<(String, u16), Vec<Rdata>> = BTreeMap::new();
     for r in zone.records() {
-        by.entry((r.name.clone(), r.data.rtype()))
+        by.entry((r.name.clone(), r.data.rtype().code()))
             .or_default()
             .push(r.data);
     }

@@ -3,7 +3,25 @@
 //!
 //! ```text
 //! Snapshot.services ──services_for_pod──► service_env ─┐
-//! Pod + Container (envFrom, env) + EnvSources ─────────┴─► for_container ─► [EnvVar]
+//! Pod + Container (envFrom, env) + EnvSources ─────────┴─► for_container ─► [Variable]
+//! ```
+//!
+//! ```
+//! use service_core::cluster::Cluster;
+//! use service_core::model::{Service, ServicePort};
+//! use service_core::snapshot::NodeInfo;
+//!
+//! let mut cluster = Cluster::default();
+//! cluster.add_service(
+//!     Service::cluster_ip("shop", "redis-primary")
+//!         .with_cluster_ip("10.96.0.11")
+//!         .with_port(ServicePort::tcp("", 6379)),
+//! )?;
+//! let snapshot = cluster.snapshot(NodeInfo::default())?;
+//! let vars = service_env::for_namespace(&snapshot, "shop", true);
+//! assert_eq!(vars[0].to_string(), "REDIS_PRIMARY_SERVICE_HOST=10.96.0.11");
+//! assert!(vars.iter().any(|v| v.to_string() == "REDIS_PRIMARY_PORT=tcp://10.96.0.11:6379"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! # Rules
@@ -38,17 +56,19 @@ use service_core::model::{Container, Pod};
 use service_core::snapshot::{ServiceInfo, Snapshot};
 use service_core::valid::{ClusterIps, ServiceKey};
 
-/// One environment variable.
+/// One environment variable as the container sees it: a name and its final value (not to
+/// be confused with [`service_core::model::EnvVar`], the container spec's `env` entry,
+/// whose value may still hold `$(VAR)` references).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub struct EnvVar {
+pub struct Variable {
     /// Name.
     pub name: String,
     /// Value.
     pub value: String,
 }
 
-impl EnvVar {
+impl Variable {
     /// A variable.
     pub fn new(name: &str, value: &str) -> Self {
         Self {
@@ -58,8 +78,8 @@ impl EnvVar {
     }
 }
 
-/// `NAME=value`.
-impl std::fmt::Display for EnvVar {
+/// `NAME=value`, as `env` prints it.
+impl std::fmt::Display for Variable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}={}", self.name, self.value)
     }
@@ -85,7 +105,7 @@ fn ip_set(svc: &ServiceInfo) -> bool {
 
 /// The variables of the given Services, in kubelet's per-Service order (`FromServices`),
 /// Services in the order given. Services without a cluster IP or without ports are skipped.
-pub fn service_env<'a>(services: impl IntoIterator<Item = &'a ServiceInfo>) -> Vec<EnvVar> {
+pub fn service_env<'a>(services: impl IntoIterator<Item = &'a ServiceInfo>) -> Vec<Variable> {
     let mut out = Vec::new();
     for svc in services {
         push_service(svc, &mut out);
@@ -95,7 +115,7 @@ pub fn service_env<'a>(services: impl IntoIterator<Item = &'a ServiceInfo>) -> V
 
 /// One Service's variables. Every name and value is built in one exact-size allocation:
 /// a namespace of 5,000 Services yields 40,000 variables per container.
-fn push_service(svc: &ServiceInfo, out: &mut Vec<EnvVar>) {
+fn push_service(svc: &ServiceInfo, out: &mut Vec<Variable>) {
     if !ip_set(svc) || svc.ports.is_empty() {
         return;
     }
@@ -115,7 +135,7 @@ fn push_service(svc: &ServiceInfo, out: &mut Vec<EnvVar>) {
         ("", "")
     };
     let url = |scheme: &str, port: &str| join(&[scheme, "://", open, host, close, ":", port]);
-    let var = |name: String, value: String| EnvVar { name, value };
+    let var = |name: String, value: String| Variable { name, value };
 
     let first = &svc.ports[0];
     let first_port = first.port.to_string();
@@ -320,7 +340,7 @@ pub fn for_container(
     pod: &Pod,
     container: &Container,
     sources: &dyn EnvSources,
-) -> Result<Vec<EnvVar>, EnvError> {
+) -> Result<Vec<Variable>, EnvError> {
     let namespace = pod.metadata.namespace();
     let links = pod.spec.enable_service_links.unwrap_or(true);
     let service_vars = dedup_last_wins(service_env(services_for_pod(snapshot, namespace, links)));
@@ -402,7 +422,7 @@ pub fn for_container(
         set(&mut order, &mut values, var.name.clone(), value);
     }
 
-    let mut out: Vec<EnvVar> = order.iter().map(|n| EnvVar::new(n, &values[n])).collect();
+    let mut out: Vec<Variable> = order.iter().map(|n| Variable::new(n, &values[n])).collect();
     // Service variables the container does not define.
     drop(service_map);
     out.extend(
@@ -419,7 +439,7 @@ pub fn for_namespace(
     snapshot: &Snapshot,
     namespace: &str,
     enable_service_links: bool,
-) -> Vec<EnvVar> {
+) -> Vec<Variable> {
     dedup_last_wins(service_env(services_for_pod(
         snapshot,
         namespace,
@@ -429,7 +449,7 @@ pub fn for_namespace(
 
 /// Drops every variable that is defined again later (names can collide only in contrived
 /// cases, such as Service `a` with port `x-service-host` and Service `a-service-port-x`).
-fn dedup_last_wins(vars: Vec<EnvVar>) -> Vec<EnvVar> {
+fn dedup_last_wins(vars: Vec<Variable>) -> Vec<Variable> {
     let mut seen: HashSet<&str> = HashSet::with_capacity(vars.len());
     let keep: Vec<bool> = vars
         .iter()

@@ -9,7 +9,7 @@ use service_testkit::fixtures;
 
 use super::*;
 
-fn pairs(vars: &[EnvVar]) -> Vec<(&str, &str)> {
+fn pairs(vars: &[Variable]) -> Vec<(&str, &str)> {
     vars.iter()
         .map(|v| (v.name.as_str(), v.value.as_str()))
         .collect()
@@ -238,7 +238,7 @@ fn pod(ns: &str, links: bool, env: Vec<SpecEnvVar>) -> Pod {
     p
 }
 
-fn names(vars: &[EnvVar]) -> Vec<&str> {
+fn names(vars: &[Variable]) -> Vec<&str> {
     vars.iter().map(|v| v.name.as_str()).collect()
 }
 
@@ -255,7 +255,7 @@ fn which_services_a_pod_sees() {
             .iter()
             .any(|n| n.starts_with("HEADLESS") || n.starts_with("EXT_") || n.starts_with("OTHER"))
     );
-    assert_eq!(vars[0], EnvVar::new("KUBERNETES_SERVICE_HOST", "1.2.3.1"));
+    assert_eq!(vars[0], Variable::new("KUBERNETES_SERVICE_HOST", "1.2.3.1"));
     // Without service links: only the API server's Service.
     let p = pod("test1", false, vec![]);
     let vars = for_container(&s, &p, &p.spec.containers[0], &PodFieldsOnly).unwrap();
@@ -264,11 +264,11 @@ fn which_services_a_pod_sees() {
     // A `kubernetes` Service in the pod's namespace wins over default/kubernetes...
     let p = pod("test2", true, vec![]);
     let vars = for_container(&s, &p, &p.spec.containers[0], &PodFieldsOnly).unwrap();
-    assert_eq!(vars[0], EnvVar::new("KUBERNETES_SERVICE_HOST", "1.2.3.4"));
+    assert_eq!(vars[0], Variable::new("KUBERNETES_SERVICE_HOST", "1.2.3.4"));
     // ...but not without service links.
     let p = pod("test2", false, vec![]);
     let vars = for_container(&s, &p, &p.spec.containers[0], &PodFieldsOnly).unwrap();
-    assert_eq!(vars[0], EnvVar::new("KUBERNETES_SERVICE_HOST", "1.2.3.1"));
+    assert_eq!(vars[0], Variable::new("KUBERNETES_SERVICE_HOST", "1.2.3.1"));
     // enableServiceLinks unset means true.
     let mut p = pod("test1", true, vec![]);
     p.spec.enable_service_links = None;
@@ -424,7 +424,7 @@ fn value_from_field_refs() {
     v.value_from = Some(serde_json::json!({"fieldRef": {"fieldPath": "metadata.namespace"}}));
     let p = pod("test1", false, vec![v]);
     let vars = for_container(&s, &p, &p.spec.containers[0], &PodFieldsOnly).unwrap();
-    assert_eq!(vars[0], EnvVar::new("POD_NS", "test1"));
+    assert_eq!(vars[0], Variable::new("POD_NS", "test1"));
 }
 
 proptest! {
@@ -472,13 +472,13 @@ spec: {clusterIP: 10.0.0.2, ports: [{port: 82}]}
 ";
     let snap = fixtures::snapshot(yaml, "n", &[]);
     let vars = for_namespace(&snap, "ns", true);
-    let hits: Vec<&EnvVar> = vars
+    let hits: Vec<&Variable> = vars
         .iter()
         .filter(|v| v.name == "A_SERVICE_PORT_X_SERVICE_HOST")
         .collect();
     assert_eq!(
         hits,
-        [&EnvVar::new("A_SERVICE_PORT_X_SERVICE_HOST", "10.0.0.2")]
+        [&Variable::new("A_SERVICE_PORT_X_SERVICE_HOST", "10.0.0.2")]
     );
     let mut seen = HashSet::new();
     assert!(vars.iter().all(|v| seen.insert(&v.name)));
