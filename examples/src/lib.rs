@@ -113,13 +113,20 @@ pub struct NodeArgs {
 }
 
 impl NodeArgs {
+    /// The node these flags describe.
+    pub fn node_config(&self) -> service_proxy::NodeConfig {
+        let mut node = service_proxy::NodeConfig::new(&self.node_name());
+        node.ips.clone_from(&self.node_ips);
+        node.zone.clone_from(&self.node_zone);
+        node.cluster_cidrs.clone_from(&self.cluster_cidrs);
+        node.service_cidrs.clone_from(&self.service_cidrs);
+        node.nodeport_addresses.clone_from(&self.nodeport_addresses);
+        node
+    }
+
     /// The proxy settings these flags describe.
     pub fn proxy_config(&self) -> service_proxy::ProxyConfig {
-        let mut c = service_proxy::ProxyConfig::default();
-        c.cluster_cidrs.clone_from(&self.cluster_cidrs);
-        c.service_cidrs.clone_from(&self.service_cidrs);
-        c.nodeport_addresses.clone_from(&self.nodeport_addresses);
-        c.local_addresses.clone_from(&self.node_ips);
+        let mut c = self.node_config().proxy_config();
         c.localhost_nodeports = !self.no_localhost_nodeports;
         c.masquerade_all = self.masquerade_all;
         c
@@ -147,9 +154,7 @@ impl NodeArgs {
 
     /// The node facts for the snapshot.
     pub fn node_info(&self) -> NodeInfo {
-        let mut node = NodeInfo::new(&self.node_name(), self.node_ips.clone());
-        node.zone.clone_from(&self.node_zone);
-        node
+        self.node_config().node_info()
     }
 }
 

@@ -4,6 +4,108 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use service_core::model::IpFamily;
+use service_core::snapshot::NodeInfo;
+
+/// Everything about one node that the proxy, the snapshot and the tracers need, given once:
+/// name, IPs, zone, CIDRs and node-port addresses. [`NodeConfig::node_info`] and
+/// [`NodeConfig::proxy_config`] derive what each consumer takes.
+///
+/// ```
+/// use service_proxy::NodeConfig;
+///
+/// let node = NodeConfig::new("node-a")
+///     .with_ip("192.168.0.2".parse()?)
+///     .with_zone("zone-1")
+///     .with_cluster_cidr("10.244.0.0/16".parse()?)
+///     .with_service_cidr("10.96.0.0/12".parse()?);
+/// assert_eq!(node.node_info().name, "node-a");
+/// assert_eq!(node.proxy_config().local_addresses, node.ips);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeConfig {
+    /// The node's name (endpoints with this `nodeName` are local).
+    pub name: String,
+    /// The node's IPs; the first of each family is its primary IP.
+    pub ips: Vec<IpAddr>,
+    /// The node's zone (`topology.kubernetes.io/zone`), for topology hints.
+    pub zone: Option<String>,
+    /// This node's pod CIDRs (`spec.podCIDRs`).
+    pub pod_cidrs: Vec<IpNet>,
+    /// `--cluster-cidr`: the whole pod network, one per family.
+    pub cluster_cidrs: Vec<IpNet>,
+    /// `--service-cidr`: the service IP ranges.
+    pub service_cidrs: Vec<IpNet>,
+    /// `--nodeport-addresses`: node ports only on local addresses in these ranges (empty:
+    /// every local address).
+    pub nodeport_addresses: Vec<IpNet>,
+}
+
+impl NodeConfig {
+    /// A node with a name and nothing else yet.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// With an IP (the first of each family is primary).
+    #[must_use]
+    pub fn with_ip(mut self, ip: IpAddr) -> Self {
+        self.ips.push(ip);
+        self
+    }
+
+    /// In a zone.
+    #[must_use]
+    pub fn with_zone(mut self, zone: &str) -> Self {
+        self.zone = Some(zone.to_owned());
+        self
+    }
+
+    /// With a pod CIDR of this node.
+    #[must_use]
+    pub fn with_pod_cidr(mut self, cidr: IpNet) -> Self {
+        self.pod_cidrs.push(cidr);
+        self
+    }
+
+    /// With the cluster's pod network of a family.
+    #[must_use]
+    pub fn with_cluster_cidr(mut self, cidr: IpNet) -> Self {
+        self.cluster_cidrs.push(cidr);
+        self
+    }
+
+    /// With a service range.
+    #[must_use]
+    pub fn with_service_cidr(mut self, cidr: IpNet) -> Self {
+        self.service_cidrs.push(cidr);
+        self
+    }
+
+    /// Node ports only on local addresses in `cidr` (repeatable).
+    #[must_use]
+    pub fn with_nodeport_addresses(mut self, cidr: IpNet) -> Self {
+        self.nodeport_addresses.push(cidr);
+        self
+    }
+
+    /// The node facts the snapshot is built for.
+    pub fn node_info(&self) -> NodeInfo {
+        let mut info =
+            NodeInfo::new(&self.name, self.ips.clone()).with_pod_cidrs(self.pod_cidrs.clone());
+        info.zone.clone_from(&self.zone);
+        info
+    }
+
+    /// The proxy settings of this node, with kube-proxy's defaults for the rest.
+    pub fn proxy_config(&self) -> ProxyConfig {
+        ProxyConfig::for_node(self)
+    }
+}
 
 /// Settings of the proxy on one node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,6 +149,18 @@ impl Default for ProxyConfig {
 }
 
 impl ProxyConfig {
+    /// The settings of `node` (its IPs are the local addresses), with kube-proxy's defaults
+    /// for the rest.
+    pub fn for_node(node: &NodeConfig) -> Self {
+        Self {
+            cluster_cidrs: node.cluster_cidrs.clone(),
+            service_cidrs: node.service_cidrs.clone(),
+            nodeport_addresses: node.nodeport_addresses.clone(),
+            local_addresses: node.ips.clone(),
+            ..Self::default()
+        }
+    }
+
     /// The masquerade mark: `1 << masquerade_bit`.
     pub fn masquerade_mark(&self) -> u32 {
         1u32 << self.masquerade_bit.min(31)

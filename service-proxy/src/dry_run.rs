@@ -30,6 +30,7 @@ use crate::proxier::{
     endpoints_changed,
 };
 use crate::sync::{SyncEngine, SyncKind};
+use crate::trace::{Packet, TraceError, Verdict};
 
 /// What a dry run rendered.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -115,6 +116,33 @@ impl DryRun {
     /// What the last sync rendered.
     pub fn last_text(&self) -> &str {
         &self.last
+    }
+
+    /// Where `packet` goes with the rules of the last sync: the whole rule set as it would
+    /// be installed, whatever the last sync changed. The node's own addresses are
+    /// [`crate::ProxyConfig::local_addresses`].
+    ///
+    /// # Errors
+    /// [`TraceError::NotSynced`] before the first sync.
+    pub fn trace(&mut self, packet: &Packet) -> Result<Verdict, TraceError> {
+        let snapshot = self.engine.last().ok_or(TraceError::NotSynced)?.clone();
+        match &mut self.backend {
+            #[cfg(feature = "iptables")]
+            Backend::Iptables(renderer) => {
+                let local = renderer.config().proxy.local_addresses.clone();
+                renderer.full(&snapshot).trace(packet, &local)
+            }
+            #[cfg(feature = "nftables")]
+            Backend::Nftables { renderer, rules } => {
+                let rules = rules.as_ref().ok_or(TraceError::NotSynced)?;
+                Ok(rules.trace(packet, &renderer.config().proxy.local_addresses))
+            }
+            #[cfg(feature = "ipvs")]
+            Backend::Ipvs(config) => {
+                let plan = crate::ipvs::IpvsPlan::build(config, &snapshot, ipv6(&self.family));
+                Ok(plan.trace(config, packet))
+            }
+        }
     }
 
     /// Renders what a sync from the last committed state to `request.snapshot` sends.

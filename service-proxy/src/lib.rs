@@ -106,7 +106,7 @@ pub mod nftables;
 #[cfg_attr(docsrs, doc(cfg(feature = "userspace")))]
 pub mod userspace;
 
-pub use config::ProxyConfig;
+pub use config::{NodeConfig, ProxyConfig};
 pub use engine::{Engine, EngineSync};
 pub use port_name::PortName;
 pub use proxier::{

@@ -196,10 +196,15 @@ impl fmt::Display for SyncReport {
             SyncKind::Full => "full",
             _ => "partial",
         };
+        write!(f, "{kind} sync")?;
+        // A dry run does not time itself.
+        if !self.duration.is_zero() {
+            write!(f, " in {:?}", self.duration)?;
+        }
         write!(
             f,
-            "{kind} sync in {:?}: {} service ports and {} endpoints changed",
-            self.duration, self.service_ports_changed, self.endpoints_changed
+            ": {} service ports and {} endpoints changed",
+            self.service_ports_changed, self.endpoints_changed
         )?;
         if !self.wrote {
             f.write_str(", nothing to write")?;
@@ -388,23 +393,34 @@ impl<P: Proxier + ?Sized> Proxier for Box<P> {
     }
 }
 
-/// Endpoints that appeared or disappeared across `changed` between two snapshots (every
-/// port when `changed` is `None`), for one family.
+/// Endpoints that appeared, disappeared or changed state (ready, serving, terminating)
+/// across `changed` between two snapshots (every port when `changed` is `None`), for one
+/// family.
 pub(crate) fn endpoints_changed(
     old: Option<&Snapshot>,
     new: &Snapshot,
     family: &IpFamily,
     changed: Option<&BTreeSet<ServicePortName>>,
 ) -> usize {
-    let addrs = |s: Option<&Snapshot>, name: &ServicePortName| -> BTreeSet<std::net::SocketAddr> {
+    type State = (bool, bool, bool);
+    let endpoints = |s: Option<&Snapshot>, name: &ServicePortName| {
         s.and_then(|s| s.ports.get(name))
             .and_then(|p| p.family(family))
-            .map(|f| f.endpoints.iter().map(|e| e.addr()).collect())
+            .map(|f| {
+                f.endpoints
+                    .iter()
+                    .map(|e| (e.addr(), (e.ready, e.serving, e.terminating)))
+                    .collect::<std::collections::BTreeMap<std::net::SocketAddr, State>>()
+            })
             .unwrap_or_default()
     };
     let count = |name: &ServicePortName| {
-        let (a, b) = (addrs(old, name), addrs(Some(new), name));
-        a.symmetric_difference(&b).count()
+        let (a, b) = (endpoints(old, name), endpoints(Some(new), name));
+        let gone_or_changed = a
+            .iter()
+            .filter(|(addr, st)| b.get(*addr) != Some(*st))
+            .count();
+        gone_or_changed + b.keys().filter(|addr| !a.contains_key(*addr)).count()
     };
     match changed {
         Some(names) => names.iter().map(count).sum(),

@@ -108,3 +108,20 @@ impl fmt::Display for Verdict {
         }
     }
 }
+
+/// Why a packet could not be traced.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    /// Nothing has been synced yet: there are no rules to trace.
+    #[error("nothing to trace: no sync has run yet")]
+    NotSynced,
+    /// The rule set is a partial one (the changed service ports only): its verdict for
+    /// other Services would be wrong. Trace the whole state instead (a proxier's or dry
+    /// run's `trace`, or a full render).
+    #[error("a partial rule set cannot be traced: it holds only the service ports that changed")]
+    Partial,
+    /// The rule text does not parse (never for rule sets this crate renders).
+    #[error("rule does not parse: {0}")]
+    Parse(String),
+}

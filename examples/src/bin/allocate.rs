@@ -107,12 +107,7 @@ fn create_all<S: Store>(mut registry: Registry<S>, services: Vec<(String, Servic
     for (at, svc) in services {
         let key = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name());
         match registry.create(svc) {
-            Ok(created) => println!(
-                "{}/{}: {}",
-                created.metadata.namespace(),
-                created.metadata.name(),
-                describe(&created)
-            ),
+            Ok(created) => println!("{}: {}", created.key, describe(&created.object)),
             Err(e) => {
                 failed = true;
                 println!("{key}: error {} ({at}): {e}", e.code);

@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::model::{Addr, ChainName, CtState, FixedChain, L4, Match, Rule, RuleSet, Table, Target};
 use super::parse::ParseError;
-use crate::trace::{Destination, Packet, Verdict};
+use crate::trace::{Destination, Packet, TraceError, Verdict};
 use service_core::model::Protocol;
 
 /// Fate of one branch within one hook.
@@ -312,15 +312,21 @@ fn contains(a: &Addr, ip: &IpAddr) -> bool {
 }
 
 impl RuleSet {
-    /// Traces a packet through this (full) rule set; see [`Tracer`].
+    /// Traces a packet through this rule set, which must be a full one; see [`Tracer`].
     ///
     /// # Errors
-    /// The rule text does not parse (never for rule sets this crate renders).
+    /// [`TraceError::Partial`] for a partial rule set; [`TraceError::Parse`] when the rule
+    /// text does not parse (never for rule sets this crate renders).
     pub fn trace(
         &self,
         packet: &Packet,
         local_addresses: &[IpAddr],
-    ) -> Result<Verdict, ParseError> {
-        Ok(Tracer::new(self, local_addresses)?.trace(packet))
+    ) -> Result<Verdict, TraceError> {
+        if !self.full {
+            return Err(TraceError::Partial);
+        }
+        Tracer::new(self, local_addresses)
+            .map(|t| t.trace(packet))
+            .map_err(|e| TraceError::Parse(e.to_string()))
     }
 }
