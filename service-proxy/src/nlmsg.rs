@@ -16,11 +16,16 @@ pub(crate) const NLMSG_ERROR: u16 = 2;
 /// `NLMSG_DONE`: the end of a dump.
 pub(crate) const NLMSG_DONE: u16 = 3;
 
+/// `NLM_F_DUMP_INTR`: the dump changed while it was read; its answers are inconsistent.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+
 /// One message of a datagram.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Message<'a> {
     /// `nlmsg_type`.
     pub(crate) kind: u16,
+    /// `nlmsg_flags`.
+    pub(crate) flags: u16,
     /// `nlmsg_seq`.
     pub(crate) seq: u32,
     /// What follows the 16-byte header.
@@ -59,6 +64,7 @@ pub(crate) fn messages(mut data: &[u8]) -> impl Iterator<Item = Message<'_>> {
         }
         let m = Message {
             kind: u16::from_ne_bytes([data[4], data[5]]),
+            flags: u16::from_ne_bytes([data[6], data[7]]),
             seq: u32::from_ne_bytes([data[8], data[9], data[10], data[11]]),
             body: &data[16..len],
         };
@@ -114,8 +120,32 @@ pub(crate) fn request_with(
     exchange(socket, msg, seq, false, each)
 }
 
+/// How long a netlink socket waits for the kernel's answer before giving up (a stuck reply
+/// must not block the daemon, or its SIGTERM, for ever).
+#[cfg(feature = "apply")]
+pub(crate) const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Sets the receive and send timeouts of a netlink socket.
+///
+/// # Errors
+/// The socket refused the option.
+#[cfg(feature = "apply")]
+pub(crate) fn set_timeouts(socket: &netlink_sys::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsFd as _;
+    let secs = i64::try_from(RECEIVE_TIMEOUT.as_secs()).unwrap_or(30);
+    let tv = nix::sys::time::TimeVal::new(secs, 0);
+    let fd = socket.as_fd();
+    let err = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(err)?;
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SendTimeout, &tv).map_err(err)?;
+    Ok(())
+}
+
 /// Sends a dump request (sequence `seq`) and hands every answer message to `each` until
-/// `NLMSG_DONE`; an error message ends the dump with its errno.
+/// `NLMSG_DONE`; an error message ends the dump with its errno. A dump the kernel marks as
+/// interrupted (its objects changed while it was read) ends with
+/// [`std::io::ErrorKind::Interrupted`]: read it again.
 #[cfg(feature = "apply")]
 pub(crate) fn dump(
     socket: &netlink_sys::Socket,
@@ -128,6 +158,57 @@ pub(crate) fn dump(
 
 /// Sends `msg` and reads the answers with its sequence number (stale ones from earlier
 /// requests are skipped) until the acknowledgement, or for a dump `NLMSG_DONE`.
+/// A message kept after its datagram is gone.
+#[cfg(feature = "apply")]
+#[derive(Clone, Debug)]
+pub(crate) struct Owned {
+    kind: u16,
+    seq: u32,
+    body: Vec<u8>,
+}
+
+#[cfg(feature = "apply")]
+impl Owned {
+    /// The message.
+    pub(crate) fn message(&self) -> Message<'_> {
+        Message {
+            kind: self.kind,
+            flags: 0,
+            seq: self.seq,
+            body: &self.body,
+        }
+    }
+}
+
+/// As [`dump`], read again (up to five times) while the kernel says it was interrupted;
+/// `make` builds the request for a sequence number `seq` hands out. Returns the messages of
+/// a complete, consistent dump.
+#[cfg(feature = "apply")]
+pub(crate) fn dump_consistent(
+    socket: &netlink_sys::Socket,
+    mut seq: impl FnMut() -> u32,
+    make: impl Fn(u32) -> Vec<u8>,
+) -> std::io::Result<Vec<Owned>> {
+    let mut last = None;
+    for _ in 0..5 {
+        let s = seq();
+        let mut bodies = Vec::new();
+        let keep = |m: Message<'_>| {
+            bodies.push(Owned {
+                kind: m.kind,
+                seq: m.seq,
+                body: m.body.to_vec(),
+            });
+        };
+        match dump(socket, &make(s), s, keep) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => last = Some(e),
+            Err(e) => return Err(e),
+            Ok(()) => return Ok(bodies),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("dump interrupted")))
+}
+
 #[cfg(feature = "apply")]
 fn exchange(
     socket: &netlink_sys::Socket,
@@ -137,13 +218,22 @@ fn exchange(
     mut each: impl FnMut(Message<'_>),
 ) -> std::io::Result<()> {
     socket.send(msg, 0)?;
+    let mut interrupted = false;
     loop {
         let (data, _) = socket.recv_from_full()?;
         for m in messages(&data) {
+            // Answers to earlier requests (a timed-out one, say) are not ours.
             if m.seq != seq {
                 continue;
             }
+            interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
             match (m.kind, m.errno()) {
+                (NLMSG_DONE, _) if is_dump && interrupted => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::Interrupted,
+                        "the netlink dump was interrupted by a change",
+                    ));
+                }
                 (NLMSG_DONE, _) if is_dump => return Ok(()),
                 (_, Some(0)) if !is_dump => return Ok(()),
                 (_, Some(0)) => {}

@@ -113,6 +113,9 @@ pub struct SyncReport {
     pub service_ports_changed: usize,
     /// Endpoints that appeared or disappeared across the changed service ports.
     pub endpoints_changed: usize,
+    /// Kernel objects that differed from what the proxier had installed (someone else
+    /// changed them) and were put back: chains, rules, set elements, the table.
+    pub repaired: usize,
     /// Stale conntrack entries deleted.
     pub conntrack_deleted: usize,
     /// Conntrack filters kept for the next sync because the kernel refused the cleanup,
@@ -135,6 +138,7 @@ impl SyncReport {
             duration: Duration::ZERO,
             service_ports_changed: 0,
             endpoints_changed: 0,
+            repaired: 0,
             conntrack_deleted: 0,
             conntrack_failed: None,
             no_local_endpoints: (0, 0),
@@ -210,6 +214,9 @@ impl fmt::Display for SyncReport {
             f.write_str(", nothing to write")?;
         }
         write!(f, ", {}", self.detail)?;
+        if self.repaired > 0 {
+            write!(f, ", {} kernel objects repaired", self.repaired)?;
+        }
         if self.conntrack_deleted > 0 {
             write!(f, ", {} conntrack entries cleared", self.conntrack_deleted)?;
         }

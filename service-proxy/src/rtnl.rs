@@ -10,7 +10,7 @@ use std::path::Path;
 
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
-use crate::nlmsg::{attrs, dump, push_attr as attr, request, request_with};
+use crate::nlmsg::{attrs, dump_consistent, push_attr as attr, request, request_with};
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
@@ -88,6 +88,7 @@ impl Rtnl {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        crate::nlmsg::set_timeouts(&socket)?;
         Ok(Self { socket, seq: 1 })
     }
 
@@ -180,21 +181,28 @@ impl Rtnl {
 
     /// The addresses of one family on interface `index`.
     pub(crate) fn addresses(&mut self, index: u32, ipv6: bool) -> io::Result<BTreeSet<IpAddr>> {
-        let seq = self.next_seq();
         let family = if ipv6 { AF_INET6 } else { AF_INET };
-        let msg = message(
-            RTM_GETADDR,
-            NLM_F_REQUEST | NLM_F_DUMP,
-            seq,
-            &[family, 0, 0, 0, 0, 0, 0, 0],
-        );
         let mut out = BTreeSet::new();
-        dump(&self.socket, &msg, seq, |m| {
+        let (socket, seq) = (&self.socket, &mut self.seq);
+        let next = || {
+            *seq = seq.wrapping_add(1);
+            *seq
+        };
+        let make = |s| {
+            message(
+                RTM_GETADDR,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                s,
+                &[family, 0, 0, 0, 0, 0, 0, 0],
+            )
+        };
+        for owned in dump_consistent(socket, next, make)? {
+            let m = owned.message();
             if m.kind != RTM_NEWADDR || m.body.len() < 8 || m.body[0] != family {
-                return;
+                continue;
             }
             if u32::from_ne_bytes([m.body[4], m.body[5], m.body[6], m.body[7]]) != index {
-                return;
+                continue;
             }
             let (mut local, mut address) = (None, None);
             for (kind, v) in attrs(&m.body[8..]) {
@@ -212,7 +220,7 @@ impl Rtnl {
             if let Some(ip) = local.or(address) {
                 out.insert(ip);
             }
-        })?;
+        }
         Ok(out)
     }
 

@@ -18,10 +18,10 @@ use common::{
 };
 use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
-use service_proxy::nftables::apply::{NftProxier, NftSocket};
-use service_proxy::nftables::{NftablesConfig, Renderer};
+use service_proxy::nftables::apply::{KernelView, NftProxier, NftSocket};
+use service_proxy::nftables::{Family, NftablesConfig, Renderer, TableState};
 use service_proxy::trace::Packet;
-use service_proxy::{Proxier, SyncKind};
+use service_proxy::{Proxier, SyncErrorKind, SyncKind};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
 
 fn config() -> NftablesConfig {
@@ -289,4 +289,139 @@ fn endpoints_change_under_traffic_without_misrouting() {
         .map(|p| p.endpoints.len())
         .sum();
     assert_eq!(endpoint_chains, live, "{chains}");
+}
+
+/// What the kernel holds of our table, read back over netlink.
+fn kernel_state(node: &Netns) -> TableState {
+    let mut socket = NftSocket::in_netns(&node.path()).expect("netlink socket");
+    match socket.read_state(Family::Ip).expect("read the table") {
+        KernelView::Table(state) => state,
+        other => panic!("no table: {other:?}"),
+    }
+}
+
+/// A restarted proxier adopts the table without sending anything, and every kind of
+/// tampering is found and repaired by the next full sync (the periodic resync), with
+/// traffic flowing again.
+#[test]
+fn tampering_is_repaired_and_a_restart_adopts_the_table() {
+    if require(
+        "tampering_is_repaired_and_a_restart_adopts_the_table",
+        &["ip", "nft"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    let snap = snapshot_of(CLUSTER, None);
+    let mut first = proxier(node);
+    first.sync_to(&snap).expect("first sync");
+    let expected = first.rules().unwrap().expected_state();
+    assert_eq!(kernel_state(node), expected, "the table as we sent it");
+    drop(first);
+
+    // A restart: the new proxier reads the table and finds nothing to change.
+    let mut restarted = proxier(node);
+    let report = restarted.sync_to(&snap).expect("adopting sync");
+    assert_eq!(report.kind, SyncKind::Full);
+    assert_eq!(report.repaired, 0, "{report}");
+    assert_eq!(report.nftables().unwrap().transactions, 0, "{report}");
+    assert_eq!(kernel_state(node), expected);
+
+    let rules = restarted.rules().unwrap().clone();
+    let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
+    let web = names(&["web-0", "web-1", "web-2"]);
+    assert_eq!(
+        check(&env, &trace, From::ClientPod, "10.96.0.10:80", 30),
+        web
+    );
+
+    // Each tampering, then the periodic full sync.
+    let handle = |chain: &str| {
+        let listing = node.exec_text("nft", &["-a", "list", "chain", "ip", "kube-proxy", chain]);
+        // The chain's own line carries a handle too; rules are the other lines.
+        listing
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("chain "))
+            .find_map(|l| l.rsplit_once("# handle ").map(|(_, h)| h.trim().to_owned()))
+            .unwrap_or_else(|| panic!("no rule in {chain}:\n{listing}"))
+    };
+    let service_chain = expected
+        .chains
+        .keys()
+        .find(|c| c.starts_with("service-") && c.contains("e2e/web/tcp/http"))
+        .expect("web's service chain")
+        .clone();
+    // Each command is computed when its turn comes.
+    type Command<'a> = Box<dyn Fn() -> String + 'a>;
+    let fixed = |c: &str| -> Command<'static> {
+        let c = c.to_owned();
+        Box::new(move || c.clone())
+    };
+    let tamperings: Vec<(&str, Command<'_>)> = vec![
+        (
+            "a base chain flushed",
+            fixed("flush chain ip kube-proxy nat-prerouting"),
+        ),
+        (
+            "the dispatch chain flushed",
+            fixed("flush chain ip kube-proxy services"),
+        ),
+        (
+            "a service chain's rule deleted",
+            // The handle as it is now: repairs re-add rules under new handles.
+            Box::new(|| {
+                format!(
+                    "delete rule ip kube-proxy {service_chain} handle {}",
+                    handle(&service_chain)
+                )
+            }),
+        ),
+        (
+            "a map element deleted",
+            fixed("delete element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 }"),
+        ),
+        (
+            "a foreign rule added",
+            fixed("add rule ip kube-proxy services ip daddr 10.96.0.10 drop"),
+        ),
+        ("the table deleted", fixed("delete table ip kube-proxy")),
+    ];
+    for (what, command) in tamperings {
+        let c = command();
+        let out = node.exec("nft", &[c.as_str()]);
+        assert!(
+            out.status.success(),
+            "{what}: nft {c}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        restarted.force_full();
+        let report = restarted
+            .sync_to(&snap)
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(report.repaired > 0, "{what}: nothing repaired: {report}");
+        assert_eq!(kernel_state(node), expected, "{what}: not repaired");
+        assert_eq!(
+            check(&env, &trace, From::ClientPod, "10.96.0.10:80", 30),
+            web,
+            "{what}: traffic after the repair"
+        );
+    }
+    // A table of the same name that is not ours (kube-proxy's) is left alone.
+    restarted.cleanup().expect("cleanup");
+    for c in [
+        "add table ip kube-proxy",
+        "add chain ip kube-proxy input { type filter hook input priority 0 ; }",
+        "add rule ip kube-proxy input counter",
+    ] {
+        node.exec("nft", &[c]);
+    }
+    let mut newcomer = proxier(node);
+    let err = newcomer.sync_to(&snap).expect_err("a foreign table");
+    assert_eq!(err.kind(), SyncErrorKind::Unavailable, "{err}");
+    assert!(
+        err.to_string().contains("was not made by this proxy"),
+        "{err}"
+    );
 }

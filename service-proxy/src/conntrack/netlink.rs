@@ -10,7 +10,7 @@ use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 use service_core::model::IpFamily;
 
 use super::{ConntrackCleaner, Entry, Filter, Tuple};
-use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs, messages};
+use crate::nlmsg::{NLMSG_DONE, NLMSG_ERROR, attrs};
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_GET: u16 = 1;
@@ -187,28 +187,34 @@ enum Reply {
     Other,
 }
 
-/// Splits a datagram into netlink messages and parses each.
-fn parse_datagram(data: &[u8]) -> Vec<Reply> {
-    messages(data)
-        .map(|m| match m.kind {
-            NLMSG_DONE => Reply::Done,
-            NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
-            k if k >> 8 == NFNL_SUBSYS_CTNETLINK && m.body.len() >= 4 => {
-                let (mut orig, mut reply) = (None, None);
-                for (a, p) in attrs(&m.body[4..]) {
-                    match a {
-                        CTA_TUPLE_ORIG => orig = parse_tuple(p),
-                        CTA_TUPLE_REPLY => reply = parse_tuple(p),
-                        _ => {}
-                    }
-                }
-                match (orig, reply) {
-                    (Some(orig), Some(reply)) => Reply::Entry(Entry { orig, reply }),
-                    _ => Reply::Other,
+/// Parses one message.
+fn parse_message(m: &crate::nlmsg::Message<'_>) -> Reply {
+    match m.kind {
+        NLMSG_DONE => Reply::Done,
+        NLMSG_ERROR => m.errno().map_or(Reply::Other, Reply::Ack),
+        k if k >> 8 == NFNL_SUBSYS_CTNETLINK && m.body.len() >= 4 => {
+            let (mut orig, mut reply) = (None, None);
+            for (a, p) in attrs(&m.body[4..]) {
+                match a {
+                    CTA_TUPLE_ORIG => orig = parse_tuple(p),
+                    CTA_TUPLE_REPLY => reply = parse_tuple(p),
+                    _ => {}
                 }
             }
-            _ => Reply::Other,
-        })
+            match (orig, reply) {
+                (Some(orig), Some(reply)) => Reply::Entry(Entry { orig, reply }),
+                _ => Reply::Other,
+            }
+        }
+        _ => Reply::Other,
+    }
+}
+
+/// Splits a datagram into netlink messages and parses each.
+#[cfg(test)]
+fn parse_datagram(data: &[u8]) -> Vec<Reply> {
+    crate::nlmsg::messages(data)
+        .map(|m| parse_message(&m))
         .collect()
 }
 
@@ -228,6 +234,7 @@ impl Conntrack {
         let mut socket = Socket::new(NETLINK_NETFILTER)?;
         socket.bind_auto()?;
         socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        crate::nlmsg::set_timeouts(&socket)?;
         Ok(Self { socket, seq: 1 })
     }
 
@@ -245,27 +252,30 @@ impl Conntrack {
         self.seq
     }
 
-    /// Every entry of a family.
+    /// Every entry of a family. A dump the kernel marks as interrupted (the table changed
+    /// while it was read, common on a busy node) is read again, up to five times; the last
+    /// one is used as it is (an entry missed is cleared by a later sync).
     ///
     /// # Errors
     /// The dump failed.
     pub fn dump(&mut self, family: &IpFamily) -> io::Result<Vec<Entry>> {
-        let seq = self.next_seq();
-        self.socket.send(&encode_dump(family, seq), 0)?;
         let mut out = Vec::new();
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            for r in parse_datagram(&data) {
-                match r {
-                    Reply::Entry(e) => out.push(e),
-                    Reply::Done => return Ok(out),
-                    Reply::Ack(errno) if errno < 0 => {
-                        return Err(io::Error::from_raw_os_error(-errno));
-                    }
-                    _ => {}
+        for attempt in 0..5 {
+            out.clear();
+            let seq = self.next_seq();
+            let result = crate::nlmsg::dump(&self.socket, &encode_dump(family, seq), seq, |m| {
+                if let Reply::Entry(e) = parse_message(&m) {
+                    out.push(e);
                 }
+            });
+            match result {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && attempt < 4 => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(out),
+                Err(e) => return Err(e),
+                Ok(()) => return Ok(out),
             }
         }
+        Ok(out)
     }
 
     /// Deletes one entry by its original tuple. An entry already gone is not an error.
@@ -274,18 +284,10 @@ impl Conntrack {
     /// The kernel refused.
     pub fn delete(&mut self, orig: &Tuple) -> io::Result<()> {
         let seq = self.next_seq();
-        self.socket.send(&encode_delete(orig, seq), 0)?;
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            for r in parse_datagram(&data) {
-                match r {
-                    Reply::Ack(0) => return Ok(()),
-                    // ENOENT: already expired or deleted.
-                    Reply::Ack(e) if -e == nix::libc::ENOENT => return Ok(()),
-                    Reply::Ack(e) => return Err(io::Error::from_raw_os_error(-e)),
-                    _ => {}
-                }
-            }
+        match crate::nlmsg::request(&self.socket, &encode_delete(orig, seq), seq) {
+            // ENOENT: already expired or deleted.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => Ok(()),
+            other => other,
         }
     }
 

@@ -10,7 +10,7 @@ use netlink_sys::{Socket, protocols::NETLINK_GENERIC};
 use super::diff::{IpvsChange, KernelDest, KernelState};
 use super::genl::{self, Command, Reply};
 use super::model::{IpvsProtocol, Scheduler, VirtualServer};
-use crate::nlmsg::{attrs, dump, messages, request};
+use crate::nlmsg::{attrs, dump_consistent, request, request_with};
 
 const CTRL_ATTR_FAMILY_ID: u16 = 1;
 const ENOENT: i32 = 2;
@@ -107,6 +107,7 @@ impl IpvsSocket {
         let mut socket = Socket::new(NETLINK_GENERIC)?;
         socket.bind_auto()?;
         socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+        crate::nlmsg::set_timeouts(&socket)?;
         let mut s = Self {
             socket,
             family: 0,
@@ -140,15 +141,20 @@ impl IpvsSocket {
     /// # Errors
     /// The dump failed.
     pub fn services(&mut self) -> Result<Vec<VirtualServer>, IpvsError> {
-        let seq = self.next_seq();
         let family = self.family;
-        let mut out = Vec::new();
-        dump(&self.socket, &genl::dump_services(family, seq), seq, |m| {
-            if let Reply::Service(vs) = genl::parse_reply(m, family) {
-                out.push(vs);
-            }
-        })?;
-        Ok(out)
+        let (socket, seq) = (&self.socket, &mut self.seq);
+        let next = || {
+            *seq = seq.wrapping_add(1);
+            *seq
+        };
+        let all = dump_consistent(socket, next, |s| genl::dump_services(family, s))?;
+        Ok(all
+            .iter()
+            .filter_map(|m| match genl::parse_reply(m.message(), family) {
+                Reply::Service(vs) => Some(vs),
+                _ => None,
+            })
+            .collect())
     }
 
     /// A virtual server's real servers with their connection counts.
@@ -156,15 +162,20 @@ impl IpvsSocket {
     /// # Errors
     /// The dump failed (`ENOENT`-like errors when the virtual server is gone).
     pub fn dests(&mut self, vs: &VirtualServer) -> Result<Vec<KernelDest>, IpvsError> {
-        let seq = self.next_seq();
         let family = self.family;
-        let mut out = Vec::new();
-        dump(&self.socket, &genl::dump_dests(family, seq, vs), seq, |m| {
-            if let Reply::Dest(d) = genl::parse_reply(m, family) {
-                out.push(d);
-            }
-        })?;
-        Ok(out)
+        let (socket, seq) = (&self.socket, &mut self.seq);
+        let next = || {
+            *seq = seq.wrapping_add(1);
+            *seq
+        };
+        let all = dump_consistent(socket, next, |s| genl::dump_dests(family, s, vs))?;
+        Ok(all
+            .iter()
+            .filter_map(|m| match genl::parse_reply(m.message(), family) {
+                Reply::Dest(d) => Some(d),
+                _ => None,
+            })
+            .collect())
     }
 
     /// The virtual servers `keep` accepts, with their real servers (only those are asked
@@ -247,26 +258,19 @@ impl IpvsSocket {
 
     fn resolve(&mut self) -> Result<u16, IpvsError> {
         let seq = self.next_seq();
-        self.socket.send(&genl::get_family(seq), 0)?;
-        loop {
-            let (data, _) = self.socket.recv_from_full()?;
-            for m in messages(&data) {
-                match m.errno() {
-                    Some(errno) if errno == -ENOENT => return Err(IpvsError::Unavailable),
-                    Some(0) => {}
-                    Some(errno) => return Err(IpvsError::Io(io::Error::from_raw_os_error(-errno))),
-                    None if m.kind == genl::GENL_ID_CTRL && m.body.len() >= 4 => {
-                        // genlmsghdr, then attributes.
-                        return attrs(&m.body[4..])
-                            .find(|(ty, v)| *ty == CTRL_ATTR_FAMILY_ID && v.len() >= 2)
-                            .map(|(_, v)| u16::from_ne_bytes([v[0], v[1]]))
-                            .ok_or_else(|| {
-                                IpvsError::Protocol("no family id in the reply".into())
-                            });
-                    }
-                    None => {}
-                }
+        let mut id = None;
+        let asked = request_with(&self.socket, &genl::get_family(seq), seq, |m| {
+            if m.kind == genl::GENL_ID_CTRL && m.body.len() >= 4 && id.is_none() {
+                // genlmsghdr, then attributes.
+                id = attrs(&m.body[4..])
+                    .find(|(ty, v)| *ty == CTRL_ATTR_FAMILY_ID && v.len() >= 2)
+                    .map(|(_, v)| u16::from_ne_bytes([v[0], v[1]]));
             }
+        });
+        match asked {
+            Err(e) if e.raw_os_error() == Some(ENOENT) => Err(IpvsError::Unavailable),
+            Err(e) => Err(IpvsError::Io(e)),
+            Ok(()) => id.ok_or_else(|| IpvsError::Protocol("no family id in the reply".into())),
         }
     }
 }

@@ -19,8 +19,11 @@ use service_core::snapshot::Snapshot;
 
 use super::NftablesReport;
 use super::model::Family;
+use super::model::Name;
 use super::render::{Renderer, Ruleset, StaleChain};
+use super::state::TableState;
 use super::transaction::{Op, Transaction};
+use super::wire::{self, Dump};
 use super::wire::{Batch, EncodedBatch};
 use crate::conntrack::{Cleanup, ConntrackCleaner, stale_filters};
 use crate::nlmsg::messages;
@@ -45,6 +48,17 @@ pub enum ApplyError {
         /// What it said.
         stderr: String,
     },
+    /// Our table's name is taken by another program's table (kube-proxy's nftables mode
+    /// uses `kube-proxy` too): nothing of it is ours to change.
+    #[error(
+        "table {family} {table} exists and was not made by this proxy (kube-proxy?): stop that program and remove its table (`nft delete table {family} {table}`) first"
+    )]
+    Foreign {
+        /// `ip` or `ip6`.
+        family: &'static str,
+        /// The table.
+        table: &'static str,
+    },
     /// The kernel rejected the batch: nothing of it was applied.
     #[error(
         "the kernel rejected an nf_tables batch ({messages} messages): message {index} failed with {error}{}",
@@ -66,6 +80,18 @@ fn describe(op: &Option<String>) -> String {
     op.as_ref().map(|o| format!(" ({o})")).unwrap_or_default()
 }
 
+/// What an applier can tell of the kernel's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KernelView {
+    /// It cannot read the kernel (the `nft` program fallback).
+    Unreadable,
+    /// The table does not exist.
+    Absent,
+    /// The table as the kernel holds it.
+    Table(TableState),
+}
+
 /// Something that applies transactions atomically: the netlink socket, or the `nft`
 /// program as a fallback.
 pub trait Applier {
@@ -80,11 +106,25 @@ pub trait Applier {
     fn incremental(&self) -> bool {
         true
     }
+
+    /// Reads our table of `family` from the kernel, for the proxier to adopt it when it
+    /// starts and to verify (and repair) it on every full sync.
+    ///
+    /// # Errors
+    /// The kernel could not be read.
+    fn read_state(&mut self, family: Family) -> Result<KernelView, ApplyError> {
+        let _ = family;
+        Ok(KernelView::Unreadable)
+    }
 }
 
 impl Applier for NftSocket {
     fn apply(&mut self, txs: &[&Transaction]) -> Result<BatchStats, ApplyError> {
         Self::apply(self, txs)
+    }
+
+    fn read_state(&mut self, family: Family) -> Result<KernelView, ApplyError> {
+        Self::read_state(self, family)
     }
 }
 
@@ -197,12 +237,7 @@ impl NftSocket {
             nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBufForce, &(64 << 20));
         let _ =
             nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
-        nix::sys::socket::setsockopt(
-            &fd,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(30, 0),
-        )
-        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+        crate::nlmsg::set_timeouts(&socket)?;
         Ok(Self { socket, seq: 1 })
     }
 
@@ -213,6 +248,120 @@ impl NftSocket {
     /// The namespace cannot be entered or the socket not opened.
     pub fn in_netns(path: &Path) -> io::Result<Self> {
         crate::netns::open_in(path, Self::new)
+    }
+
+    fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// The ruleset generation: it changes with every committed transaction.
+    fn generation(&mut self, family: Family) -> Result<u32, ApplyError> {
+        let seq = self.next_seq();
+        let mut generation = None;
+        crate::nlmsg::request_with(
+            &self.socket,
+            &wire::dump_request(family, Dump::Generation, seq),
+            seq,
+            |m| generation = generation.or_else(|| wire::parse_generation(m.body)),
+        )?;
+        generation.ok_or_else(|| io::Error::other("no generation in the answer").into())
+    }
+
+    /// Reads our table of `family`: its chains with their rules' marks, its named sets with
+    /// their elements (affinity sets without). The reads are repeated until the ruleset
+    /// generation is the same before and after them, so the view is of one moment.
+    ///
+    /// # Errors
+    /// The socket failed, or the table kept changing while it was read.
+    pub fn read_state(&mut self, family: Family) -> Result<KernelView, ApplyError> {
+        for _ in 0..5 {
+            let before = self.generation(family)?;
+            let Some(state) = self.read_once(family)? else {
+                return Ok(KernelView::Absent);
+            };
+            if self.generation(family)? == before {
+                return Ok(KernelView::Table(state));
+            }
+        }
+        Err(io::Error::other("our table kept changing while it was read").into())
+    }
+
+    fn read_once(&mut self, family: Family) -> Result<Option<TableState>, ApplyError> {
+        let mut state = TableState::default();
+        let socket = &self.socket;
+        let seq = &mut self.seq;
+        let mut next = || {
+            *seq = seq.wrapping_add(1);
+            *seq
+        };
+        let ours = |t: &str| t == super::TABLE;
+        let dump = |what: Dump<'_>, next: &mut dyn FnMut() -> u32| {
+            crate::nlmsg::dump_consistent(socket, next, |s| wire::dump_request(family, what, s))
+        };
+        // Chains; ENOENT: the table is not there.
+        let bodies = match dump(Dump::Chains, &mut next) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+            other => other?,
+        };
+        for m in &bodies {
+            if let Some((t, name, hook)) = wire::parse_chain(m.message().body)
+                && ours(&t)
+            {
+                state.chains.insert(
+                    name,
+                    super::ChainState {
+                        hook,
+                        rules: Vec::new(),
+                    },
+                );
+            }
+        }
+        // An empty table still has its base chains; none at all: ask for the table.
+        if state.chains.is_empty() {
+            let seq = next();
+            let mut table = false;
+            let probe =
+                crate::nlmsg::request_with(socket, &wire::table_request(family, seq), seq, |_| {
+                    table = true
+                });
+            match probe {
+                Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+                other => other?,
+            }
+            if !table {
+                return Ok(None);
+            }
+        }
+        for m in dump(Dump::Rules, &mut next)? {
+            if let Some((t, chain, mark)) = wire::parse_rule(m.message().body)
+                && ours(&t)
+            {
+                state.chains.entry(chain).or_default().rules.push(mark);
+            }
+        }
+        let mut sets = Vec::new();
+        for m in dump(Dump::Sets, &mut next)? {
+            if let Some((t, name, flags)) = wire::parse_set(m.message().body)
+                && ours(&t)
+                && !wire::is_anonymous(flags)
+            {
+                sets.push(name);
+            }
+        }
+        for set in sets {
+            let mut elements = std::collections::BTreeMap::new();
+            // Affinity sets hold runtime state: only their existence is compared.
+            if !set.starts_with("affinity-") {
+                for m in dump(Dump::Elements(&set), &mut next)? {
+                    if let Some((_, els)) = wire::parse_elements(m.message().body) {
+                        elements.extend(els);
+                    }
+                }
+            }
+            state.sets.insert(set, elements);
+        }
+        Ok(Some(state))
     }
 
     /// Sends transactions as one atomic batch.
@@ -331,8 +480,43 @@ pub struct BatchStats {
     pub bytes: usize,
 }
 
+/// A chain emptied by a sync, to delete once nothing refers to it any more.
+#[derive(Clone, Debug)]
+enum Pending {
+    /// It left a service port.
+    Port(StaleChain),
+    /// A repair found it where no chain should be.
+    Orphan(Name),
+}
+
+impl Pending {
+    fn name(&self) -> &Name {
+        match self {
+            Self::Port(s) => &s.name,
+            Self::Orphan(n) => n,
+        }
+    }
+
+    /// Whether the ruleset uses a chain of this name again.
+    fn revived(&self, rules: &Ruleset) -> bool {
+        match self {
+            Self::Port(s) => rules.port_has_chain(s.port.name(), &s.name),
+            Self::Orphan(n) => rules.chain(n).is_some(),
+        }
+    }
+}
+
 /// Keeps one family's table in sync with snapshots, incrementally, through an [`Applier`]
 /// (the netlink socket unless told otherwise).
+///
+/// - Starting, it adopts the table a previous run left: reads it, and sends the one
+///   transaction that turns it into the current snapshot's (nothing is flushed, so traffic
+///   flows throughout a restart). Without a table it builds one.
+/// - Every full sync reads the table back and repairs what differs from what it holds (a
+///   chain flushed or deleted, a rule or an element deleted, the whole table deleted) with
+///   the smallest transaction; the report's `repaired` counts what was found.
+/// - Every transaction is atomic: a rejected one leaves the kernel as it was, and the next
+///   sync adopts the kernel's table again instead of tearing it down.
 #[derive(Debug)]
 pub struct NftProxier<A = NftSocket> {
     renderer: Renderer,
@@ -341,7 +525,7 @@ pub struct NftProxier<A = NftSocket> {
     no_local: NoLocalEndpoints,
     engine: SyncEngine,
     committed: Option<Ruleset>,
-    pending: Vec<(StaleChain, Instant)>,
+    pending: Vec<(Pending, Instant)>,
     /// How long a flushed chain waits before it is deleted (default one second).
     pub chain_delete_delay: Duration,
     /// The largest transaction of a rebuild, in operations (default 20 000).
@@ -351,6 +535,7 @@ pub struct NftProxier<A = NftSocket> {
 fn io_error(e: ApplyError) -> SyncError {
     let kind = match &e {
         ApplyError::Io(_) => SyncErrorKind::Transient,
+        ApplyError::Foreign { .. } => SyncErrorKind::Unavailable,
         ApplyError::Program { .. } | ApplyError::Rejected { .. } => SyncErrorKind::Rejected,
     };
     SyncError::new(ProxyMode::Nftables, kind, e)
@@ -417,11 +602,11 @@ impl<A: Applier> NftProxier<A> {
         let mut report = NftablesReport::default();
         let mut keep = Vec::new();
         for (stale, since) in std::mem::take(&mut self.pending) {
-            if rules.port_has_chain(stale.port.name(), &stale.name) {
+            if stale.revived(&rules) {
                 continue;
             }
             if now.saturating_duration_since(since) >= self.chain_delete_delay {
-                tx.ops.push(Op::DeleteChain(stale.name.clone()));
+                tx.ops.push(Op::DeleteChain(stale.name().clone()));
                 report.chains_deleted += 1;
             } else {
                 keep.push((stale, since));
@@ -434,12 +619,96 @@ impl<A: Applier> NftProxier<A> {
             report.bytes = stats.bytes;
         }
         for s in update.stale {
-            keep.retain(|(p, _)| p.name != s.name);
-            keep.push((s, now));
+            keep.retain(|(p, _)| *p.name() != s.name);
+            keep.push((Pending::Port(s), now));
         }
         self.pending = keep;
         self.committed = Some(rules);
         Ok((report, plan.kind, update.changed))
+    }
+
+    /// The first sync: adopts the kernel's table if there is one of ours, builds one if
+    /// there is none.
+    fn start(
+        &mut self,
+        snapshot: &Snapshot,
+        now: Instant,
+    ) -> Result<(NftablesReport, usize), ApplyError> {
+        match self.socket.read_state(self.renderer.family())? {
+            KernelView::Table(state) => {
+                if state.is_foreign() {
+                    return Err(ApplyError::Foreign {
+                        family: self.renderer.family().as_str(),
+                        table: super::TABLE,
+                    });
+                }
+                let rules = self.renderer.render(snapshot);
+                let repaired = self.repair_against(&rules, &state, now)?;
+                self.committed = Some(rules);
+                Ok(repaired)
+            }
+            KernelView::Absent | KernelView::Unreadable => Ok((self.rebuild(snapshot)?, 0)),
+        }
+    }
+
+    /// Sends the transaction that turns `state` into `rules`; the chains it empties are
+    /// deleted by a later sync.
+    fn repair_against(
+        &mut self,
+        rules: &Ruleset,
+        state: &TableState,
+        now: Instant,
+    ) -> Result<(NftablesReport, usize), ApplyError> {
+        let repair = rules.repair(state);
+        let mut report = NftablesReport::default();
+        if !repair.transaction.is_empty() {
+            let stats = self.socket.apply(&[&repair.transaction])?;
+            report.transactions = 1;
+            report.messages = stats.messages;
+            report.bytes = stats.bytes;
+        }
+        for name in repair.stale_chains {
+            self.pending.retain(|(p, _)| *p.name() != name);
+            self.pending.push((Pending::Orphan(name), now));
+        }
+        Ok((report, repair.differences))
+    }
+
+    /// After a full sync: reads the table back and repairs what differs from the committed
+    /// ruleset (someone else's doing); rebuilds it when it is gone.
+    fn verify(&mut self, now: Instant) -> Result<(NftablesReport, usize), ApplyError> {
+        let Some(rules) = self.committed.take() else {
+            return Ok((NftablesReport::default(), 0));
+        };
+        let view = self.socket.read_state(self.renderer.family());
+        let result = match view {
+            Ok(KernelView::Table(state)) => self.repair_against(&rules, &state, now),
+            Ok(KernelView::Absent) => {
+                // The whole table was deleted behind our back.
+                let txs = rules.create(self.max_ops);
+                let mut report = NftablesReport::default();
+                let mut failed = None;
+                for tx in &txs {
+                    match self.socket.apply(&[tx]) {
+                        Ok(s) => {
+                            report.transactions += 1;
+                            report.messages += s.messages;
+                            report.bytes += s.bytes;
+                        }
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                self.pending.clear();
+                failed.map_or(Ok((report, 1)), Err)
+            }
+            Ok(KernelView::Unreadable) => Ok((NftablesReport::default(), 0)),
+            Err(e) => Err(e),
+        };
+        self.committed = Some(rules);
+        result
     }
 
     /// Builds the table from nothing, in bounded transactions.
@@ -466,6 +735,15 @@ impl<A: Applier> NftProxier<A> {
     }
 }
 
+fn add(a: NftablesReport, b: NftablesReport) -> NftablesReport {
+    NftablesReport {
+        transactions: a.transactions + b.transactions,
+        messages: a.messages + b.messages,
+        bytes: a.bytes + b.bytes,
+        chains_deleted: a.chains_deleted + b.chains_deleted,
+    }
+}
+
 impl<A: Applier> Proxier for NftProxier<A> {
     fn mode(&self) -> ProxyMode {
         ProxyMode::Nftables
@@ -476,8 +754,9 @@ impl<A: Applier> Proxier for NftProxier<A> {
     }
 
     /// Brings the kernel to the snapshot: the first sync (and the first after a failure)
-    /// rebuilds the table; later ones send one transaction with the changes of the changed
-    /// service ports (of every port, when full).
+    /// adopts the kernel's table (or builds one); later ones send one transaction with the
+    /// changes of the changed service ports (of every port, when full). A full sync then
+    /// reads the table back and repairs what someone else changed.
     fn sync(&mut self, request: SyncRequest<'_>) -> Result<SyncReport, SyncError> {
         let start = Instant::now();
         let snapshot = request.snapshot;
@@ -487,18 +766,30 @@ impl<A: Applier> Proxier for NftProxier<A> {
         if !self.socket.incremental() {
             self.committed = None;
         }
+        let first = self.committed.is_none();
         let result = match self.committed.take() {
             None => self
-                .rebuild(snapshot)
-                .map(|r| (r, SyncKind::Full, snapshot.ports.len())),
-            Some(rules) => self.update(rules, &request),
+                .start(snapshot, request.now)
+                .map(|(r, repaired)| (r, SyncKind::Full, snapshot.ports.len(), repaired)),
+            Some(rules) => {
+                let full = self.engine.plan(snapshot, request.changed).kind == SyncKind::Full;
+                self.update(rules, &request).and_then(|(r, kind, n)| {
+                    if full && self.socket.incremental() {
+                        let (v, repaired) = self.verify(request.now)?;
+                        Ok((add(r, v), kind, n, repaired))
+                    } else {
+                        Ok((r, kind, n, 0))
+                    }
+                })
+            }
         };
-        let (detail, kind, ports) = match result {
+        let (detail, kind, ports, repaired) = match result {
             Ok(r) => r,
             Err(e) => {
-                // The kernel state is unknown to us now: rebuild next time.
+                // Nothing of the refused transaction was applied: the next sync reads the
+                // kernel's table and converges from there.
                 self.engine.failed();
-                self.pending.clear();
+                self.committed = None;
                 return Err(io_error(e));
             }
         };
@@ -509,9 +800,10 @@ impl<A: Applier> Proxier for NftProxier<A> {
         let mut report = SyncReport::new(kind, BackendReport::Nftables(detail));
         report.wrote = detail.transactions > 0;
         report.service_ports_changed = ports;
-        let last = self.engine.last();
+        report.repaired = repaired;
+        let last = if first { None } else { self.engine.last() };
         report.endpoints_changed = endpoints_changed(last, snapshot, &family, changed);
-        let filters = stale_filters(last, snapshot, &family, changed);
+        let filters = stale_filters(self.engine.last(), snapshot, &family, changed);
         let cleaned = self.conntrack.run(&family, filters);
         report.conntrack_deleted = cleaned.deleted;
         report.conntrack_failed = cleaned.failed;

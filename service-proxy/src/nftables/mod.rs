@@ -20,6 +20,7 @@
 mod model;
 mod names;
 mod render;
+mod state;
 mod trace;
 mod transaction;
 pub mod wire;
@@ -39,8 +40,10 @@ pub use names::{NAME_MAX, endpoint_base, hash_and_truncate, service_base, servic
 pub use render::{
     Block, NftablesConfig, PortName, PortObjects, Renderer, Ruleset, StaleChain, Update,
 };
+pub use state::{ChainState, Repair, TableState, rule_mark};
 pub use trace::Tracer;
 pub use transaction::{Op, SetDecl, Transaction};
+pub use wire::ElemData;
 
 /// The nftables backend's part of a [`crate::SyncReport`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

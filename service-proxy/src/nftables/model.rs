@@ -103,6 +103,16 @@ impl L4 {
         }
     }
 
+    /// The protocol with this IP protocol number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Self::Tcp),
+            17 => Some(Self::Udp),
+            132 => Some(Self::Sctp),
+            _ => None,
+        }
+    }
+
     /// nft's keyword.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -343,6 +343,11 @@ impl Ruleset {
             })
     }
 
+    /// The endpoint maps (`service-endpoints-N`) declared.
+    pub fn shards(&self) -> &std::collections::BTreeSet<u16> {
+        &self.shards
+    }
+
     /// Whether a service port still has a chain of this name.
     pub fn port_has_chain(&self, port: &ServicePortName, chain: &str) -> bool {
         self.ports.get(port).is_some_and(|p| {

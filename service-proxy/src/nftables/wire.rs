@@ -197,7 +197,7 @@ fn data_value(b: &mut Vec<u8>, ty: u16, value: &[u8]) {
     end_nest(b, n);
 }
 
-fn verdict_code(v: &Verdict) -> (u32, Option<&str>) {
+pub(crate) fn verdict_code(v: &Verdict) -> (u32, Option<&str>) {
     match v {
         Verdict::Accept => (NF_ACCEPT, None),
         Verdict::Drop => (NF_DROP, None),
@@ -254,7 +254,7 @@ fn addr_offset(family: Family, dir: Dir) -> u32 {
 }
 
 /// `addr . port` as map data: the port padded to 32 bits.
-fn endpoint_bytes(a: &SocketAddr) -> Vec<u8> {
+pub(crate) fn endpoint_bytes(a: &SocketAddr) -> Vec<u8> {
     let mut v = addr_bytes(&a.ip());
     let port = a.port().to_be_bytes();
     v.extend_from_slice(&[port[0], port[1], 0, 0]);
@@ -283,6 +283,36 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
         Key::Index(i) => out.extend_from_slice(&i.to_ne_bytes()),
     }
     out
+}
+
+/// The key [`key_bytes`] encoded, read back (`None` when the bytes do not have the shape).
+pub fn parse_key(shape: KeyShape, family: Family, b: &[u8]) -> Option<Key> {
+    let alen = addr_len(family) as usize;
+    let addr = |b: &[u8]| -> Option<IpAddr> {
+        match family {
+            Family::Ip => Some(IpAddr::from(<[u8; 4]>::try_from(b).ok()?)),
+            Family::Ip6 => Some(IpAddr::from(<[u8; 16]>::try_from(b).ok()?)),
+        }
+    };
+    let proto_port = |b: &[u8]| -> Option<(L4, u16)> {
+        if b.len() != 8 {
+            return None;
+        }
+        Some((L4::from_number(b[0])?, u16::from_be_bytes([b[4], b[5]])))
+    };
+    match shape {
+        KeyShape::Addr => addr(b).map(Key::Addr),
+        KeyShape::ProtoPort => proto_port(b).map(|(p, port)| Key::ProtoPort(p, port)),
+        KeyShape::AddrProtoPort if b.len() == alen + 8 => {
+            let (p, port) = proto_port(&b[alen..])?;
+            Some(Key::AddrProtoPort(addr(&b[..alen])?, p, port))
+        }
+        KeyShape::AddrPair if b.len() == 2 * alen => {
+            Some(Key::AddrPair(addr(&b[..alen])?, addr(&b[alen..])?))
+        }
+        KeyShape::Index => Some(Key::Index(u32::from_ne_bytes(b.try_into().ok()?))),
+        _ => None,
+    }
 }
 
 fn key_type(family: Family, shape: KeyShape) -> (u32, u32) {
@@ -734,13 +764,11 @@ impl Batch {
             stmt(&mut x, family, s, &mut anon);
         }
         end_nest(&mut self.buf, list);
-        if let Some(c) = rule.comment {
-            // NFTNL_UDATA_RULE_COMMENT: type 0, length, the NUL-terminated text.
-            let mut u = vec![0u8, u8::try_from(c.len() + 1).unwrap_or(u8::MAX)];
-            u.extend_from_slice(c.as_bytes());
-            u.push(0);
-            attr(&mut self.buf, NFTA_RULE_USERDATA, &u);
-        }
+        attr(
+            &mut self.buf,
+            NFTA_RULE_USERDATA,
+            &rule_userdata(family, rule),
+        );
         self.end_msg(m);
     }
 
@@ -788,6 +816,253 @@ impl Batch {
     pub fn next_seq(&self) -> u32 {
         self.seq
     }
+}
+
+/// The type of our mark among a rule's user data TLVs. nft knows types 0 (comment) and 1
+/// (eBPF id) and skips the others when it prints a rule, so the mark is invisible there.
+const RULE_MARK_UDATA: u8 = 0x4b;
+
+/// A rule's user data: nft's comment TLV (type 0, the NUL-terminated text) when it has one,
+/// then our mark (see [`super::state::rule_mark`]).
+fn rule_userdata(family: Family, rule: &Rule) -> Vec<u8> {
+    let mut u = Vec::with_capacity(12);
+    if let Some(c) = rule.comment {
+        u.push(0);
+        u.push(u8::try_from(c.len() + 1).unwrap_or(u8::MAX));
+        u.extend_from_slice(c.as_bytes());
+        u.push(0);
+    }
+    u.push(RULE_MARK_UDATA);
+    u.push(8);
+    u.extend_from_slice(&super::state::rule_mark(family, rule).to_le_bytes());
+    u
+}
+
+/// Our mark in a rule's user data, if it carries one.
+fn parse_rule_mark(mut u: &[u8]) -> Option<u64> {
+    while u.len() >= 2 {
+        let (ty, len) = (u[0], usize::from(u[1]));
+        let value = u.get(2..2 + len)?;
+        if ty == RULE_MARK_UDATA && len == 8 {
+            return Some(u64::from_le_bytes(value.try_into().ok()?));
+        }
+        u = &u[2 + len..];
+    }
+    None
+}
+
+/// The data of a set element as the kernel keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ElemData {
+    /// None (a set, not a map).
+    None,
+    /// A value (`addr . port` of the endpoint maps).
+    Value(Vec<u8>),
+    /// A verdict code and its chain.
+    Verdict(u32, Option<String>),
+}
+
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_GETSET: u16 = 10;
+const NFT_MSG_GETSETELEM: u16 = 13;
+const NFT_MSG_GETGEN: u16 = 16;
+const NLM_F_DUMP: u16 = 0x300;
+const NFTA_GEN_ID: u16 = 1;
+
+/// What a dump request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dump<'a> {
+    /// Every chain of our table.
+    Chains,
+    /// Every rule of our table.
+    Rules,
+    /// Every set of our table.
+    Sets,
+    /// The elements of one set.
+    Elements(&'a str),
+    /// The ruleset generation (not a dump: one answer).
+    Generation,
+}
+
+/// A request to dump part of our table (or to read the generation).
+pub(crate) fn dump_request(family: Family, what: Dump<'_>, seq: u32) -> Vec<u8> {
+    let (ty, flags) = match what {
+        Dump::Chains => (NFT_MSG_GETCHAIN, NLM_F_DUMP),
+        Dump::Rules => (NFT_MSG_GETRULE, NLM_F_DUMP),
+        Dump::Sets => (NFT_MSG_GETSET, NLM_F_DUMP),
+        Dump::Elements(_) => (NFT_MSG_GETSETELEM, NLM_F_DUMP),
+        Dump::Generation => (NFT_MSG_GETGEN, NLM_F_ACK),
+    };
+    let mut b = Vec::with_capacity(64);
+    put_u32(&mut b, 0);
+    put_u16(&mut b, (NFNL_SUBSYS_NFTABLES << 8) | ty);
+    put_u16(&mut b, NLM_F_REQUEST | flags);
+    put_u32(&mut b, seq);
+    put_u32(&mut b, 0);
+    b.extend_from_slice(&[family.nfproto(), 0, 0, 0]);
+    match what {
+        // The table attribute has the same number for chains, rules and sets.
+        Dump::Chains | Dump::Rules | Dump::Sets => attr_str(&mut b, 1, TABLE),
+        Dump::Elements(set) => {
+            attr_str(&mut b, NFTA_SET_ELEM_LIST_TABLE, TABLE);
+            attr_str(&mut b, NFTA_SET_ELEM_LIST_SET, set);
+        }
+        Dump::Generation => {}
+    }
+    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    b[..4].copy_from_slice(&len.to_ne_bytes());
+    b
+}
+
+/// A request for our table (its answer says whether it exists).
+pub(crate) fn table_request(family: Family, seq: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(48);
+    put_u32(&mut b, 0);
+    put_u16(&mut b, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE);
+    put_u16(&mut b, NLM_F_REQUEST | NLM_F_ACK);
+    put_u32(&mut b, seq);
+    put_u32(&mut b, 0);
+    b.extend_from_slice(&[family.nfproto(), 0, 0, 0]);
+    attr_str(&mut b, NFTA_TABLE_NAME, TABLE);
+    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+    b[..4].copy_from_slice(&len.to_ne_bytes());
+    b
+}
+
+fn str_attr(p: &[u8]) -> Option<String> {
+    let p = p.strip_suffix(&[0]).unwrap_or(p);
+    String::from_utf8(p.to_vec()).ok()
+}
+
+fn be32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+/// The attributes of a dump answer, after its `nfgenmsg`.
+fn answer_attrs(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    crate::nlmsg::attrs(body.get(4..).unwrap_or(&[]))
+}
+
+/// A base chain's hook: its number and priority.
+pub(crate) type Hook = (u32, i32);
+
+/// One element of a set as read back: its key bytes and its data.
+pub(crate) type ElementBytes = (Vec<u8>, ElemData);
+
+/// A chain answer: its table, name and hook (`None` for a regular chain).
+pub(crate) fn parse_chain(body: &[u8]) -> Option<(String, String, Option<Hook>)> {
+    let (mut table, mut name, mut hook) = (None, None, None);
+    for (ty, p) in answer_attrs(body) {
+        match ty {
+            NFTA_CHAIN_TABLE => table = str_attr(p),
+            NFTA_CHAIN_NAME => name = str_attr(p),
+            NFTA_CHAIN_HOOK => {
+                let (mut num, mut prio) = (None, None);
+                for (t, q) in crate::nlmsg::attrs(p) {
+                    match t {
+                        NFTA_HOOK_HOOKNUM => num = be32(q),
+                        NFTA_HOOK_PRIORITY => prio = be32(q).map(|v| v as i32),
+                        _ => {}
+                    }
+                }
+                hook = num.zip(prio);
+            }
+            _ => {}
+        }
+    }
+    Some((table?, name?, hook))
+}
+
+/// A rule answer: its table, chain and our mark (`None` without one).
+pub(crate) fn parse_rule(body: &[u8]) -> Option<(String, String, Option<u64>)> {
+    let (mut table, mut chain, mut mark) = (None, None, None);
+    for (ty, p) in answer_attrs(body) {
+        match ty {
+            NFTA_RULE_TABLE => table = str_attr(p),
+            NFTA_RULE_CHAIN => chain = str_attr(p),
+            NFTA_RULE_USERDATA => mark = parse_rule_mark(p),
+            _ => {}
+        }
+    }
+    Some((table?, chain?, mark))
+}
+
+/// A set answer: its table, name and flags.
+pub(crate) fn parse_set(body: &[u8]) -> Option<(String, String, u32)> {
+    let (mut table, mut name, mut flags) = (None, None, 0);
+    for (ty, p) in answer_attrs(body) {
+        match ty {
+            NFTA_SET_TABLE => table = str_attr(p),
+            NFTA_SET_NAME => name = str_attr(p),
+            NFTA_SET_FLAGS => flags = be32(p).unwrap_or(0),
+            _ => {}
+        }
+    }
+    Some((table?, name?, flags))
+}
+
+/// Whether a set of these flags is an anonymous one (bound to a rule).
+pub(crate) fn is_anonymous(flags: u32) -> bool {
+    flags & NFT_SET_ANONYMOUS != 0
+}
+
+/// An elements answer: the set and its elements (key bytes, data).
+pub(crate) fn parse_elements(body: &[u8]) -> Option<(String, Vec<ElementBytes>)> {
+    let (mut set, mut out) = (None, Vec::new());
+    for (ty, p) in answer_attrs(body) {
+        match ty {
+            NFTA_SET_ELEM_LIST_SET => set = str_attr(p),
+            NFTA_SET_ELEM_LIST_ELEMENTS => {
+                for (_, el) in crate::nlmsg::attrs(p) {
+                    let (mut key, mut data) = (None, ElemData::None);
+                    for (t, q) in crate::nlmsg::attrs(el) {
+                        match t {
+                            NFTA_SET_ELEM_KEY => {
+                                key = crate::nlmsg::attrs(q)
+                                    .find(|(a, _)| *a == NFTA_DATA_VALUE)
+                                    .map(|(_, v)| v.to_vec());
+                            }
+                            NFTA_SET_ELEM_DATA => data = parse_data(q),
+                            _ => {}
+                        }
+                    }
+                    out.push((key?, data));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((set?, out))
+}
+
+fn parse_data(p: &[u8]) -> ElemData {
+    for (t, q) in crate::nlmsg::attrs(p) {
+        match t {
+            NFTA_DATA_VALUE => return ElemData::Value(q.to_vec()),
+            NFTA_DATA_VERDICT => {
+                let (mut code, mut chain) = (0, None);
+                for (a, v) in crate::nlmsg::attrs(q) {
+                    match a {
+                        NFTA_VERDICT_CODE => code = be32(v).unwrap_or(0),
+                        NFTA_VERDICT_CHAIN => chain = str_attr(v),
+                        _ => {}
+                    }
+                }
+                return ElemData::Verdict(code, chain);
+            }
+            _ => {}
+        }
+    }
+    ElemData::None
+}
+
+/// The generation in a `NFT_MSG_NEWGEN` answer.
+pub(crate) fn parse_generation(body: &[u8]) -> Option<u32> {
+    answer_attrs(body)
+        .find(|(t, _)| *t == NFTA_GEN_ID)
+        .and_then(|(_, p)| be32(p))
 }
 
 /// nft's set user data (`NFTNL_UDATA_SET_*` TLVs), so that `nft list` prints our sets
