@@ -9,14 +9,11 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use service_core::defaults;
-use service_core::model::{
-    AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IntOrString,
-    LoadBalancerIngress, LoadBalancerStatus, Protocol, Service, ServicePort, ServiceStatus,
-    ServiceType, SessionAffinity, TrafficPolicy,
-};
-use service_core::snapshot::{NodeInfo, Snapshot};
-use service_core::validation::validate_service;
+
+mod common;
+use common::generated::{node, objects, svc_strategy};
+use common::nft::canonical;
+use service_core::snapshot::Snapshot;
 use service_proxy::ProxyConfig;
 use service_proxy::iptables::{IptablesConfig, Renderer};
 
@@ -76,105 +73,6 @@ fn restore(tables: &mut Tables, input: &str) -> Result<(), String> {
     Ok(())
 }
 
-#[derive(Clone, Debug)]
-struct Svc {
-    kind: u8,
-    affinity: bool,
-    local: bool,
-    ranges: bool,
-    udp: bool,
-    endpoints: Vec<(u8, bool, bool)>,
-}
-
-fn objects(svcs: &[Option<Svc>]) -> (Vec<service_core::valid::ValidService>, Vec<EndpointSlice>) {
-    let mut services = Vec::new();
-    let mut slices = Vec::new();
-    for (i, s) in svcs.iter().enumerate() {
-        let Some(s) = s else { continue };
-        let mut svc = Service::new("ns", &format!("s{i}"));
-        svc.spec.cluster_ip = Some(format!("172.30.0.{}", i + 1));
-        let mut port = ServicePort::tcp("p", 80);
-        port.target_port = Some(IntOrString::Int(8080));
-        if s.udp {
-            port.protocol = Some(Protocol::Udp);
-        }
-        match s.kind % 3 {
-            1 => {
-                svc.spec.type_ = Some(ServiceType::NodePort);
-                port.node_port = Some(30000 + i as i32);
-            }
-            2 => {
-                svc.spec.type_ = Some(ServiceType::LoadBalancer);
-                port.node_port = Some(30000 + i as i32);
-                if s.ranges {
-                    svc.spec.load_balancer_source_ranges =
-                        vec!["203.0.113.0/25".into(), "192.168.0.0/24".into()];
-                }
-                let mut ing = LoadBalancerIngress::default();
-                ing.ip = Some(format!("198.51.100.{}", i + 1));
-                let mut lb = LoadBalancerStatus::default();
-                lb.ingress = vec![ing];
-                let mut status = ServiceStatus::default();
-                status.load_balancer = Some(lb);
-                svc.status = Some(status);
-                if s.local {
-                    svc.spec.external_traffic_policy = Some(TrafficPolicy::Local);
-                    svc.spec.health_check_node_port = Some(31000 + i as i32);
-                }
-            }
-            _ => {
-                if s.local {
-                    svc.spec.internal_traffic_policy = Some(TrafficPolicy::Local);
-                }
-            }
-        }
-        if s.affinity {
-            svc.spec.session_affinity = Some(SessionAffinity::ClientIp);
-        }
-        svc.spec.ports.push(port);
-        defaults::service(&mut svc);
-        services.push(validate_service(&svc).unwrap());
-        let mut slice = EndpointSlice::new(
-            "ns",
-            &format!("s{i}-x"),
-            &format!("s{i}"),
-            AddressType::Ipv4,
-        );
-        slice.ports = vec![EndpointPort::new(
-            "p",
-            8080,
-            if s.udp { Protocol::Udp } else { Protocol::Tcp },
-        )];
-        for &(host, ready, local) in &s.endpoints {
-            let mut ep = Endpoint::new(&format!("10.1.{i}.{host}"));
-            ep.conditions = Some(EndpointConditions::new(ready, true, !ready));
-            ep.node_name = Some(if local { "node-a" } else { "node-b" }.into());
-            slice.endpoints.push(ep);
-        }
-        slices.push(slice);
-    }
-    (services, slices)
-}
-
-fn svc_strategy() -> impl Strategy<Value = Svc> {
-    (
-        any::<u8>(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        any::<bool>(),
-        proptest::collection::btree_map(1u8..12, (any::<bool>(), any::<bool>()), 0..5),
-    )
-        .prop_map(|(kind, affinity, local, ranges, udp, eps)| Svc {
-            kind,
-            affinity,
-            local,
-            ranges,
-            udp,
-            endpoints: eps.into_iter().map(|(h, (r, l))| (h, r, l)).collect(),
-        })
-}
-
 fn config() -> IptablesConfig {
     let mut proxy = ProxyConfig::default();
     proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
@@ -182,10 +80,6 @@ fn config() -> IptablesConfig {
     // A low threshold so that sequences also cross into and out of large-cluster mode.
     c.large_cluster_threshold = 12;
     c
-}
-
-fn node() -> NodeInfo {
-    NodeInfo::new("node-a", vec!["192.168.0.2".parse().unwrap()])
 }
 
 proptest! {
@@ -243,236 +137,6 @@ proptest! {
     }
 }
 
-/// nf_tables modelled in memory, as strictly as the kernel: elements go into declared sets
-/// (a key already holding another value is refused), rules into existing chains, a chain
-/// or set is deleted only when nothing refers to it, and every jump, goto and verdict-map
-/// element must name an existing chain when the transaction commits.
-#[allow(unreachable_pub)]
-mod nft {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use service_proxy::nftables::{
-        Data, Element, FixedSet, Key, Op, Rule, SetDecl, Stmt, Transaction, Verdict,
-    };
-
-    #[derive(Clone, Debug, Default, PartialEq, Eq)]
-    pub struct Table {
-        pub chains: BTreeMap<String, Vec<Rule>>,
-        pub sets: BTreeMap<String, BTreeMap<Key, Option<Data>>>,
-    }
-
-    fn targets(rule: &Rule) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in &rule.stmts {
-            match s {
-                Stmt::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => out.push(c.to_string()),
-                Stmt::NumgenVmap(t) => out.extend(t.iter().map(|c| c.to_string())),
-                _ => {}
-            }
-        }
-        out
-    }
-
-    fn sets_used(rule: &Rule) -> Vec<String> {
-        let mut out = Vec::new();
-        for s in &rule.stmts {
-            match s {
-                Stmt::AddrInSet { set, .. } | Stmt::UpdateSaddr(set) => out.push(set.to_string()),
-                Stmt::VmapAddrProtoPort(m) | Stmt::VmapProtoPort(m) | Stmt::PairInSet(m) => {
-                    out.push(m.name().into_owned())
-                }
-                Stmt::DnatMap { shard, .. } => {
-                    out.push(FixedSet::Endpoints(*shard).name().into_owned())
-                }
-                _ => {}
-            }
-        }
-        out
-    }
-
-    impl Table {
-        pub fn apply(&mut self, tx: &Transaction) -> Result<(), String> {
-            let mut t = self.clone();
-            let mut ops: Vec<Op> = Vec::new();
-            for op in &tx.ops {
-                match op {
-                    Op::AddPort(p) => ops.extend(p.expand()),
-                    other => ops.push(other.clone()),
-                }
-            }
-            for op in ops {
-                match op {
-                    Op::AddTable => {}
-                    Op::DeleteTable => t = Self::default(),
-                    Op::AddSet(SetDecl::Fixed(s)) => {
-                        t.sets.entry(s.name().into_owned()).or_default();
-                    }
-                    Op::AddSet(SetDecl::Affinity(s)) => {
-                        t.sets.entry(s.name.to_string()).or_default();
-                    }
-                    Op::DeleteSet(name) => {
-                        if t.chains
-                            .values()
-                            .flatten()
-                            .any(|r| sets_used(r).contains(&name.to_string()))
-                        {
-                            return Err(format!("delete of set {name} in use"));
-                        }
-                        t.sets
-                            .remove(&*name)
-                            .ok_or_else(|| format!("delete of missing set {name}"))?;
-                    }
-                    Op::AddChain(c) => {
-                        t.chains.entry(c.name.to_string()).or_default();
-                    }
-                    Op::AddEndpoint(e) => {
-                        t.chains.entry(e.name.to_string()).or_default();
-                    }
-                    Op::AddRules(c) => t
-                        .chains
-                        .get_mut(&*c.name)
-                        .ok_or_else(|| format!("rules for missing chain {}", c.name))?
-                        .extend(c.rules.iter().cloned()),
-                    Op::AddEndpointRules(e) => t
-                        .chains
-                        .get_mut(&*e.name)
-                        .ok_or_else(|| format!("rules for missing chain {}", e.name))?
-                        .extend(e.rules()),
-                    Op::FlushChain(name) => t
-                        .chains
-                        .get_mut(&*name)
-                        .ok_or_else(|| format!("flush of missing chain {name}"))?
-                        .clear(),
-                    Op::DeleteChain(name) => {
-                        let rules = t
-                            .chains
-                            .get(&*name)
-                            .ok_or_else(|| format!("delete of missing chain {name}"))?;
-                        if !rules.is_empty() {
-                            return Err(format!("delete of non-empty chain {name}"));
-                        }
-                        let referenced = t.chains.values().flatten().any(|r| targets(r).contains(&name.to_string()))
-                            || t.sets.values().flat_map(|s| s.values()).any(|d| {
-                                matches!(d, Some(Data::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) if **c == *name)
-                            });
-                        if referenced {
-                            return Err(format!("delete of referenced chain {name}"));
-                        }
-                        t.chains.remove(&*name);
-                    }
-                    Op::AddElement(Element { set, key, data }) => {
-                        let s = t
-                            .sets
-                            .get_mut(&*set.name())
-                            .ok_or_else(|| format!("element for missing set {}", set.name()))?;
-                        match s.get(&key) {
-                            Some(d) if *d != data => {
-                                return Err(format!(
-                                    "{} {key}: exists with another value",
-                                    set.name()
-                                ));
-                            }
-                            _ => {
-                                s.insert(key, data);
-                            }
-                        }
-                    }
-                    Op::DeleteElement(Element { set, key, .. }) => {
-                        t.sets
-                            .get_mut(&*set.name())
-                            .ok_or_else(|| format!("element of missing set {}", set.name()))?
-                            .remove(&key)
-                            .ok_or_else(|| {
-                                format!("delete of missing element {} {key}", set.name())
-                            })?;
-                    }
-                    Op::AddPort(_) => unreachable!("expanded above"),
-                }
-            }
-            // Commit: every reference resolves.
-            for (c, rules) in &t.chains {
-                for r in rules {
-                    for target in targets(r) {
-                        if !t.chains.contains_key(&target) {
-                            return Err(format!("{c}: jump to missing chain {target}"));
-                        }
-                    }
-                    for set in sets_used(r) {
-                        if !t.sets.contains_key(&set) {
-                            return Err(format!("{c}: missing set {set}"));
-                        }
-                    }
-                }
-            }
-            for (name, s) in &t.sets {
-                for d in s.values() {
-                    if let Some(Data::Verdict(Verdict::Goto(c) | Verdict::Jump(c))) = d
-                        && !t.chains.contains_key(&**c)
-                    {
-                        return Err(format!("{name}: element to missing chain {c}"));
-                    }
-                }
-            }
-            *self = t;
-            Ok(())
-        }
-
-        /// What the table means, whatever indexes the endpoint maps use: `numgen` DNAT
-        /// statements resolved to their endpoints, the endpoint maps left out.
-        pub fn canonical(
-            &self,
-        ) -> (
-            BTreeMap<String, Vec<String>>,
-            BTreeMap<String, BTreeSet<String>>,
-        ) {
-            let chains = self
-                .chains
-                .iter()
-                .map(|(name, rules)| {
-                    let rules = rules
-                        .iter()
-                        .map(|r| {
-                            r.stmts
-                                .iter()
-                                .map(|s| match s {
-                                    Stmt::DnatMap {
-                                        shard,
-                                        offset,
-                                        count,
-                                    } => {
-                                        let map = &self.sets[&*FixedSet::Endpoints(*shard).name()];
-                                        let eps: Vec<String> = (0..*count)
-                                            .map(|i| {
-                                                format!("{:?}", map.get(&Key::Index(offset + i)))
-                                            })
-                                            .collect();
-                                        format!("dnat-one-of {eps:?}")
-                                    }
-                                    other => format!("{other:?}"),
-                                })
-                                .collect::<Vec<_>>()
-                                .join(" ")
-                        })
-                        .collect();
-                    (name.clone(), rules)
-                })
-                .collect();
-            let sets = self
-                .sets
-                .iter()
-                .filter(|(name, _)| !name.starts_with("service-endpoints-"))
-                .map(|(name, s)| {
-                    (
-                        name.clone(),
-                        s.iter().map(|(k, d)| format!("{k} {d:?}")).collect(),
-                    )
-                })
-                .collect();
-            (chains, sets)
-        }
-    }
-}
-
 fn nft_config() -> service_proxy::nftables::NftablesConfig {
     let mut proxy = ProxyConfig::default();
     proxy.cluster_cidrs = vec!["10.0.0.0/8".parse().unwrap()];
@@ -496,13 +160,13 @@ proptest! {
         ),
         full_compare in any::<bool>(),
     ) {
-        use service_proxy::nftables::{Op, Renderer as NftRenderer, Transaction};
+        use service_proxy::nftables::{Family, MemoryTable, Op, Renderer as NftRenderer, Transaction};
         let mut state = initial;
         let (services, slices) = objects(&state);
         let mut snap = Snapshot::build(node(), &services, &slices, &[]).unwrap();
         let renderer = NftRenderer::new(nft_config(), false);
         let mut rules = renderer.render(&snap);
-        let mut kernel = nft::Table::default();
+        let mut kernel = MemoryTable::new(Family::Ip);
         for tx in rules.create(5) {
             kernel.apply(&tx).map_err(|e| TestCaseError::fail(format!("cold start: {e}\n{tx}")))?;
         }
@@ -536,10 +200,10 @@ proptest! {
         }
         kernel.apply(&tx).map_err(|e| TestCaseError::fail(format!("stale chains: {e}\n{tx}")))?;
 
-        let mut fresh = nft::Table::default();
+        let mut fresh = MemoryTable::new(Family::Ip);
         for tx in NftRenderer::new(nft_config(), false).render(&snap).create(5) {
             fresh.apply(&tx).unwrap();
         }
-        prop_assert_eq!(kernel.canonical(), fresh.canonical());
+        prop_assert_eq!(canonical(&kernel), canonical(&fresh));
     }
 }

@@ -11,12 +11,15 @@
 //! - A [`Transaction`] prints as an `nft -f` script; [`wire`] encodes it as an nf_tables
 //!   netlink batch, which [`apply`] (feature `apply`) sends without the `nft` program.
 //! - [`Tracer`] answers where a packet goes by evaluating the model.
+//! - [`MemoryTable`] is an nf_tables table in memory, as strict as the kernel, for tests
+//!   and for running an [`NftProxier`] without root.
 //!
 //! # Departures from kube-proxy's layout
 //! Same packet behaviour, fewer kernel features: a firewall chain holds one
 //! `ip saddr RANGE return` rule per source range and a final `drop` (kube-proxy uses one
 //! rule with an anonymous interval set), and set elements carry no comments.
 
+mod memory;
 mod model;
 mod names;
 mod render;
@@ -31,6 +34,7 @@ pub mod apply;
 
 #[cfg(feature = "apply")]
 pub use apply::NftProxier;
+pub use memory::{MemoryChain, MemoryError, MemorySet, MemoryTable};
 pub use model::{
     AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, Element, EndpointChain, Family,
     FixedSet, Hook, Key, KeyShape, L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, TABLE, Verdict,

@@ -79,7 +79,7 @@ pub struct Repair {
     pub stale_chains: Vec<Name>,
 }
 
-fn data_of(data: Option<&Data>) -> ElemData {
+pub(crate) fn data_of(data: Option<&Data>) -> ElemData {
     match data {
         None => ElemData::None,
         Some(Data::Endpoint(a)) => ElemData::Value(wire::endpoint_bytes(a)),

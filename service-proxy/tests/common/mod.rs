@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod contract;
+pub mod generated;
+pub mod nft;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
