@@ -114,7 +114,11 @@ pub struct SyncReport {
     /// Endpoints that appeared or disappeared across the changed service ports.
     pub endpoints_changed: usize,
     /// Kernel objects that differed from what the proxier had installed (someone else
-    /// changed them) and were put back: chains, rules, set elements, the table.
+    /// changed them) and were put back. nftables: chains, sets and elements that differed
+    /// (a deleted table counts once), found by reading the table on every full sync.
+    /// IPVS: virtual servers, real servers and addresses, found by a full sync's read.
+    /// iptables: 1 when the canary chain was gone (the tables were flushed), 1 when a
+    /// partial restore was refused and redone in full (the rules were not as left).
     pub repaired: usize,
     /// Stale conntrack entries deleted.
     pub conntrack_deleted: usize,

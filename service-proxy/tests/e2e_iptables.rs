@@ -181,6 +181,7 @@ fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
     ));
     let report = proxier.sync_to(&next).expect("resync");
     assert_eq!(report.kind, SyncKind::Full);
+    assert_eq!(report.repaired, 1, "the flush is reported: {report}");
     assert_eq!(
         check(&env, &trace, From::ClientPod, "10.96.0.10:80", 30),
         names(&["web-0", "web-1"])

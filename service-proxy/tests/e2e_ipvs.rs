@@ -381,6 +381,10 @@ fn ipvs_in_uml() {
         report.ipvs().unwrap().read_all && report.ipvs().unwrap().changes == 1,
         "{report:?}"
     );
+    assert_eq!(
+        report.repaired, 1,
+        "the deleted real server is reported: {report}"
+    );
     assert!(in_set(), "the ipset entry is back");
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     passed("resync");

@@ -72,6 +72,7 @@ fn missing_canary_forces_a_full_sync() {
     let r = p.sync_to(&snap).unwrap();
     assert_eq!(r.kind, SyncKind::Full);
     assert!(r.wrote);
+    assert_eq!(r.repaired, 1, "the flush is reported: {r}");
 }
 
 #[test]
@@ -94,6 +95,7 @@ fn failed_partial_restore_is_redone_in_full() {
     let r = p.sync_to(&next).unwrap();
     assert!(matches!(r.detail, BackendReport::Iptables(d) if d.recovered));
     assert_eq!(r.kind, SyncKind::Full);
+    assert_eq!(r.repaired, 1, "{r}");
     let restores = &p.applier_mut().runner().restores;
     assert_eq!(restores.len(), 3);
     assert!(restores[2].starts_with("*mangle"));

@@ -646,7 +646,10 @@ impl<R: Runner> Proxier for IptablesProxier<R> {
         if request.full {
             self.engine.force_full();
         }
-        if self.engine.last().is_some() && !self.applier.canary_present().map_err(error)? {
+        // Someone flushed our tables (firewalld, an administrator): the full sync repairs it.
+        let flushed =
+            self.engine.last().is_some() && !self.applier.canary_present().map_err(error)?;
+        if flushed {
             self.engine.force_full();
         }
         let plan = self.engine.plan(snapshot, request.changed);
@@ -687,6 +690,7 @@ impl<R: Runner> Proxier for IptablesProxier<R> {
             .flatten();
         let mut report = SyncReport::new(kind, BackendReport::Iptables(detail));
         report.wrote = wrote;
+        report.repaired = usize::from(flushed) + usize::from(detail.recovered);
         report.service_ports_changed = match kind {
             SyncKind::Full => snapshot.ports.len(),
             _ => plan.changed.len(),

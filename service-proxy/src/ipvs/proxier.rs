@@ -223,9 +223,18 @@ impl<R: Runner> IpvsProxier<R> {
             virtual_servers: plan.services.len(),
             ..IpvsReport::default()
         };
+        // A full read after a sync that succeeded: what differs from that sync's plan was
+        // changed by someone else, and is counted as repaired.
+        let before = match (&self.known, &self.last) {
+            (None, Some(last)) => Some(IpvsPlan::build(&self.config, last, self.ipv6)),
+            _ => None,
+        };
         // Addresses first, so that the virtual servers are reachable as soon as they exist.
         let index = self.rtnl.ensure_dummy(DUMMY_DEVICE)?;
         let bound = self.rtnl.addresses(index, self.ipv6)?;
+        if let Some(before) = &before {
+            outer.repaired += before.addresses.difference(&bound).count();
+        }
         for ip in plan.addresses.difference(&bound) {
             if self.rtnl.add_address(index, *ip)? {
                 report.bound += 1;
@@ -266,6 +275,13 @@ impl<R: Runner> IpvsProxier<R> {
             Some(known) => refresh(&mut self.ipvs, &plan, known, keep)?,
             None => self.ipvs.state(keep)?,
         };
+        if let Some(before) = &before {
+            // Draining real servers whose connections ended are deleted, not repaired.
+            outer.repaired += diff(before, &state)
+                .iter()
+                .filter(|c| !matches!(c, IpvsChange::DeleteDest(_, rs) if rs.weight == 0))
+                .count();
+        }
         let changes = diff(&plan, &state);
         let mut failed = Vec::new();
         for change in &changes {
