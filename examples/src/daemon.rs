@@ -4,17 +4,22 @@
 //! # How files are followed
 //! The files' directories are watched with inotify (the `notify` crate), so an edit in
 //! place, an atomic replace (write a temporary file, rename it over) and a delete followed
-//! by a re-create are all seen. SIGHUP re-reads every file. `-` (standard input) is read
-//! once, at start.
+//! by a re-create are all seen. A file is read once it has been quiet for [`SETTLE`]
+//! (50 ms), so that a writer's successive writes are read as one change. SIGHUP re-reads
+//! every file. `-` (standard input) is read once, at start. Writing the new content to a
+//! temporary file and renaming it over the old one is the safe way to change a file.
 //!
 //! # What is never applied
 //! A read never replaces good state with a broken one; the file keeps its previous objects
 //! and the problem is logged, until a later read succeeds:
 //! - a file that cannot be read, or does not parse, or holds an invalid object;
-//! - a file of zero bytes: that is what a writer truncating it to rewrite it leaves, so it
-//!   is taken as "being written", not as "no objects";
+//! - a file of zero bytes or only white space: that is what a writer truncating it to
+//!   rewrite it leaves, so it is taken as "being written", not as "no objects";
 //! - a file whose size or modification time changed while it was read (a writer is at
-//!   work): it is read again 100 ms later;
+//!   work).
+//!
+//! A file being written (empty, or changing while read) is read again every 100 ms; after
+//! two seconds of that the daemon logs an error and waits for the file's next change.
 //! - objects defined twice (in one file or two).
 //!
 //! A file that parses to no objects but is not empty (`---`, or a `kind: List` with no
@@ -69,6 +74,110 @@ impl Wake {
     }
 }
 
+/// One daemon per network namespace and IP family: an exclusive `flock` on
+/// `RUN_DIR/PROGRAM-FAMILY-netINODE.lock` (the inode names the network namespace, so
+/// daemons of other namespaces do not conflict). The kernel drops the lock when the process
+/// ends, however it ends; the file holds the holder's pid for the error message.
+#[derive(Debug)]
+pub struct NodeLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+    path: PathBuf,
+}
+
+/// Why the lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another daemon holds it.
+    #[error(
+        "another {program} (pid {pid}) already runs for {family} in this network namespace: it holds {path}; stop it first"
+    )]
+    Held {
+        /// The program.
+        program: String,
+        /// The family.
+        family: &'static str,
+        /// The holder's pid, as it wrote it (`unknown` when unreadable).
+        pid: String,
+        /// The lock file.
+        path: String,
+    },
+    /// The run directory or the lock file could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl NodeLock {
+    /// The lock file's path for `program` and `family` in this network namespace.
+    ///
+    /// # Errors
+    /// The namespace cannot be identified (`/proc/self/ns/net`).
+    pub fn path(run_dir: &Path, program: &str, family: &str) -> Result<PathBuf, LockError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let ns = "/proc/self/ns/net";
+        let inode = std::fs::metadata(ns)
+            .map_err(|source| LockError::Io {
+                path: ns.into(),
+                source,
+            })?
+            .ino();
+        Ok(run_dir.join(format!("{program}-{family}-net{inode}.lock")))
+    }
+
+    /// Takes the lock, creating the run directory if needed.
+    ///
+    /// # Errors
+    /// Another daemon holds it ([`LockError::Held`]), or the file cannot be created.
+    pub fn acquire(run_dir: &Path, program: &str, family: &'static str) -> Result<Self, LockError> {
+        use nix::fcntl::{Flock, FlockArg};
+        use std::io::{Seek as _, Write as _};
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| LockError::Io { path, source }
+        };
+        std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+        let path = Self::path(run_dir, program, family)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => l,
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(LockError::Held {
+                    program: program.into(),
+                    family,
+                    pid,
+                    path: path.display().to_string(),
+                });
+            }
+            Err((_, e)) => return Err(io(&path)(e.into())),
+        };
+        lock.set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| writeln!(lock, "{}", std::process::id()))
+            .map_err(io(&path))?;
+        Ok(Self { _lock: lock, path })
+    }
+
+    /// The lock file.
+    pub fn file(&self) -> &Path {
+        &self.path
+    }
+}
+
 /// The signals a daemon acts on: SIGTERM and SIGINT stop it, SIGHUP reloads.
 #[derive(Clone, Debug)]
 pub struct Signals {
@@ -117,6 +226,13 @@ struct Objects {
     pods: Vec<Pod>,
 }
 
+/// How long a file must be quiet after a change before it is read.
+pub const SETTLE: Duration = Duration::from_millis(50);
+
+/// How often a file being written is read again, and how many times.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
+const BUSY_RETRIES: u32 = 20;
+
 /// One input file and what it last held.
 #[derive(Debug)]
 struct Input {
@@ -124,6 +240,8 @@ struct Input {
     /// `None` for standard input.
     path: Option<PathBuf>,
     good: Vec<Located<Object>>,
+    /// Reads in a row that found the file being written.
+    busy: u32,
 }
 
 /// Why a file's new content is not used.
@@ -141,7 +259,7 @@ fn read_stable(path: &Path) -> Result<String, Refused> {
     if before.modified().ok() != after.modified().ok() || after.len() != text.len() as u64 {
         return Err(Refused::Busy("it changed while being read".into()));
     }
-    if text.is_empty() {
+    if text.trim().is_empty() {
         return Err(Refused::Busy(
             "it is empty (a writer may be rewriting it); write `---` to mean no objects".into(),
         ));
@@ -167,9 +285,11 @@ fn load_text(name: &str, text: &str) -> Result<Vec<Located<Object>>, String> {
 pub struct FileSource {
     inputs: Vec<Input>,
     objects: Objects,
-    changed: Arc<AtomicBool>,
+    /// When the watcher last saw one of the files change (cleared once read).
+    changed: Arc<Mutex<Option<Instant>>>,
     reload: Arc<AtomicBool>,
-    wake: Wake,
+    /// When to read again files that were being written.
+    retry_at: Option<Instant>,
     controller: ControllerConfig,
     _watcher: Option<notify::RecommendedWatcher>,
     pending: Vec<TimedEvent>,
@@ -310,6 +430,7 @@ impl FileSource {
                     name: name.clone(),
                     path,
                     good,
+                    busy: 0,
                 }),
                 Err(e) => problems.push(e),
             }
@@ -318,7 +439,7 @@ impl FileSource {
             return Err(problems.join("\n"));
         }
         let objects = combine(&inputs, controller)?;
-        let changed = Arc::new(AtomicBool::new(false));
+        let changed = Arc::new(Mutex::new(None));
         let watcher = watch(&inputs, &changed, wake);
         let pending = diff(&Objects::default(), &objects, SystemTime::now());
         Ok(Self {
@@ -326,11 +447,22 @@ impl FileSource {
             objects,
             changed,
             reload,
-            wake: wake.clone(),
+            retry_at: None,
             controller,
             _watcher: watcher,
             pending,
         })
+    }
+
+    /// When [`Source::poll_events`] has work to do next (a file to read once it is quiet,
+    /// or again because it was being written); `None` when only a file change or a signal
+    /// can bring work. The daemon's loop sleeps until then at most.
+    pub fn next_poll(&self) -> Option<Instant> {
+        let settled = lock(&self.changed).map(|t| t + SETTLE);
+        match (settled, self.retry_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The Pods of the files as last read.
@@ -339,19 +471,35 @@ impl FileSource {
     }
 
     /// Re-reads the files (standard input excepted) and returns the events.
-    fn reload(&mut self) -> Vec<TimedEvent> {
+    fn reload(&mut self, now: Instant) -> Vec<TimedEvent> {
         let mut retry = false;
         let mut refused = false;
         for input in &mut self.inputs {
             let Some(path) = &input.path else { continue };
             let text = match read_stable(path) {
-                Ok(t) => t,
+                Ok(t) => {
+                    input.busy = 0;
+                    t
+                }
                 Err(Refused::Busy(why)) => {
-                    tracing::warn!("{}: {why}; reading it again shortly", input.name);
-                    retry = true;
+                    input.busy += 1;
+                    if input.busy == 1 {
+                        tracing::warn!("{}: {why}; reading it again shortly", input.name);
+                        retry = true;
+                    } else if input.busy < BUSY_RETRIES {
+                        retry = true;
+                    } else {
+                        tracing::error!(
+                            "{}: {why}, for {:?} now: keeping its previous objects until it changes",
+                            input.name,
+                            BUSY_RETRY * BUSY_RETRIES
+                        );
+                        input.busy = 0;
+                    }
                     continue;
                 }
                 Err(Refused::Bad(why)) => {
+                    input.busy = 0;
                     tracing::error!(
                         "reload failed: {}: {why}; keeping its previous objects",
                         input.name
@@ -371,14 +519,7 @@ impl FileSource {
                 }
             }
         }
-        if retry {
-            let (changed, wake) = (self.changed.clone(), self.wake.clone());
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
-                changed.store(true, Ordering::SeqCst);
-                wake.notify();
-            });
-        }
+        self.retry_at = retry.then(|| now + BUSY_RETRY);
         match combine(&self.inputs, self.controller) {
             Ok(next) => {
                 let events = diff(&self.objects, &next, SystemTime::now());
@@ -400,10 +541,14 @@ impl FileSource {
     }
 }
 
-/// Watches the files' directories; a change to one of the files raises `changed`.
+fn lock<T: Copy>(m: &Mutex<T>) -> T {
+    *m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Watches the files' directories; a change to one of the files sets `changed` to now.
 fn watch(
     inputs: &[Input],
-    changed: &Arc<AtomicBool>,
+    changed: &Arc<Mutex<Option<Instant>>>,
     wake: &Wake,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher as _};
@@ -423,13 +568,22 @@ fn watch(
     let watched = names;
     let mut watcher =
         match notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            use notify::EventKind;
+            use notify::event::{AccessKind, AccessMode};
             let ours = match &res {
+                // Our own reads show as opens and reads: not a change.
+                Ok(event)
+                    if matches!(event.kind, EventKind::Access(a)
+                        if a != AccessKind::Close(AccessMode::Write)) =>
+                {
+                    false
+                }
                 Ok(event) => event.paths.iter().any(|p| watched.contains(p)),
                 // Overflowed or failed: re-read to be sure.
                 Err(_) => true,
             };
             if ours {
-                flag.store(true, Ordering::SeqCst);
+                *flag.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
                 wake_.notify();
             }
         }) {
@@ -451,13 +605,174 @@ fn watch(
 }
 
 impl Source for FileSource {
+    /// The first events; then, once a changed file has been quiet for [`SETTLE`] (or on
+    /// SIGHUP, or when a file being written is due to be read again), the events that
+    /// turn the objects last read into the files' new ones.
     fn poll_events(&mut self) -> Result<Vec<TimedEvent>, SourceError> {
         let mut events = std::mem::take(&mut self.pending);
+        let now = Instant::now();
         let hup = self.reload.swap(false, Ordering::SeqCst);
-        let changed = self.changed.swap(false, Ordering::SeqCst);
-        if hup || changed {
-            events.extend(self.reload());
+        let settled = {
+            let mut changed = self.changed.lock().unwrap_or_else(|e| e.into_inner());
+            match *changed {
+                Some(t) if now >= t + SETTLE => {
+                    *changed = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        let retry = self.retry_at.is_some_and(|t| now >= t);
+        if hup || settled || retry {
+            events.extend(self.reload(now));
         }
         Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{port: 80}]
+";
+
+    struct Dir(PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(tag: &str) -> (Dir, PathBuf, FileSource, Wake) {
+        let dir = std::env::temp_dir().join(format!("filesource-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cluster.yaml");
+        std::fs::write(&file, WEB).unwrap();
+        let wake = Wake::default();
+        let mut source = FileSource::open(
+            &[file.display().to_string()],
+            ControllerConfig::default(),
+            &wake,
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap();
+        let first = source.poll_events().unwrap();
+        assert!(
+            matches!(&first[..], [e] if matches!(&e.event, Event::ServiceUpserted(s) if s.spec.cluster_ip.as_deref() == Some("10.96.0.10")))
+        );
+        (Dir(dir), file, source, wake)
+    }
+
+    /// Polls as the daemon does until events come or `within` passes.
+    fn events(source: &mut FileSource, wake: &Wake, within: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + within;
+        loop {
+            let out = source.poll_events().unwrap();
+            if !out.is_empty() || Instant::now() >= deadline {
+                return out.into_iter().map(|e| e.event).collect();
+            }
+            let next = source.next_poll().map_or(deadline, |t| t.min(deadline));
+            wake.wait_until(Some(next));
+        }
+    }
+
+    fn replace(path: &Path, text: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn an_atomic_replace_is_read_once_quiet() {
+        let (_dir, file, mut source, wake) = setup("replace");
+        replace(&file, &WEB.replace("port: 80", "port: 81"));
+        let ev = events(&mut source, &wake, Duration::from_secs(5));
+        assert!(
+            matches!(&ev[..], [Event::ServiceUpserted(s)] if s.spec.ports[0].port == 81),
+            "{ev:?}"
+        );
+        // Reading the file is not a change of it: nothing more to do, no wake-up due.
+        std::thread::sleep(SETTLE * 3);
+        assert_eq!(source.poll_events().unwrap(), vec![]);
+        assert_eq!(
+            source.next_poll(),
+            None,
+            "the daemon would read again and again"
+        );
+    }
+
+    #[test]
+    fn an_emptied_file_keeps_its_objects_until_it_has_content_again() {
+        let (_dir, file, mut source, wake) = setup("empty");
+        for empty in ["", "  \n\n"] {
+            std::fs::write(&file, empty).unwrap();
+            assert_eq!(
+                events(&mut source, &wake, Duration::from_millis(600)),
+                vec![],
+                "{empty:?}"
+            );
+            // Still retrying while the writer might be at work.
+            assert!(source.next_poll().is_some());
+        }
+        // After the retries, it waits for the next change without spinning.
+        assert_eq!(events(&mut source, &wake, Duration::from_secs(3)), vec![]);
+        assert_eq!(source.next_poll(), None);
+        // Content again: read at once.
+        std::fs::write(&file, WEB.replace("port: 80", "port: 82")).unwrap();
+        let ev = events(&mut source, &wake, Duration::from_secs(5));
+        assert!(
+            matches!(&ev[..], [Event::ServiceUpserted(s)] if s.spec.ports[0].port == 82),
+            "{ev:?}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_or_invalid_file_keeps_its_objects() {
+        let (_dir, file, mut source, wake) = setup("invalid");
+        for broken in [
+            // Cut in the middle of a mapping.
+            &WEB[..WEB.find("ports").unwrap() + 8],
+            // Parses, but the object is invalid.
+            &WEB.replace("10.96.0.10", "10.96.0.999"),
+            // Cut inside a flow sequence.
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: sh",
+        ] {
+            std::fs::write(&file, broken).unwrap();
+            assert_eq!(
+                events(&mut source, &wake, Duration::from_millis(500)),
+                vec![],
+                "{broken}"
+            );
+        }
+        // A file that is gone keeps its objects too, until it is back.
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(
+            events(&mut source, &wake, Duration::from_millis(500)),
+            vec![]
+        );
+        replace(&file, WEB);
+        assert_eq!(
+            events(&mut source, &wake, Duration::from_millis(800)),
+            vec![],
+            "back as it was: nothing changed"
+        );
+    }
+
+    #[test]
+    fn a_file_that_says_nothing_on_purpose_removes_its_objects() {
+        let (_dir, file, mut source, wake) = setup("nothing");
+        replace(&file, "---\n");
+        let ev = events(&mut source, &wake, Duration::from_secs(5));
+        assert!(
+            matches!(&ev[..], [Event::ServiceDeleted(k)] if k.to_string() == "shop/web"),
+            "{ev:?}"
+        );
     }
 }

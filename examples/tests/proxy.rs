@@ -5,125 +5,13 @@
 //!
 //! Needs root; skips with a message otherwise (fails instead with `SERVICE_E2E=require`).
 
-use std::io::Read as _;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use service_testkit::netns::{E2e, Netns, require};
 use service_testkit::uml;
 
-/// A copy of the demo manifests the test edits.
-struct Manifest(PathBuf);
-
-impl Manifest {
-    fn new(tag: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("proxy-{}-{tag}.yaml", std::process::id()));
-        std::fs::copy(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/demo.yaml"),
-            &path,
-        )
-        .unwrap();
-        Self(path)
-    }
-
-    fn path(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-
-    fn edit(&self, from: &str, to: &str) {
-        let text = std::fs::read_to_string(&self.0).unwrap();
-        assert!(text.contains(from), "{from}");
-        // A new modification time even within the same second as the last write.
-        std::thread::sleep(Duration::from_millis(20));
-        std::fs::write(&self.0, text.replace(from, to)).unwrap();
-    }
-}
-
-impl Drop for Manifest {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn spawn(ns: &Netns, backend: &str, file: &str) -> Child {
-    spawn_with(ns, backend, file, &[])
-}
-
-/// `proxy --cleanup` in the namespace; returns its log.
-fn cleanup(ns: &Netns, backend: &str, extra: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
-        .args(["--backend", backend, "--cleanup"])
-        .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
-        .args(extra)
-        .output()
-        .expect("run proxy --cleanup");
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "proxy --cleanup failed:\n{log}");
-    log
-}
-
-fn spawn_with(ns: &Netns, backend: &str, file: &str, extra: &[&str]) -> Child {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
-        .args([
-            "--backend",
-            backend,
-            "--apply",
-            "--min-sync-period",
-            "100ms",
-        ])
-        .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
-        .args(extra)
-        .args(["--cluster-cidr", "10.244.0.0/16", file])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn proxy")
-}
-
-/// Waits until `state()` satisfies `ok`, or fails with the last state.
-fn eventually(what: &str, state: impl Fn() -> String, ok: impl Fn(&str) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let s = state();
-        if ok(&s) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}:\n{s}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Stops the proxy with SIGTERM; returns its exit status and log.
-fn terminate(mut child: Child) -> (bool, String) {
-    let pid = child.id().to_string();
-    // `ip netns exec` runs the proxy in place (exec), so the pid is the proxy's.
-    Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .expect("kill");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the proxy did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut log = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut log);
-    }
-    (status.success(), log)
-}
+mod common;
+use common::{Manifest, cleanup, eventually, spawn, spawn_with, terminate};
 
 fn run_daemon(backend: &str, state: impl Fn(&Netns) -> String, web: &str, moved: &str) {
     let ns = Netns::new("proxyd");

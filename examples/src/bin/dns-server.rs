@@ -143,7 +143,7 @@ fn main() -> ExitCode {
         zone.len()
     );
     while !signals.stop.load(Ordering::SeqCst) {
-        wake.wait_until(None);
+        wake.wait_until(source.next_poll());
         let hup = signals.reload.load(Ordering::SeqCst);
         let started = Instant::now();
         let any = drain(&mut source, &mut tracker);

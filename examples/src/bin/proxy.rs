@@ -9,7 +9,9 @@
 //! standard output. SIGTERM or SIGINT stops the daemon and leaves the rules in place, as
 //! kube-proxy does (a restart picks them up without a gap); `--cleanup` removes them and
 //! exits. SIGHUP re-reads the files. One IP family per process: the family of the first
-//! `--node-ip` (or `--ip-family`).
+//! `--node-ip` (or `--ip-family`). With `--apply` (and `--cleanup`) the daemon holds a
+//! lock in `--run-dir`: a second daemon for the same family in the same network namespace
+//! (or a cleanup while one runs) stops with an error naming the holder.
 
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -21,7 +23,7 @@ use service_core::controller::ControllerConfig;
 use service_core::model::IpFamily;
 use service_core::tracker::{ChangeTracker, Source as _};
 use service_examples::backend::{self, BackendChoice, FlavorArg, IpvsArgs};
-use service_examples::daemon::{FileSource, Signals, Wake};
+use service_examples::daemon::{FileSource, NodeLock, Signals, Wake};
 use service_examples::{BackendArg, EXIT_INVALID, IpFamilyArg, LogArgs, NodeArgs, init_logging};
 use service_proxy::{Engine, EngineSync, Proxier, SchedulerConfig};
 
@@ -44,6 +46,10 @@ struct Args {
     /// Minimum time between two syncs (kube-proxy's --min-sync-period).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     min_sync_period: Duration,
+    /// Where the lock file lives: one daemon (or `--cleanup`) per network namespace and IP
+    /// family at a time, with `--apply`.
+    #[arg(long, default_value = "/run/service-proxy")]
+    run_dir: std::path::PathBuf,
     /// Full resync interval (kube-proxy's --sync-period).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     sync_period: Duration,
@@ -94,6 +100,27 @@ fn main() -> ExitCode {
         IpFamily::Ipv6
     } else {
         IpFamily::Ipv4
+    };
+    // Two daemons on one node would delete each other's rules; so would a cleanup under a
+    // running daemon.
+    let _lock = if args.apply || args.cleanup {
+        let family_name = if family == IpFamily::Ipv6 {
+            "ipv6"
+        } else {
+            "ipv4"
+        };
+        match NodeLock::acquire(&args.run_dir, "proxy", family_name) {
+            Ok(lock) => {
+                tracing::debug!("holding {}", lock.file().display());
+                Some(lock)
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
     let choice = BackendChoice {
         backend: args.backend,
@@ -170,7 +197,11 @@ fn main() -> ExitCode {
             syncs += 1;
             log_sync(syncs, &sync);
         }
-        wake.wait_until(engine.poll_timeout());
+        let next = match (engine.poll_timeout(), source.next_poll()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wake.wait_until(next);
     }
     tracing::info!("stopped: the rules stay in place (`proxy --cleanup` removes them)");
     ExitCode::SUCCESS
