@@ -381,6 +381,11 @@ impl Store for EtcdStore {
             }
         }
     }
+
+    /// Sleeps: replicas that lost a compare-and-swap race spread out.
+    fn pause(&self, delay: Duration) {
+        std::thread::sleep(delay);
+    }
 }
 
 #[cfg(test)]

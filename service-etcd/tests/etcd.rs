@@ -4,12 +4,12 @@
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use service_core::model::{Service, ServicePort, ServiceType};
 use service_core::random::{Random, SeededRandom};
 use service_core::registry::{
-    Precondition, Registry, RegistryConfig, Store, StoreError, Versioned,
+    DEFAULT_LEAK_GRACE, Precondition, Registry, RegistryConfig, Store, StoreError, Versioned,
 };
 use service_etcd::{ConnectError, EtcdAuth, EtcdOptions, EtcdStore, EtcdTls};
 use service_testkit::etcd::EtcdServer;
@@ -342,8 +342,9 @@ fn a_replica_dropped_mid_transaction_leaks_and_repair_frees_it() {
     let (ips, ports) = healthy.allocations().unwrap();
     assert_eq!((ips[0].used(), ports.used()), (2, 2));
     let mut freed = 0;
-    for _ in 0..3 {
-        let report = healthy.repair().unwrap();
+    let t0 = Instant::now();
+    for at in [t0, t0 + DEFAULT_LEAK_GRACE / 2, t0 + DEFAULT_LEAK_GRACE] {
+        let report = healthy.repair(at).unwrap();
         assert_eq!(
             report.count("ClusterIPAlreadyAllocated") + report.count("PortAlreadyAllocated"),
             0
@@ -421,9 +422,11 @@ fn etcd_restarts_lose_nothing_acknowledged() {
     for name in &deleted {
         assert!(!stored.contains(name), "deleted Service {name} is back");
     }
-    // Writes whose answers were lost may have leaked values; three passes free them.
-    for _ in 0..3 {
-        let report = r.repair().unwrap();
+    // Writes whose answers were lost may have leaked values; repair frees them once the
+    // grace period has passed.
+    let t0 = Instant::now();
+    for at in [t0, t0 + DEFAULT_LEAK_GRACE] {
+        let report = r.repair(at).unwrap();
         assert_eq!(
             report.count("ClusterIPAlreadyAllocated") + report.count("PortAlreadyAllocated"),
             0,
@@ -431,4 +434,111 @@ fn etcd_restarts_lose_nothing_acknowledged() {
         );
     }
     assert_consistent(&r);
+}
+
+/// Two replicas, one behind a network that delays answers and cuts connections before
+/// they arrive (the write happened, the replica does not know), the other running repair
+/// every 100 ms with a short grace period: no value is ever held by two Services or free
+/// while held, and once the network heals, one grace period later the bitmaps hold exactly
+/// what the Services hold.
+#[test]
+fn a_bad_network_never_hands_out_a_value_twice() {
+    use service_testkit::fault_proxy::{FaultProxy, Faults};
+    let Some(server) = etcd_or_skip("a_bad_network_never_hands_out_a_value_twice") else {
+        return;
+    };
+    let grace = Duration::from_secs(3);
+    let cfg = config("10.0.0.0/27", "30000-30029").with_leak_grace(grace);
+    let upstream = server
+        .endpoint()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let proxy = FaultProxy::start(upstream, 7).unwrap();
+    let mut options = EtcdOptions::default();
+    // Answers are late by up to 60 ms; a request gives up after 55 ms, so some do.
+    options.request_timeout = Duration::from_millis(55);
+    let flaky = EtcdStore::connect(&[format!("http://{}", proxy.addr())], options).unwrap();
+    let mut r = Registry::new(cfg.clone(), flaky, SeededRandom::new(1)).unwrap();
+    let checker = Registry::new(
+        cfg.clone(),
+        connect(&server, Duration::from_secs(5)),
+        SeededRandom::new(2),
+    )
+    .unwrap();
+    proxy.set(Faults {
+        drop: 0.03,
+        delay: Duration::from_millis(60),
+    });
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let repairer = {
+        let (cfg, stop, store) = (
+            cfg.clone(),
+            stop.clone(),
+            connect(&server, Duration::from_secs(5)),
+        );
+        std::thread::spawn(move || {
+            let mut r = Registry::new(cfg, store, SeededRandom::new(3)).unwrap();
+            let mut freed = 0;
+            while !stop.load(Ordering::SeqCst) {
+                freed += r.repair(Instant::now()).expect("repair").freed;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            freed
+        })
+    };
+    let mut rng = SeededRandom::new(4);
+    let (mut created, mut failed) = (0, 0);
+    for i in 0..120 {
+        let existing = checker.list().unwrap();
+        let outcome = if existing.len() > 8 && rng.below(3) == 0 {
+            let s = &existing[rng.below(existing.len())];
+            r.delete("default", s.metadata.name()).map(|_| ())
+        } else {
+            r.create(node_port_service(&format!("s{i}"))).map(|_| ())
+        };
+        match outcome {
+            Ok(()) => created += 1,
+            Err(_) => failed += 1,
+        }
+        // Held twice, or held and free: both would hand a value out twice.
+        let services = checker.list().unwrap();
+        let (ips, ports) = checker.allocations().unwrap();
+        let mut seen_ips = HashSet::new();
+        let mut seen_ports = HashSet::new();
+        for s in &services {
+            let ip: std::net::IpAddr = s.spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+            let port = u16::try_from(node_port(s)).unwrap();
+            assert!(seen_ips.insert(ip), "{ip} held twice");
+            assert!(seen_ports.insert(port), "{port} held twice");
+            assert!(ips[0].has(ip), "{ip} of {} is free", s.metadata.name());
+            assert!(ports.has(port), "{port} of {} is free", s.metadata.name());
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    let freed_meanwhile = repairer.join().unwrap();
+    assert!(
+        proxy.dropped() > 5 && proxy.delayed() > 50 && failed > 10 && created > 30,
+        "the faults must bite: {} dropped, {} delayed, {failed} calls failed, {created} succeeded",
+        proxy.dropped(),
+        proxy.delayed()
+    );
+    // The network heals: the leaks go after one grace period.
+    let mut healed = Registry::new(
+        cfg,
+        connect(&server, Duration::from_secs(5)),
+        SeededRandom::new(5),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    healed.repair(t0).unwrap();
+    let report = healed.repair(t0 + grace).unwrap();
+    let total = assert_consistent(&healed);
+    eprintln!(
+        "{created} calls succeeded, {failed} failed ({} answers dropped, {} delayed); repair freed {freed_meanwhile} leaks meanwhile and {} at the end; {total} Services",
+        proxy.dropped(),
+        proxy.delayed(),
+        report.freed
+    );
 }

@@ -5,6 +5,7 @@
 
 pub mod etcd;
 pub mod fake;
+pub mod fault_proxy;
 pub mod fixtures;
 pub mod netns;
 pub mod pki;

@@ -18,13 +18,19 @@
 //!   an update releases what the Service no longer uses only after the Service is written.
 //!   A process that dies between the two, or a Service write whose outcome is unknown (the
 //!   store failed after the request was sent), leaks instead: never double-allocates.
-//!   [`Registry::repair`] frees leaks after three consecutive passes that find them unused.
+//!   [`Registry::repair`] frees a leak once it has found it unused for a grace period of
+//!   time ([`RegistryConfig::with_leak_grace`], three minutes by default), however many
+//!   passes ran meanwhile: a Service write still in flight keeps its values.
+//! - A compare-and-swap that loses a race is retried after a pause that grows
+//!   exponentially, with jitter ([`Retry`]); after the last attempt the call fails with
+//!   [`Reason::ServerTimeout`] ("try again"), never with a half-done change.
 //! - Errors are the API's: 422 `Invalid` with field errors (explicit values that cannot be
 //!   allocated, validation), 500 `InternalError` (`failed to allocate a serviceIP: range is
 //!   full`), 404, 409.
 //!
 //! The registry does no IO of its own and keeps no clock: `creationTimestamp` is left to
-//! the caller. Randomness (allocation, `uid`, `generateName`) comes from the generator it
+//! the caller, repair is given the time, and pauses are the store's
+//! ([`Store::pause`]). Randomness (allocation, `uid`, `generateName`) comes from the generator it
 //! is given.
 
 mod fields;
@@ -37,6 +43,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::random::{Random, SeededRandom};
 use ipnet::IpNet;
@@ -66,7 +73,66 @@ pub struct RegistryConfig {
     service_cidrs: Vec<IpNet>,
     node_ports: PortRange,
     prefix: String,
+    leak_grace: Duration,
+    retry: Retry,
 }
+
+/// How a compare-and-swap that lost a race is retried: up to `attempts` tries, pausing
+/// between them for a delay that starts at `initial` and doubles up to `max`, each drawn
+/// uniformly from its upper half (jitter, so that contending replicas spread out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retry {
+    /// Tries in all (at least one).
+    pub attempts: u32,
+    /// The first pause.
+    pub initial: Duration,
+    /// The longest pause.
+    pub max: Duration,
+}
+
+impl Default for Retry {
+    /// 32 attempts, pauses from 1 ms up to 500 ms (about 10 s in all at worst).
+    fn default() -> Self {
+        Self {
+            attempts: 32,
+            initial: Duration::from_millis(1),
+            max: Duration::from_millis(500),
+        }
+    }
+}
+
+impl Retry {
+    /// A policy.
+    pub fn new(attempts: u32, initial: Duration, max: Duration) -> Self {
+        Self {
+            attempts: attempts.max(1),
+            initial,
+            max,
+        }
+    }
+
+    /// The pause after the `attempt`-th lost race (0-based), jittered by `rng`.
+    fn pause(&self, attempt: u32, rng: &mut impl Random) -> Duration {
+        let full = self
+            .initial
+            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+            .min(self.max);
+        let half = full / 2;
+        let span = u64::try_from((full - half).as_micros()).unwrap_or(u64::MAX);
+        let extra = if span == 0 {
+            0
+        } else {
+            rng.below(usize::try_from(span.saturating_add(1)).unwrap_or(usize::MAX)) as u64
+        };
+        half + Duration::from_micros(extra)
+    }
+}
+
+/// The API server's repair interval, and the default grace period before repair frees a
+/// value it found unused (`pkg/registry/core/service/ipallocator/controller/repair.go`
+/// runs every 3 minutes).
+pub const DEFAULT_LEAK_GRACE: Duration = Duration::from_secs(180);
 
 /// A configuration the API server would refuse to start with.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -114,7 +180,36 @@ impl RegistryConfig {
             service_cidrs: service_cidrs.iter().map(IpNet::trunc).collect(),
             node_ports,
             prefix: DEFAULT_PREFIX.into(),
+            leak_grace: DEFAULT_LEAK_GRACE,
+            retry: Retry::default(),
         })
+    }
+
+    /// How long repair waits, from the first pass that finds an allocated value unused by
+    /// any Service, before freeing it ([`DEFAULT_LEAK_GRACE`] unless told). It must exceed
+    /// the longest a Service write can take, or a value could be freed under a write still
+    /// in flight.
+    #[must_use]
+    pub fn with_leak_grace(mut self, grace: Duration) -> Self {
+        self.leak_grace = grace;
+        self
+    }
+
+    /// The grace period before a leak is freed.
+    pub fn leak_grace(&self) -> Duration {
+        self.leak_grace
+    }
+
+    /// How lost compare-and-swap races are retried ([`Retry::default`] unless told).
+    #[must_use]
+    pub fn with_retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> Retry {
+        self.retry
     }
 
     /// Keys under `prefix` instead of [`DEFAULT_PREFIX`].
@@ -186,6 +281,9 @@ pub enum Reason {
     NotFound,
     /// 500: dynamic allocation failed (`range is full`) or the store failed.
     InternalError,
+    /// 500: the allocator state kept changing under the call (other replicas won every
+    /// compare-and-swap); nothing was changed, the client should try again.
+    ServerTimeout,
 }
 
 /// A failed API call: status code, reason and the API server's message.
@@ -238,6 +336,26 @@ impl ApiError {
             reason: Reason::AlreadyExists,
             message: format!("services {name:?} already exists"),
             causes: Vec::new(),
+        }
+    }
+
+    fn server_timeout(resource: &str) -> Self {
+        Self {
+            code: 500,
+            reason: Reason::ServerTimeout,
+            message: format!(
+                "The operation could not be completed at this time: too many concurrent updates of {resource}; please try again"
+            ),
+            causes: Vec::new(),
+        }
+    }
+
+    /// The API error for an allocator operation's failure: contention is
+    /// [`Reason::ServerTimeout`], anything else is worded by `otherwise`.
+    fn from_op(e: OpError, otherwise: impl FnOnce(OpError) -> Self) -> Self {
+        match e {
+            OpError::Contention(resource) => Self::server_timeout(resource),
+            e => otherwise(e),
         }
     }
 
@@ -312,18 +430,21 @@ struct Cached<A> {
     version: Option<u64>,
 }
 
-/// Compare-and-swap attempts before giving up on a contended key.
-const MAX_ATTEMPTS: usize = 1000;
-
 /// Runs `f` on the current state of the allocator and writes the result back with
-/// compare-and-swap, retrying on conflict (`GuaranteedUpdate`). `f` returns its value and
-/// whether it changed the allocator; it must not change it when it fails.
-fn guaranteed_update<A: Ranged, T>(
+/// compare-and-swap, retrying on conflict (`GuaranteedUpdate`) as `retry` says, with the
+/// store pausing between attempts. `f` returns its value and whether it changed the
+/// allocator; it must not change it when it fails.
+fn guaranteed_update<A: Ranged, T, R: Random>(
     store: &impl Store,
     cached: &mut Cached<A>,
-    mut f: impl FnMut(&mut A) -> Result<(T, bool), AllocError>,
+    retry: Retry,
+    rng: &mut R,
+    mut f: impl FnMut(&mut A, &mut R) -> Result<(T, bool), AllocError>,
 ) -> Result<T, OpError> {
-    for _ in 0..MAX_ATTEMPTS {
+    for attempt in 0..retry.attempts {
+        if attempt > 0 {
+            store.pause(retry.pause(attempt - 1, rng));
+        }
         let current = store
             .get(&cached.key)?
             .ok_or(OpError::NotInitialized(A::RESOURCE))?;
@@ -336,7 +457,7 @@ fn guaranteed_update<A: Ranged, T>(
                 .map_err(|e| OpError::Stored(A::RESOURCE, e))?;
             cached.version = Some(current.version);
         }
-        let (value, changed) = f(&mut cached.alloc).map_err(OpError::Alloc)?;
+        let (value, changed) = f(&mut cached.alloc, rng).map_err(OpError::Alloc)?;
         if !changed {
             return Ok(value);
         }
@@ -375,8 +496,9 @@ pub struct Registry<S, R = SeededRandom> {
     rng: R,
     ips: Vec<Cached<IpAllocator>>,
     ports: Cached<PortAllocator>,
-    ip_leaks: HashMap<IpAddr, u8>,
-    port_leaks: HashMap<u16, u8>,
+    /// Allocated values repair found unused, and when it first did.
+    ip_leaks: HashMap<IpAddr, Instant>,
+    port_leaks: HashMap<u16, Instant>,
 }
 
 fn node_port(p: &crate::model::ServicePort) -> i32 {
@@ -566,27 +688,47 @@ impl<S: Store, R: Random> Registry<S, R> {
 
     // ---- allocator operations ------------------------------------------------------
 
+    /// Before the `attempt`-th try of a write that lost its race: the store's pause.
+    fn pause_before(&mut self, attempt: u32) {
+        if attempt > 0 {
+            let delay = self.config.retry.pause(attempt - 1, &mut self.rng);
+            self.store.pause(delay);
+        }
+    }
+
     fn take_ip(
         &mut self,
         index: usize,
         ip: Option<IpAddr>,
         txn: &mut Txn,
     ) -> Result<IpAddr, OpError> {
-        let rng = &mut self.rng;
-        let got = guaranteed_update(&self.store, &mut self.ips[index], |a| match ip {
-            Some(ip) => a.allocate(ip).map(|()| (ip, true)),
-            None => a.allocate_next(rng).map(|ip| (ip, true)),
-        })?;
+        let retry = self.config.retry;
+        let got = guaranteed_update(
+            &self.store,
+            &mut self.ips[index],
+            retry,
+            &mut self.rng,
+            |a, rng| match ip {
+                Some(ip) => a.allocate(ip).map(|()| (ip, true)),
+                None => a.allocate_next(rng).map(|ip| (ip, true)),
+            },
+        )?;
         txn.allocated.push(Held::Ip(got));
         Ok(got)
     }
 
     fn take_port(&mut self, port: Option<u16>, txn: &mut Txn) -> Result<u16, OpError> {
-        let rng = &mut self.rng;
-        let got = guaranteed_update(&self.store, &mut self.ports, |a| match port {
-            Some(p) => a.allocate(p).map(|()| (p, true)),
-            None => a.allocate_next(rng).map(|p| (p, true)),
-        })?;
+        let retry = self.config.retry;
+        let got = guaranteed_update(
+            &self.store,
+            &mut self.ports,
+            retry,
+            &mut self.rng,
+            |a, rng| match port {
+                Some(p) => a.allocate(p).map(|()| (p, true)),
+                None => a.allocate_next(rng).map(|p| (p, true)),
+            },
+        )?;
         txn.allocated.push(Held::Port(got));
         Ok(got)
     }
@@ -594,20 +736,33 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// Releases a value; Ok(false) when it was not allocated or its family is no longer
     /// configured.
     fn release(&mut self, held: Held) -> Result<bool, OpError> {
+        let retry = self.config.retry;
         match held {
             Held::Ip(ip) => {
                 let Some(i) = self.ip_index(&IpFamily::of(&ip)) else {
                     return Ok(false);
                 };
-                guaranteed_update(&self.store, &mut self.ips[i], |a| {
-                    let released = a.release(ip);
-                    Ok((released, released))
-                })
+                guaranteed_update(
+                    &self.store,
+                    &mut self.ips[i],
+                    retry,
+                    &mut self.rng,
+                    |a, _| {
+                        let released = a.release(ip);
+                        Ok((released, released))
+                    },
+                )
             }
-            Held::Port(p) => guaranteed_update(&self.store, &mut self.ports, |a| {
-                let released = a.release(p);
-                Ok((released, released))
-            }),
+            Held::Port(p) => guaranteed_update(
+                &self.store,
+                &mut self.ports,
+                retry,
+                &mut self.rng,
+                |a, _| {
+                    let released = a.release(p);
+                    Ok((released, released))
+                },
+            ),
         }
     }
 
@@ -785,9 +940,9 @@ impl<S: Store, R: Random> Registry<S, R> {
         if text.is_empty() {
             return match self.take_ip(index, None, txn) {
                 Ok(ip) => Ok(ip.to_string()),
-                Err(e) => Err(ApiError::internal(format!(
-                    "failed to allocate a serviceIP: {e}"
-                ))),
+                Err(e) => Err(ApiError::from_op(e, |e| {
+                    ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
+                })),
             };
         }
         let invalid = |detail: String| {
@@ -808,7 +963,7 @@ impl<S: Store, R: Random> Registry<S, R> {
         match self.take_ip(index, Some(ip), txn) {
             Ok(_) => Ok(text.to_owned()),
             Err(OpError::Alloc(e)) => Err(invalid(format!("failed to allocate IP {text}: {e}"))),
-            Err(e) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::from_op(e, ApiError::internal)),
         }
     }
 
@@ -863,13 +1018,16 @@ impl<S: Store, R: Random> Registry<S, R> {
         match self.take_port(Some(p), txn) {
             Ok(p) => Ok(p),
             Err(OpError::Alloc(e)) => Err(Self::node_port_invalid(svc, index, port, &e)),
-            Err(e) => Err(ApiError::internal(e)),
+            Err(e) => Err(ApiError::from_op(e, ApiError::internal)),
         }
     }
 
     fn next_node_port(&mut self, txn: &mut Txn) -> Result<u16, ApiError> {
-        self.take_port(None, txn)
-            .map_err(|e| ApiError::internal(format!("failed to allocate a nodePort: {e}")))
+        self.take_port(None, txn).map_err(|e| {
+            ApiError::from_op(e, |e| {
+                ApiError::internal(format!("failed to allocate a nodePort: {e}"))
+            })
+        })
     }
 
     /// `initNodePorts`: ports with the same `port` number share one node port; an explicit
@@ -928,18 +1086,22 @@ impl<S: Store, R: Random> Registry<S, R> {
                 })
                 .and_then(|p| self.take_port(Some(p), txn));
             if let Err(e) = res {
-                return Err(ApiError::internal(format!(
-                    "failed to allocate requested HealthCheck NodePort {requested}: {e}"
-                )));
+                return Err(ApiError::from_op(e, |e| {
+                    ApiError::internal(format!(
+                        "failed to allocate requested HealthCheck NodePort {requested}: {e}"
+                    ))
+                }));
             }
         } else {
             match self.take_port(None, txn) {
                 Ok(p) => svc.spec.health_check_node_port = Some(i32::from(p)),
                 // Kubernetes prints the (zero) result here, not the request.
                 Err(e) => {
-                    return Err(ApiError::internal(format!(
-                        "failed to allocate a HealthCheck NodePort 0: {e}"
-                    )));
+                    return Err(ApiError::from_op(e, |e| {
+                        ApiError::internal(format!(
+                            "failed to allocate a HealthCheck NodePort 0: {e}"
+                        ))
+                    }));
                 }
             }
         }
@@ -962,7 +1124,8 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// Returns the validated form, as [`Registry::create`] does.
     pub fn update(&mut self, svc: Service) -> Result<ValidService, ApiError> {
         let (key, conditional) = write_target(&svc);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..self.config.retry.attempts {
+            self.pause_before(attempt);
             let (old, version) = self.read_for_write(&key, conditional.as_deref())?;
             let mut new = svc.clone();
             new.metadata.namespace = Some(key.namespace.clone());
@@ -1173,7 +1336,8 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// 404, 409 (stale `resourceVersion`), 422 (invalid status), 500.
     pub fn update_status(&mut self, svc: &Service) -> Result<Service, ApiError> {
         let (key, conditional) = write_target(svc);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..self.config.retry.attempts {
+            self.pause_before(attempt);
             let (old, version) = self.read_for_write(&key, conditional.as_deref())?;
             let mut new = old.clone();
             new.status.clone_from(&svc.status);
@@ -1211,7 +1375,8 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// error: the value leaks until [`Registry::repair`] frees it, as in Kubernetes.
     pub fn delete(&mut self, namespace: &str, name: &str) -> Result<Service, ApiError> {
         let key = ServiceKey::new(namespace, name);
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..self.config.retry.attempts {
+            self.pause_before(attempt);
             let Some((svc, version)) = self.read(&key)? else {
                 return Err(ApiError::not_found(name));
             };

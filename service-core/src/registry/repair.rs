@@ -7,14 +7,19 @@
 //! - Values two Services share, and values outside the range, are reported, not fixed:
 //!   the owners must recreate one of the Services.
 //! - A value allocated but used by no Service is suspected of having leaked (a crash
-//!   between allocation and write, a release that failed). It stays allocated for two more
-//!   passes and is freed by the third that still finds it unused, so an allocation racing
-//!   with its Service's write is never taken away.
+//!   between allocation and write, a release that failed). It stays allocated until a pass
+//!   finds it still unused a grace period of time after the first pass that did
+//!   ([`RegistryConfig::with_leak_grace`](super::RegistryConfig::with_leak_grace), three
+//!   minutes by default), so an allocation racing with its Service's write is never taken
+//!   away, however often repair runs. (Kubernetes counts passes instead —
+//!   `numRepairsBeforeLeakCleanup = 3`, one pass every three minutes — which only means
+//!   time when the passes are evenly spaced.)
 
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 
@@ -27,9 +32,6 @@ use crate::alloc::{AllocError, IpAllocator, PortAllocator, PortRange, RangeAlloc
 use crate::model::{IpFamily, Protocol, Service};
 use crate::valid::ServiceKey;
 use crate::validation::names::parse_ip_sloppy;
-
-/// Passes a suspected leak must survive before it is freed (`numRepairsBeforeLeakCleanup`).
-const PASSES_BEFORE_LEAK_CLEANUP: u8 = 3;
 
 /// One finding of a repair pass. `reason` is the API server's event reason
 /// (`ClusterIPNotAllocated`, `ClusterIPAlreadyAllocated`, `ClusterIPOutOfRange`,
@@ -118,29 +120,31 @@ fn held_node_ports(svc: &Service) -> Vec<u16> {
     out
 }
 
-/// The leak bookkeeping of one pass: which stored values to keep, and the counters to
-/// remember if the pass is written.
+/// The leak bookkeeping of one pass at `now`: `stored` are the allocated values no Service
+/// uses. Those first found unused at least `grace` ago are freed; the others are kept
+/// (`keep`) and remembered with the time they were first found.
 fn sweep_leaks<T: Copy + Eq + Hash>(
     stored: impl Iterator<Item = T>,
-    leaks: &mut HashMap<T, u8>,
+    leaks: &mut HashMap<T, Instant>,
+    now: Instant,
+    grace: Duration,
     mut keep: impl FnMut(T),
 ) -> (usize, Vec<T>) {
     let mut suspected = 0;
     let mut freed = Vec::new();
+    let mut seen = HashMap::new();
     for value in stored {
-        let count = leaks
-            .get(&value)
-            .copied()
-            .unwrap_or(PASSES_BEFORE_LEAK_CLEANUP - 1);
-        if count > 0 {
-            leaks.insert(value, count - 1);
+        let since = leaks.get(&value).copied().unwrap_or(now);
+        if now.saturating_duration_since(since) >= grace && since < now {
+            freed.push(value);
+        } else {
+            seen.insert(value, since);
             keep(value);
             suspected += 1;
-        } else {
-            leaks.remove(&value);
-            freed.push(value);
         }
     }
+    // Values used again, or freed, are forgotten.
+    *leaks = seen;
     (suspected, freed)
 }
 
@@ -153,7 +157,7 @@ enum Problem {
     AlreadyAllocated,
     /// It is outside the range.
     OutOfRange,
-    /// Allocated, used by no Service for three passes: freed.
+    /// Allocated, used by no Service for the grace period: freed.
     Leaked,
 }
 
@@ -215,23 +219,24 @@ impl Repairable for PortAllocator {
     }
 }
 
-/// A pass that was written: its findings and the leak counters to keep.
-type Written<V> = (RepairReport, HashMap<V, u8>);
+/// A pass that was written: its findings and the suspected leaks to remember.
+type Written<V> = (RepairReport, HashMap<V, Instant>);
 
 impl<S: Store, R: Random> Registry<S, R> {
-    /// One repair pass over every allocator. Run it at start-up and periodically (the API
-    /// server runs it every three minutes); the leak counters live in this registry, so run
-    /// it from one long-lived registry.
+    /// One repair pass over every allocator, at `now` (a monotonic clock's reading: the
+    /// registry keeps none). Run it at start-up and periodically (the API server runs it
+    /// every three minutes); suspected leaks and when they were first found live in this
+    /// registry, so run it from one long-lived registry.
     ///
     /// # Errors
     /// The store failed, a range is full, or stored state is unusable. Nothing is written
     /// then.
-    pub fn repair(&mut self) -> Result<RepairReport, ApiError> {
+    pub fn repair(&mut self, now: Instant) -> Result<RepairReport, ApiError> {
         let mut report = RepairReport::default();
         for index in 0..self.ips.len() {
-            self.repair_ips(index, &mut report)?;
+            self.repair_ips(index, now, &mut report)?;
         }
-        self.repair_ports(&mut report)?;
+        self.repair_ports(now, &mut report)?;
         Ok(report)
     }
 
@@ -249,15 +254,19 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// values the Services hold (`held`, which may report invalid ones), compare with the
     /// stored bitmap, count and free leaks, write. `text` words each finding as the API
     /// server does.
+    #[allow(clippy::too_many_arguments)]
     fn repair_range<A: Repairable>(
-        &self,
+        &mut self,
         key: &str,
         range: A::Range,
-        leaks: &HashMap<A::Value, u8>,
+        leaks: &HashMap<A::Value, Instant>,
+        now: Instant,
         mut held: impl FnMut(&Service, &mut RepairReport) -> Vec<A::Value>,
         text: impl Fn(Problem, A::Value) -> (&'static str, String),
     ) -> Result<Written<A::Value>, ApiError> {
-        for _ in 0..super::MAX_ATTEMPTS {
+        let grace = self.config.leak_grace();
+        for attempt in 0..self.config.retry().attempts {
+            self.pause_before(attempt);
             let mut pass = RepairReport::default();
             // The range first, then the Services: an allocation made in between belongs to
             // a Service we may not see yet, and is only ever flagged, never freed, by this pass.
@@ -290,7 +299,8 @@ impl<S: Store, R: Random> Registry<S, R> {
                     event(&mut pass, Some(svc), reason, message);
                 }
             }
-            let (suspected, freed) = sweep_leaks(stored.values().into_iter(), &mut leaks, |v| {
+            let unused = stored.values().into_iter();
+            let (suspected, freed) = sweep_leaks(unused, &mut leaks, now, grace, |v| {
                 // Out of the current range (a former range's value): nothing to keep.
                 let _ = rebuilt.allocate(v);
             });
@@ -308,12 +318,17 @@ impl<S: Store, R: Random> Registry<S, R> {
                 return Ok((pass, leaks));
             }
         }
-        Err(ApiError::internal(format!(
-            "repairing {range}: too many concurrent updates"
+        Err(ApiError::server_timeout(&format!(
+            "the allocations of {range}"
         )))
     }
 
-    fn repair_ips(&mut self, index: usize, report: &mut RepairReport) -> Result<(), ApiError> {
+    fn repair_ips(
+        &mut self,
+        index: usize,
+        now: Instant,
+        report: &mut RepairReport,
+    ) -> Result<(), ApiError> {
         let cidr = self.ips[index].alloc.cidr();
         let family = if cidr.network().is_ipv4() {
             IpFamily::Ipv4
@@ -386,7 +401,8 @@ impl<S: Store, R: Random> Registry<S, R> {
                 format!("the cluster IP {ip} appears to have leaked: cleaning up"),
             ),
         };
-        let (mut pass, leaks) = self.repair_range::<IpAllocator>(&key, cidr, &leaks, held, text)?;
+        let (mut pass, leaks) =
+            self.repair_range::<IpAllocator>(&key, cidr, &leaks, now, held, text)?;
         self.ips[index].version = None;
         self.ip_leaks = leaks;
         report.events.append(&mut pass.events);
@@ -395,7 +411,7 @@ impl<S: Store, R: Random> Registry<S, R> {
         Ok(())
     }
 
-    fn repair_ports(&mut self, report: &mut RepairReport) -> Result<(), ApiError> {
+    fn repair_ports(&mut self, now: Instant, report: &mut RepairReport) -> Result<(), ApiError> {
         let range = self.config.node_ports;
         let key = self.ports.key.clone();
         let leaks = self.port_leaks.clone();
@@ -421,7 +437,7 @@ impl<S: Store, R: Random> Registry<S, R> {
         };
         let held = |svc: &Service, _: &mut RepairReport| held_node_ports(svc);
         let (mut pass, leaks) =
-            self.repair_range::<PortAllocator>(&key, range, &leaks, held, text)?;
+            self.repair_range::<PortAllocator>(&key, range, &leaks, now, held, text)?;
         self.ports.version = None;
         self.port_leaks = leaks;
         report.events.append(&mut pass.events);

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// A stored value and its version. Versions only grow: every write gets a new one.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +96,15 @@ pub trait Store {
     /// # Errors
     /// The store failed.
     fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError>;
+
+    /// Waits `delay` before the registry tries a compare-and-swap again after losing a race
+    /// for a key (the registry picks the delay: exponential, with jitter, see
+    /// [`Retry`](super::Retry)). A store shared over a network sleeps here, so that replicas
+    /// contending for an allocator spread out; the default returns at once (right for
+    /// [`MemoryStore`], whose winner has already finished by the time the loser sees it).
+    fn pause(&self, delay: Duration) {
+        let _ = delay;
+    }
 }
 
 macro_rules! forward_store {
@@ -111,6 +121,9 @@ macro_rules! forward_store {
             }
             fn list(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
                 (**self).list(prefix)
+            }
+            fn pause(&self, delay: Duration) {
+                (**self).pause(delay)
             }
         }
     )*};

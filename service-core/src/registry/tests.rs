@@ -1,7 +1,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::*;
+
+/// Some instant to start the repair clock from (any will do: repair only compares them).
+#[allow(clippy::disallowed_methods)]
+fn epoch() -> Instant {
+    Instant::now()
+}
 use crate::model::{IpFamilyPolicy, Protocol, ServicePort};
 
 fn config(cidrs: &[&str], ports: &str) -> RegistryConfig {
@@ -461,7 +468,8 @@ fn repair_reallocates_reports_and_frees_leaks_on_the_third_pass() {
             .unwrap();
     }
 
-    let first = r.repair().unwrap();
+    let t0 = epoch();
+    let first = r.repair(t0).unwrap();
     assert_eq!(first.count("ClusterIPNotAllocated"), 1);
     assert_eq!(first.count("ClusterIPAlreadyAllocated"), 1);
     assert_eq!(first.suspected_leaks, 2);
@@ -469,20 +477,52 @@ fn repair_reallocates_reports_and_frees_leaks_on_the_third_pass() {
     assert!(ips[0].has("10.0.0.77".parse().unwrap()) && ips[0].has(a_ip) && ips[0].has(leaked));
     assert!(ports.has(leaked_port));
 
-    let second = r.repair().unwrap();
-    assert_eq!((second.suspected_leaks, second.freed), (2, 0));
-    let third = r.repair().unwrap();
-    assert_eq!((third.suspected_leaks, third.freed), (0, 2));
-    assert_eq!(
-        third.count("ClusterIPLeaked") + third.count("PortLeaked"),
-        2
-    );
+    // Passes within the grace period free nothing, however many run (Kubernetes would free
+    // on the third: a Service write still in flight would lose its values).
+    for i in 1..=10 {
+        let pass = r.repair(t0 + DEFAULT_LEAK_GRACE / 20 * i).unwrap();
+        assert_eq!((pass.suspected_leaks, pass.freed), (2, 0), "pass {i}");
+    }
+    let late = r.repair(t0 + DEFAULT_LEAK_GRACE).unwrap();
+    assert_eq!((late.suspected_leaks, late.freed), (0, 2));
+    assert_eq!(late.count("ClusterIPLeaked") + late.count("PortLeaked"), 2);
     let (ips, ports) = r.allocations().unwrap();
     assert!(!ips[0].has(leaked) && !ports.has(leaked_port));
     assert!(ips[0].has(a_ip) && ports.has(u16::try_from(node_port(&a.spec.ports[0])).unwrap()));
-    // A value used again before the third pass is no longer a leak.
-    let fourth = r.repair().unwrap();
-    assert_eq!((fourth.suspected_leaks, fourth.freed), (0, 0));
+    let after = r.repair(t0 + DEFAULT_LEAK_GRACE * 2).unwrap();
+    assert_eq!((after.suspected_leaks, after.freed), (0, 0));
+}
+
+#[test]
+fn a_value_used_again_within_the_grace_period_is_no_longer_a_leak() {
+    let store = Arc::new(MemoryStore::new());
+    let cfg = config(&["10.0.0.0/24"], "30000-32767").with_leak_grace(Duration::from_secs(60));
+    let mut r = Registry::new(cfg, store.clone(), SeededRandom::new(3)).unwrap();
+    // Allocated, its Service not written yet.
+    let mut pending = Txn::default();
+    let ip = r.take_ip(0, None, &mut pending).unwrap();
+    let t0 = epoch();
+    assert_eq!(r.repair(t0).unwrap().suspected_leaks, 1);
+    // The write lands.
+    let mut s = svc("late");
+    s.spec.cluster_ip = Some(ip.to_string());
+    s.spec.cluster_ips = vec![ip.to_string()];
+    s.spec.ip_families = vec![IpFamily::Ipv4];
+    s.spec.ip_family_policy = Some(IpFamilyPolicy::SingleStack);
+    let key = r.config().service_key(&key_of(&s));
+    store
+        .put(&key, &serde_json::to_vec(&s).unwrap(), Precondition::Absent)
+        .unwrap();
+    let pass = r.repair(t0 + Duration::from_secs(61)).unwrap();
+    assert_eq!((pass.suspected_leaks, pass.freed), (0, 0));
+    // Unused again later: the grace period starts over.
+    store
+        .delete(&key, store.get(&key).unwrap().unwrap().version)
+        .unwrap();
+    let t1 = t0 + Duration::from_secs(120);
+    assert_eq!(r.repair(t1).unwrap().freed, 0);
+    assert_eq!(r.repair(t1 + Duration::from_secs(59)).unwrap().freed, 0);
+    assert_eq!(r.repair(t1 + Duration::from_secs(60)).unwrap().freed, 1);
 }
 
 #[test]
@@ -549,9 +589,10 @@ fn a_replica_dying_mid_create_leaks_and_repair_frees_it() {
     drop(doomed);
     assert_eq!(used(&healthy), (vec![1], 1));
     assert!(healthy.list().unwrap().is_empty());
-    for pass in 1..=3 {
-        let report = healthy.repair().unwrap();
-        assert_eq!(report.freed, if pass == 3 { 2 } else { 0 }, "pass {pass}");
+    let t0 = epoch();
+    for (pass, at) in [(1, 0), (2, 60), (3, 179), (4, 180)] {
+        let report = healthy.repair(t0 + Duration::from_secs(at)).unwrap();
+        assert_eq!(report.freed, if pass == 4 { 2 } else { 0 }, "pass {pass}");
     }
     assert_eq!(used(&healthy), (vec![0], 0));
 }
