@@ -206,6 +206,35 @@ pub fn proxier(choice: &BackendChoice) -> Result<Box<dyn Proxier>, String> {
     })
 }
 
+/// A proxier whose `cleanup` removes what `choice`'s backend installs, for `--cleanup`:
+/// `None` for IPVS on a kernel without it (nothing to remove).
+///
+/// # Errors
+/// The backend cannot be reached (no netlink socket).
+pub fn proxier_for_cleanup(choice: &BackendChoice) -> Result<Option<Box<dyn Proxier>>, String> {
+    let ipv6 = choice.family == IpFamily::Ipv6;
+    let proxy = choice.proxy.clone();
+    Ok(Some(match choice.backend {
+        BackendArg::Userspace => return proxier(choice).map(Some),
+        BackendArg::Iptables => {
+            let renderer = service_proxy::iptables::Renderer::new(IptablesConfig::new(proxy), ipv6);
+            Box::new(IptablesProxier::new(renderer, choice.flavor.runner()))
+        }
+        BackendArg::Nftables => {
+            let socket = NftSocket::new().map_err(|e| format!("nf_tables netlink socket: {e}"))?;
+            let renderer = service_proxy::nftables::Renderer::new(NftablesConfig::new(proxy), ipv6);
+            Box::new(NftProxier::new(renderer, socket))
+        }
+        BackendArg::Ipvs => {
+            match IpvsProxier::new(choice.ipvs.config(proxy), choice.flavor.runner(), ipv6) {
+                Ok(p) => Box::new(p),
+                Err(IpvsError::Unavailable | IpvsError::Scheduler { .. }) => return Ok(None),
+                Err(e) => return Err(format!("the IPVS backend: {e}")),
+            }
+        }
+    }))
+}
+
 /// The userspace proxy with its own runtime: applying its redirect rules, or listening and
 /// printing them.
 struct Userspace {

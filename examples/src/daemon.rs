@@ -470,6 +470,11 @@ impl FileSource {
         &self.objects.pods
     }
 
+    /// The Node of this name in the files as last read.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.objects.nodes.get(name)
+    }
+
     /// Re-reads the files (standard input excepted) and returns the events.
     fn reload(&mut self, now: Instant) -> Vec<TimedEvent> {
         let mut retry = false;

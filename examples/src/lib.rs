@@ -2,8 +2,10 @@
 //! after kube-proxy's options, logging, turning invalid input into exit status 2; the
 //! daemons' file source and signals ([`daemon`]) and the proxy's backends ([`backend`]).
 
+pub mod agent;
 pub mod backend;
 pub mod daemon;
+pub mod kpconfig;
 
 use std::net::IpAddr;
 use std::process::ExitCode;

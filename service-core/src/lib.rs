@@ -80,6 +80,7 @@ pub mod openapi;
 pub mod random;
 pub mod registry;
 pub mod snapshot;
+pub mod time;
 pub mod tracker;
 pub mod valid;
 pub mod validation;

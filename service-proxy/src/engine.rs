@@ -139,6 +139,14 @@ impl<P: Proxier> Engine<P> {
     pub fn poll(&mut self, now: Instant, wall: SystemTime) -> Option<EngineSync> {
         let due = self.scheduler.poll(now)?;
         let (snapshot, changes) = self.tracker.checkout();
+        let span = tracing::info_span!(
+            "sync",
+            full = due.full,
+            service_ports_changed = changes.ports.len(),
+            service_events = changes.service_events,
+            endpoint_events = changes.endpoint_events,
+        );
+        let _entered = span.enter();
         self.snapshot = snapshot;
         self.unobserved
             .extend(changes.trigger_times.iter().copied());
@@ -152,6 +160,22 @@ impl<P: Proxier> Engine<P> {
                 .with_changes(&lane.behind)
                 .full(due.full || lane.needs_full);
             let result = lane.proxier.sync(request);
+            match &result {
+                Ok(r) => tracing::debug!(
+                    family = lane.proxier.family().as_str(),
+                    kind = ?r.kind,
+                    duration = ?r.duration,
+                    service_ports = r.service_ports_changed,
+                    endpoints = r.endpoints_changed,
+                    repaired = r.repaired,
+                    "synced"
+                ),
+                Err(e) => tracing::debug!(
+                    family = lane.proxier.family().as_str(),
+                    error = %e,
+                    "sync failed"
+                ),
+            }
             if result.is_ok() {
                 lane.behind.clear();
                 lane.needs_full = false;

@@ -80,15 +80,25 @@ pub use service_core as core;
 mod config;
 pub mod dry_run;
 pub mod engine;
+pub mod health;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 #[cfg(feature = "apply")]
 mod netns;
 #[cfg(any(feature = "apply", feature = "ipvs", feature = "nftables"))]
 mod nlmsg;
+#[cfg(feature = "apply")]
+#[cfg_attr(docsrs, doc(cfg(feature = "apply")))]
+pub mod node_setup;
 mod port_name;
 pub mod proxier;
 #[cfg(all(feature = "apply", feature = "ipvs"))]
 mod rtnl;
 pub mod scheduler;
+#[cfg(feature = "serve")]
+#[cfg_attr(docsrs, doc(cfg(feature = "serve")))]
+pub mod serve;
 mod sync;
 pub mod trace;
 

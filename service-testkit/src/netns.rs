@@ -299,6 +299,55 @@ impl Topology {
         i
     }
 
+    /// Gives the node, the client and every pod (present and future calls of
+    /// [`Topology::add_pod_ipv6`]) IPv6 as well: the node at `fd00:1::2/64`, the client at
+    /// `fd00:1::100/64` routed through the node, forwarding on.
+    pub fn enable_ipv6(&mut self) {
+        for ns in [&self.node, &self.client] {
+            ns.sysctl("net/ipv6/conf/all/disable_ipv6", "0");
+        }
+        self.node
+            .ip(&["-6", "addr", "add", "fd00:1::2/64", "dev", "eth0", "nodad"]);
+        self.client.ip(&[
+            "-6",
+            "addr",
+            "add",
+            "fd00:1::100/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.client
+            .ip(&["-6", "route", "add", "default", "via", "fd00:1::2"]);
+        self.node
+            .ip(&["-6", "route", "add", "default", "via", "fd00:1::100"]);
+        self.node.sysctl("net/ipv6/conf/all/forwarding", "1");
+    }
+
+    /// Gives pod `index` an IPv6 address too, routed through the node (the node's side of
+    /// the pod's link answers as `fe80::1`).
+    pub fn add_pod_ipv6(&mut self, index: usize, ip: &str) {
+        let node_if = format!("vp{index}");
+        let pod = &self.pods[index];
+        pod.ns.sysctl("net/ipv6/conf/all/disable_ipv6", "0");
+        pod.ns.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{ip}/128"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        self.node
+            .ip(&["-6", "addr", "add", "fe80::1/64", "dev", &node_if, "nodad"]);
+        pod.ns.ip(&[
+            "-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0",
+        ]);
+        self.node
+            .ip(&["-6", "route", "add", &format!("{ip}/128"), "dev", &node_if]);
+    }
+
     /// Starts a TCP and a UDP identity server on every pod (see [`serve_tcp`], [`serve_udp`]).
     pub fn serve_all(&self, tcp_port: u16, udp_port: u16) {
         for p in &self.pods {
@@ -319,10 +368,19 @@ impl Topology {
 /// Starts a TCP server in `ns` on `0.0.0.0:port`: each connection gets one line,
 /// `NAME PEER_IP`, and is closed. Returns once the server listens.
 pub fn serve_tcp(ns: &Netns, port: u16, name: &str) {
+    serve_tcp_at(
+        ns,
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port),
+        name,
+    );
+}
+
+/// [`serve_tcp`] on one address (an IPv6 pod address beside the IPv4 wildcard, say).
+pub fn serve_tcp_at(ns: &Netns, addr: SocketAddr, name: &str) {
     let name = name.to_owned();
     let (tx, rx) = std::sync::mpsc::channel();
     ns.spawn(move || {
-        let listener = TcpListener::bind(("0.0.0.0", port)).expect("bind TCP server");
+        let listener = TcpListener::bind(addr).expect("bind TCP server");
         let _ = tx.send(());
         for conn in listener.incoming() {
             let Ok(mut s) = conn else { continue };

@@ -115,6 +115,17 @@ pub fn cleanup(ns: &Netns, backend: &str, extra: &[&str]) -> String {
 }
 
 pub fn spawn_with(ns: &Netns, backend: &str, file: &str, extra: &[&str]) -> Daemon {
+    spawn_env(ns, backend, file, extra, &[])
+}
+
+/// [`spawn_with`], with environment variables for the daemon.
+pub fn spawn_env(
+    ns: &Netns,
+    backend: &str,
+    file: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+) -> Daemon {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let log = std::env::temp_dir().join(format!("proxy-{}-{n}.log", std::process::id()));
@@ -131,6 +142,7 @@ pub fn spawn_with(ns: &Netns, backend: &str, file: &str, extra: &[&str]) -> Daem
         .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
         .args(extra)
         .args(["--cluster-cidr", "10.244.0.0/16", file])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
         .stderr(file_log)
         .spawn()

@@ -328,6 +328,19 @@ impl Node {
     pub fn zone(&self) -> Option<&str> {
         self.metadata.label(ZONE_LABEL)
     }
+
+    /// Whether `spec.taints` has a taint with this key (whatever its value and effect).
+    pub fn has_taint(&self, key: &str) -> bool {
+        self.extra
+            .get("spec")
+            .and_then(|s| s.get("taints"))
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|taints| {
+                taints
+                    .iter()
+                    .any(|t| t.get("key").and_then(serde_json::Value::as_str) == Some(key))
+            })
+    }
 }
 
 /// Labels as a map, for selector matching.

@@ -666,7 +666,9 @@ impl<R: Runner> Proxier for IptablesProxier<R> {
             if rules.full {
                 kind = SyncKind::Full;
             }
-            detail.rules = rules.filter.rule_count() + rules.nat.rule_count();
+            detail.filter_rules = rules.filter.rule_count();
+            detail.nat_rules = rules.nat.rule_count();
+            detail.rules = detail.filter_rules + detail.nat_rules;
             if let Err(e) = self.applier.apply(&rules) {
                 if kind == SyncKind::Full {
                     self.engine.failed();
@@ -675,7 +677,9 @@ impl<R: Runner> Proxier for IptablesProxier<R> {
                 // The kernel may not hold what the renderer believes: start over in full.
                 self.renderer.reset();
                 let full = self.renderer.full(snapshot);
-                detail.rules = full.filter.rule_count() + full.nat.rule_count();
+                detail.filter_rules = full.filter.rule_count();
+                detail.nat_rules = full.nat.rule_count();
+                detail.rules = detail.filter_rules + detail.nat_rules;
                 if let Err(e) = self.applier.apply(&full) {
                     self.engine.failed();
                     return Err(error(e));

@@ -37,6 +37,10 @@ pub use trace::Tracer;
 pub struct IptablesReport {
     /// Rules in the restore input (`filter` and `nat`).
     pub rules: usize,
+    /// Of those, in the `filter` table.
+    pub filter_rules: usize,
+    /// Of those, in the `nat` table.
+    pub nat_rules: usize,
     /// Whether a failed partial restore was redone in full.
     pub recovered: bool,
 }

@@ -854,11 +854,17 @@ impl<A: Applier> Proxier for NftProxier<A> {
         self.engine.force_full();
     }
 
-    /// Deletes our table (and nothing else).
+    /// Deletes our table (and nothing else). A kernel without nf_tables has no table to
+    /// delete: that is a success.
     fn cleanup(&mut self) -> Result<(), SyncError> {
         let mut tx = Transaction::new(self.renderer.family());
         tx.ops.push(Op::DeleteTable);
-        self.socket.apply(&[&tx]).map_err(io_error)?;
+        match self.socket.apply(&[&tx]) {
+            Ok(_) => {}
+            Err(ApplyError::Rejected { error, .. })
+                if error.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => {}
+            Err(e) => return Err(io_error(e)),
+        }
         self.committed = None;
         self.pending.clear();
         self.engine = SyncEngine::new();
