@@ -53,7 +53,7 @@ fn apex_name(view: &ZoneView, authority: Authority) -> &str {
     }
 }
 
-fn write_soa(w: &mut ResponseWriter<'_>, view: &ZoneView, authority: Authority) {
+fn write_soa(w: &mut ResponseWriter<'_>, view: &ZoneView, authority: Authority) -> bool {
     let apex = apex_name(view, authority);
     let ttl = view.config.ttl;
     let mname = format!("ns.dns.{apex}");
@@ -71,10 +71,11 @@ fn write_soa(w: &mut ResponseWriter<'_>, view: &ZoneView, authority: Authority) 
             expire: SOA_EXPIRE,
             minimum: ttl,
         },
-    );
+    )
 }
 
-fn write_rdata(w: &mut ResponseWriter<'_>, owner: Owner<'_>, ttl: u32, r: &Rdata) {
+/// Writes one record; false when it did not fit.
+fn write_rdata(w: &mut ResponseWriter<'_>, owner: Owner<'_>, ttl: u32, r: &Rdata) -> bool {
     match r {
         Rdata::A(ip) => w.record(owner, rtype::A, ttl, Data::A(*ip)),
         Rdata::Aaaa(ip) => w.record(owner, rtype::AAAA, ttl, Data::Aaaa(*ip)),
@@ -154,12 +155,14 @@ impl ZoneView {
                     .map_or(CLASSIC_UDP_PAYLOAD, |e| e.udp_size.min(MAX_UDP_PAYLOAD)),
             ),
         };
+        let udp = transport == Transport::Udp;
         let simple = |out: &mut Vec<u8>, code: u16, ext: u16| {
             let mut w = ResponseWriter::new(out, &req, code, false, forwarding);
+            w.limit(limit, req.edns.is_some());
             if req.edns.is_some() {
                 w.opt(ext);
             }
-            w.finish(limit, req.edns.map(|_| ext));
+            w.finish(udp);
             Outcome::Answered
         };
         if req.opcode() != 0 {
@@ -192,16 +195,22 @@ impl ZoneView {
             other => (rcode::NOERROR, other),
         };
         let mut w = ResponseWriter::new(out, &req, code, true, forwarding);
+        w.limit(limit, req.edns.is_some());
         match &body {
             Lookup::Answer(recs, _) => {
-                let mut additional: Vec<(String, Vec<Rdata>)> = Vec::new();
+                // The names SRV and NS records point at, once each, in order: their
+                // addresses go in the additional section (of the records that fit).
+                let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+                let mut targets: Vec<&str> = Vec::new();
                 for r in recs {
-                    write_rdata(&mut w, Owner::Question, ttl, r);
+                    if !write_rdata(&mut w, Owner::Question, ttl, r) {
+                        break;
+                    }
                     match r {
-                        Rdata::Srv { target, .. } | Rdata::Ns(target)
-                            if !additional.iter().any(|(n, _)| n == &**target) =>
-                        {
-                            additional.push((target.to_string(), self.addresses(target)));
+                        Rdata::Srv { target, .. } | Rdata::Ns(target) => {
+                            if seen.insert(target) {
+                                targets.push(target);
+                            }
                         }
                         Rdata::Cname(target) if req.qtype != rtype::CNAME => {
                             self.chase(&mut w, &req, target, &mut outcome, chased);
@@ -209,16 +218,20 @@ impl ZoneView {
                         _ => {}
                     }
                 }
-                if additional.iter().any(|(_, a)| !a.is_empty()) {
+                if !targets.is_empty() && !w.is_full() {
                     w.section(2);
-                    for (name, addrs) in &additional {
-                        for a in addrs {
-                            write_rdata(&mut w, Owner::Name(name), ttl, a);
+                    'additional: for name in targets {
+                        for a in self.addresses(name) {
+                            if !write_rdata(&mut w, Owner::Name(name), ttl, &a) {
+                                break 'additional;
+                            }
                         }
                     }
                 }
             }
-            Lookup::Soa(a) => write_soa(&mut w, self, *a),
+            Lookup::Soa(a) => {
+                write_soa(&mut w, self, *a);
+            }
             Lookup::NoData(a) | Lookup::NxDomain(a) => {
                 w.section(1);
                 write_soa(&mut w, self, *a);
@@ -228,7 +241,7 @@ impl ZoneView {
         if req.edns.is_some() {
             w.opt(0);
         }
-        w.finish(limit, req.edns.map(|_| 0));
+        w.finish(udp);
         outcome
     }
 
@@ -247,7 +260,28 @@ impl ZoneView {
         if !in_zone {
             match chased {
                 Some(records) => {
-                    for r in records {
+                    // Only records for the target, and for the names its CNAMEs lead to:
+                    // an upstream answer naming anything else is not copied into ours.
+                    let mut names = vec![target.to_ascii_lowercase()];
+                    let mut written = vec![false; records.len()];
+                    let mut progress = true;
+                    while progress {
+                        progress = false;
+                        for (i, r) in records.iter().enumerate() {
+                            if written[i] || !names.contains(&r.name) {
+                                continue;
+                            }
+                            written[i] = true;
+                            progress = true;
+                            if r.rtype == rtype::CNAME
+                                && let Ok(next) = std::str::from_utf8(&r.data)
+                                && names.len() < 8
+                            {
+                                names.push(next.to_ascii_lowercase());
+                            }
+                        }
+                    }
+                    for (r, _) in records.iter().zip(&written).filter(|(_, w)| **w) {
                         let data = match r.rtype {
                             rtype::A => <[u8; 4]>::try_from(&r.data[..])
                                 .ok()

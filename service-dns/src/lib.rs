@@ -46,4 +46,6 @@ pub mod server;
 pub use answer::{Outcome, Transport};
 pub use config::{DNS_SCHEMA_VERSION, DNS_VERSION_TTL, DnsConfig, PodRecords};
 pub use record_type::{RecordType, UnknownRecordType};
-pub use zone::{Authority, Lookup, Rdata, Record, Zone, ZoneView, dashed_ip, reverse_name};
+pub use zone::{
+    Authority, Lookup, Rdata, Record, Records, Zone, ZoneView, dashed_ip, reverse_name,
+};

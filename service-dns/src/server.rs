@@ -3,37 +3,55 @@
 //! ```text
 //!            ┌─ UDP worker × N (SO_REUSEPORT sockets) ─┐
 //! clients ───┤                                         ├─ ZoneView::respond ◄── ArcSwap<ZoneView> ◄── publish()
-//!            └─ TCP (tokio, one task per connection) ──┘        │ Forward / Chase
+//!            └─ TCP (tokio; limited, timed out) ───────┘        │ Forward / Chase (allowed clients)
 //!                                                               ▼
-//!                                                     upstream (UDP; TCP for TCP clients)
+//!                                         forwarder: one random socket and ID per query,
+//!                                         healthy upstreams picked at random, bounded
 //! ```
 //!
 //! - Readers never wait for an update: [`DnsServer::publish`] swaps the view atomically;
 //!   a query answered during the swap sees the old or the new zone, whole.
-//! - UDP answers respect the client's EDNS payload size (512 without EDNS) and set TC
-//!   when they do not fit; the client then asks over TCP, where nothing is truncated.
-//! - With an upstream, names outside the cluster zone (and reverse names the zone does not
-//!   know, as kubeadm's `fallthrough in-addr.arpa ip6.arpa` does) are relayed to it, and
-//!   ExternalName targets are resolved through it. Without one they get REFUSED.
+//! - UDP answers respect the client's EDNS payload size (512 without EDNS): the records
+//!   that fit, with TC set when some did not. Over TCP up to 65,535 bytes, never TC.
+//! - TCP holds up against clients that misbehave: at most
+//!   [`ServerConfig::tcp_max_clients`] connections (a new one evicts the least recently
+//!   active), an idle timeout between messages, a timeout for the rest of a message once
+//!   its length arrived (bytes are stored as they come, never allocated ahead), a write
+//!   timeout (a client that does not read its answers is dropped, not waited for), and
+//!   accept errors back off. Pipelined queries are answered in order.
+//! - Forwarding, as CoreDNS's `forward` plugin does it: names outside the cluster zone (and
+//!   reverse names the zone does not know) go to an upstream picked at random among the
+//!   healthy ones, each query from a fresh socket on a random port with a random ID (both
+//!   from the OS-seeded CSPRNG), its answer accepted only from that upstream with that ID
+//!   and that question, cut to what the client accepts; at most
+//!   [`ServerConfig::max_concurrent`] queries in flight per upstream (REFUSED beyond, as
+//!   CoreDNS does); an upstream that fails [`ServerConfig::max_fails`] times in a row is
+//!   probed until it answers. ExternalName targets are resolved the same way, and only
+//!   records for the target name are copied into our answer. Only clients in
+//!   [`ServerConfig::allow_recursion`] get any of this; the others get REFUSED for names
+//!   that are not ours: the server is not an open resolver.
 //!
 //! UDP is served by plain blocking sockets, one thread each, not by an async runtime: a
 //! DNS answer costs less than the readiness bookkeeping around it.
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+use rand::RngExt as _;
+use service_core::ipnet::IpNet;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::{Notify, Semaphore, mpsc};
 
 use crate::answer::{Outcome, Transport};
-use crate::wire::{self, ResponseWriter, rcode};
+use crate::wire::{self, ResponseWriter, rcode, rtype};
 use crate::zone::ZoneView;
 
 /// Server settings.
@@ -42,14 +60,29 @@ use crate::zone::ZoneView;
 pub struct ServerConfig {
     /// Address for UDP and TCP (port 0 picks a free port, the same for both).
     pub listen: SocketAddr,
-    /// Where names outside the zone go; `None` refuses them.
-    pub upstream: Option<SocketAddr>,
+    /// Where names outside the zone go (empty: they are refused).
+    pub upstreams: Vec<SocketAddr>,
+    /// Clients whose queries for names outside the zone are forwarded (default: loopback).
+    pub allow_recursion: Vec<IpNet>,
     /// UDP worker threads (default: the number of CPUs).
     pub udp_workers: usize,
     /// How long an upstream answer may take.
     pub upstream_timeout: Duration,
-    /// How long an idle TCP connection stays open.
+    /// Queries in flight per upstream (CoreDNS's `max_concurrent`; default 5,000).
+    pub max_concurrent: usize,
+    /// Failures in a row after which an upstream is left out until a probe succeeds (2).
+    pub max_fails: u32,
+    /// How often an unhealthy upstream is probed (500 ms).
+    pub health_check: Duration,
+    /// How long a TCP connection may stay idle between messages (10 s).
     pub tcp_idle: Duration,
+    /// How long the rest of a TCP message may take once its length arrived (3 s).
+    pub tcp_message: Duration,
+    /// How long writing an answer may take (5 s): a client that does not read is dropped.
+    pub tcp_write: Duration,
+    /// TCP connections at once (1,000, as Knot's `tcp-max-clients` would be with 2,000
+    /// file descriptors); a new connection evicts the least recently active one.
+    pub tcp_max_clients: usize,
 }
 
 impl ServerConfig {
@@ -57,11 +90,29 @@ impl ServerConfig {
     pub fn new(listen: SocketAddr) -> Self {
         Self {
             listen,
-            upstream: None,
+            upstreams: Vec::new(),
+            allow_recursion: vec![
+                "127.0.0.0/8".parse().unwrap_or_else(|_| unreachable!()),
+                "::1/128".parse().unwrap_or_else(|_| unreachable!()),
+            ],
             udp_workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             upstream_timeout: Duration::from_secs(2),
+            max_concurrent: 5_000,
+            max_fails: 2,
+            health_check: Duration::from_millis(500),
             tcp_idle: Duration::from_secs(10),
+            tcp_message: Duration::from_secs(3),
+            tcp_write: Duration::from_secs(5),
+            tcp_max_clients: 1_000,
         }
+    }
+
+    fn recursion_allowed(&self, client: IpAddr) -> bool {
+        let client = match client {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, IpAddr::V4),
+            v4 => v4,
+        };
+        !self.upstreams.is_empty() && self.allow_recursion.iter().any(|n| n.contains(&client))
     }
 }
 
@@ -98,57 +149,263 @@ fn reuse_port_socket(addr: SocketAddr, kind: SockType) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// IDs for upstream queries: not guessable from outside, never repeated soon.
-struct IdSource(AtomicU32);
-
-impl IdSource {
-    fn new() -> Self {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.subsec_nanos() | 1);
-        Self(AtomicU32::new(seed))
-    }
-
-    fn next(&self) -> u16 {
-        // xorshift32 on a shared state; a lost race only repeats a value.
-        let mut x = self.0.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        self.0.store(x, Ordering::Relaxed);
-        (x >> 8) as u16
-    }
+/// One upstream and what we know of it.
+#[derive(Debug)]
+struct Upstream {
+    addr: SocketAddr,
+    /// Failures in a row.
+    fails: AtomicU32,
+    /// Queries in flight.
+    permits: Arc<Semaphore>,
 }
 
-/// A query waiting for the upstream.
-enum Pending {
-    /// Relay the reply to `client` with its original ID.
-    Relay {
-        client: SocketAddr,
-        id: u16,
-        since: Instant,
-    },
-    /// Answer `request` with the CNAME and the upstream's records for its target.
-    Chase {
-        client: SocketAddr,
-        request: Vec<u8>,
-        fallback: Vec<u8>,
-        since: Instant,
-    },
+/// The upstreams, shared by every query.
+#[derive(Debug)]
+struct Upstreams {
+    list: Vec<Upstream>,
+    timeout: Duration,
+    max_fails: u32,
+    forwarded: AtomicU64,
 }
 
-impl Pending {
-    fn since(&self) -> Instant {
-        match self {
-            Self::Relay { since, .. } | Self::Chase { since, .. } => *since,
+impl Upstreams {
+    fn new(config: &ServerConfig) -> Self {
+        Self {
+            list: config
+                .upstreams
+                .iter()
+                .map(|&addr| Upstream {
+                    addr,
+                    fails: AtomicU32::new(0),
+                    permits: Arc::new(Semaphore::new(config.max_concurrent.max(1))),
+                })
+                .collect(),
+            timeout: config.upstream_timeout,
+            max_fails: config.max_fails.max(1),
+            forwarded: AtomicU64::new(0),
+        }
+    }
+
+    /// A healthy upstream at random (any, when none is healthy); `skip` one already tried.
+    fn pick(&self, skip: Option<usize>) -> Option<usize> {
+        let candidates: Vec<usize> = (0..self.list.len())
+            .filter(|&i| Some(i) != skip)
+            .collect();
+        let healthy: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| self.list[i].fails.load(Ordering::Relaxed) < self.max_fails)
+            .collect();
+        let from = if healthy.is_empty() { candidates } else { healthy };
+        (!from.is_empty()).then(|| from[rand::rng().random_range(0..from.len())])
+    }
+
+    fn report(&self, i: usize, ok: bool) {
+        let f = &self.list[i].fails;
+        if ok {
+            f.store(0, Ordering::Relaxed);
+        } else {
+            f.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
-struct Upstream {
-    socket: UdpSocket,
-    pending: Mutex<HashMap<u16, Pending>>,
-    ids: IdSource,
+/// Why forwarding produced no answer.
+enum ForwardError {
+    /// Every upstream is at `max_concurrent`.
+    Busy,
+    /// No answer in time (or none usable).
+    Failed,
+}
+
+/// A UDP socket on a random port (from the CSPRNG; the kernel's choice if none is free
+/// after a few tries), connected to `to`.
+async fn random_socket(to: SocketAddr) -> io::Result<tokio::net::UdpSocket> {
+    let ip: IpAddr = if to.is_ipv4() {
+        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+    };
+    for _ in 0..8 {
+        let port: u16 = rand::rng().random_range(1024..=65535);
+        if let Ok(s) = tokio::net::UdpSocket::bind(SocketAddr::new(ip, port)).await {
+            s.connect(to).await?;
+            return Ok(s);
+        }
+    }
+    let s = tokio::net::UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+    s.connect(to).await?;
+    Ok(s)
+}
+
+/// One exchange with upstream `up` over UDP: a fresh socket and ID, the answer accepted
+/// only when it matches (ID and question), within the timeout.
+async fn exchange_udp(up: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let mut q = query.to_vec();
+    let id: u16 = rand::rng().random();
+    q[..2].copy_from_slice(&id.to_be_bytes());
+    let sock = random_socket(up).await?;
+    sock.send(&q).await?;
+    let mut buf = vec![0u8; 65_535];
+    tokio::time::timeout(timeout, async {
+        loop {
+            let n = sock.recv(&mut buf).await?;
+            if wire::reply_matches(&buf[..n], &q) {
+                let mut reply = buf[..n].to_vec();
+                reply[..2].copy_from_slice(&query[..2]);
+                return Ok(reply);
+            }
+            // Not the answer to our question: someone guessing; keep waiting.
+        }
+    })
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// One exchange with upstream `up` over TCP.
+async fn exchange_tcp(up: SocketAddr, query: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
+    let mut q = query.to_vec();
+    let id: u16 = rand::rng().random();
+    q[..2].copy_from_slice(&id.to_be_bytes());
+    tokio::time::timeout(timeout, async {
+        let mut s = tokio::net::TcpStream::connect(up).await?;
+        write_message(&mut s, &q, timeout).await?;
+        let reply = read_message(&mut s, timeout, timeout)
+            .await?
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        if !wire::reply_matches(&reply, &q) {
+            return Err(io::Error::other("the upstream answered another question"));
+        }
+        let mut reply = reply;
+        reply[..2].copy_from_slice(&query[..2]);
+        Ok(reply)
+    })
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+}
+
+/// Forwards `query` to an upstream (another one once if the first fails).
+async fn forward(ups: &Upstreams, query: &[u8], tcp: bool) -> Result<Vec<u8>, ForwardError> {
+    let mut tried = None;
+    let mut busy = false;
+    for _ in 0..2 {
+        let Some(i) = ups.pick(tried) else { break };
+        tried = Some(i);
+        let up = &ups.list[i];
+        let Ok(_permit) = up.permits.clone().try_acquire_owned() else {
+            busy = true;
+            continue;
+        };
+        ups.forwarded.fetch_add(1, Ordering::Relaxed);
+        let result = if tcp {
+            exchange_tcp(up.addr, query, ups.timeout).await
+        } else {
+            exchange_udp(up.addr, query, ups.timeout).await
+        };
+        match result {
+            Ok(reply) => {
+                ups.report(i, true);
+                return Ok(reply);
+            }
+            Err(_) => ups.report(i, false),
+        }
+    }
+    Err(if busy {
+        ForwardError::Busy
+    } else {
+        ForwardError::Failed
+    })
+}
+
+/// An answer with no records: `code` to `msg` (REFUSED when busy, SERVFAIL when failed).
+fn error_answer(msg: &[u8], code: u16, udp: bool) -> Option<Vec<u8>> {
+    let req = wire::parse_request(msg).ok()?;
+    let mut out = Vec::new();
+    let mut w = ResponseWriter::new(&mut out, &req, code, false, true);
+    if req.edns.is_some() {
+        w.opt(0);
+    }
+    w.finish(udp);
+    Some(out)
+}
+
+/// Probes unhealthy upstreams until they answer.
+async fn health_checks(ups: Arc<Upstreams>, every: Duration) {
+    let probe = wire::build_query(0, "", rtype::NS);
+    loop {
+        tokio::time::sleep(every).await;
+        for (i, up) in ups.list.iter().enumerate() {
+            if up.fails.load(Ordering::Relaxed) >= ups.max_fails
+                && exchange_udp(up.addr, &probe, ups.timeout).await.is_ok()
+            {
+                ups.report(i, true);
+            }
+        }
+    }
+}
+
+/// A UDP query for the forwarder.
+struct Job {
+    query: Vec<u8>,
+    client: SocketAddr,
+    /// `Some((target, qtype))` to resolve an ExternalName's target; `None` to relay.
+    chase: Option<(String, u16)>,
+    /// The answer so far (the CNAME alone), sent if the chase fails.
+    fallback: Vec<u8>,
+}
+
+/// Runs forwarded UDP queries, each in its own task.
+async fn forwarder(
+    mut jobs: mpsc::Receiver<Job>,
+    ups: Arc<Upstreams>,
+    reply_sock: Arc<UdpSocket>,
+    zone: ZoneHandle,
+) {
+    while let Some(job) = jobs.recv().await {
+        let (ups, sock, zone) = (ups.clone(), reply_sock.clone(), zone.clone());
+        tokio::spawn(async move {
+            let Ok(req) = wire::parse_request(&job.query) else {
+                return;
+            };
+            let limit = wire::client_limit(&req);
+            let edns = req.edns.is_some();
+            let answer = match &job.chase {
+                None => match forward(&ups, &job.query, false).await {
+                    Ok(mut reply) => {
+                        wire::fit_reply(&mut reply, limit, edns);
+                        Some(reply)
+                    }
+                    Err(ForwardError::Busy) => error_answer(&job.query, rcode::REFUSED, true),
+                    Err(ForwardError::Failed) => error_answer(&job.query, rcode::SERVFAIL, true),
+                },
+                Some((target, qtype)) => {
+                    let q = wire::build_query(0, target, *qtype);
+                    match forward(&ups, &q, false).await {
+                        Ok(reply) => {
+                            let id = u16::from_be_bytes([reply[0], reply[1]]);
+                            match wire::parse_answers(&reply, id) {
+                                Some(records) => {
+                                    let mut out = Vec::new();
+                                    zone.load().respond_chased(
+                                        &job.query,
+                                        &mut out,
+                                        Transport::Udp,
+                                        &records,
+                                    );
+                                    Some(out)
+                                }
+                                None => Some(job.fallback),
+                            }
+                        }
+                        Err(_) => Some(job.fallback),
+                    }
+                }
+            };
+            if let Some(a) = answer {
+                let _ = sock.send_to(&a, job.client);
+            }
+        });
+    }
 }
 
 impl DnsServer {
@@ -172,43 +429,24 @@ impl DnsServer {
                 SockType::Datagram,
             )?));
         }
+        let ups = Arc::new(Upstreams::new(&config));
+        let (jobs_tx, jobs_rx) =
+            mpsc::channel::<Job>(config.max_concurrent.max(1) * config.upstreams.len().max(1));
+        let reply_sock = Arc::new(sockets[0].try_clone()?);
+        let config = Arc::new(config);
         for (i, sock) in sockets.into_iter().enumerate() {
             sock.set_read_timeout(Some(Duration::from_millis(200)))?;
-            let upstream = match config.upstream {
-                Some(up) => {
-                    let bind: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
-                        .parse()
-                        .map_err(io::Error::other)?;
-                    let s = UdpSocket::bind(bind)?;
-                    s.connect(up)?;
-                    s.set_read_timeout(Some(Duration::from_millis(100)))?;
-                    Some(Arc::new(Upstream {
-                        socket: s,
-                        pending: Mutex::new(HashMap::new()),
-                        ids: IdSource::new(),
-                    }))
-                }
-                None => None,
-            };
-            if let Some(up) = &upstream {
-                let (up, reply_sock, zone, stop) =
-                    (up.clone(), sock.try_clone()?, zone.clone(), stop.clone());
-                let timeout = config.upstream_timeout;
-                threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("dns-upstream-{i}"))
-                        .spawn(move || upstream_loop(&up, &reply_sock, &zone, &stop, timeout))?,
-                );
-            }
-            let (zone, stop) = (zone.clone(), stop.clone());
+            let (zone, stop, jobs, config) =
+                (zone.clone(), stop.clone(), jobs_tx.clone(), config.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("dns-udp-{i}"))
-                    .spawn(move || udp_loop(&sock, &zone, &stop, upstream.as_deref()))?,
+                    .spawn(move || udp_loop(&sock, &zone, &stop, &config, &jobs))?,
             );
         }
+        drop(jobs_tx);
 
-        // TCP on the same port.
+        // TCP on the same port, and the forwarder, on one runtime.
         let listener = std::net::TcpListener::from(reuse_port_socket(local, SockType::Stream)?);
         socket::listen(
             &listener,
@@ -216,7 +454,7 @@ impl DnsServer {
         )?;
         listener.set_nonblocking(true)?;
         let (tcp_stop, tcp_stopped) = tokio::sync::oneshot::channel();
-        let (zone_tcp, cfg) = (zone.clone(), config);
+        let zone_tcp = zone.clone();
         threads.push(
             std::thread::Builder::new()
                 .name("dns-tcp".into())
@@ -227,7 +465,18 @@ impl DnsServer {
                     else {
                         return;
                     };
-                    rt.block_on(tcp_loop(listener, zone_tcp, cfg, tcp_stopped));
+                    rt.block_on(async move {
+                        if !config.upstreams.is_empty() {
+                            tokio::spawn(forwarder(
+                                jobs_rx,
+                                ups.clone(),
+                                reply_sock,
+                                zone_tcp.clone(),
+                            ));
+                            tokio::spawn(health_checks(ups.clone(), config.health_check));
+                        }
+                        tcp_loop(listener, zone_tcp, config, ups, tcp_stopped).await;
+                    });
                 })?,
         );
 
@@ -277,200 +526,154 @@ impl Drop for DnsServer {
     }
 }
 
-fn udp_loop(sock: &UdpSocket, zone: &ZoneHandle, stop: &AtomicBool, upstream: Option<&Upstream>) {
+fn udp_loop(
+    sock: &UdpSocket,
+    zone: &ZoneHandle,
+    stop: &AtomicBool,
+    config: &ServerConfig,
+    jobs: &mpsc::Sender<Job>,
+) {
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(1500);
     while !stop.load(Ordering::Relaxed) {
         let (n, client) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
             Err(_) => continue,
         };
         let msg = &buf[..n];
         let view = zone.load();
-        match view.respond(msg, &mut out, Transport::Udp, upstream.is_some()) {
+        let recursion = config.recursion_allowed(client.ip());
+        match view.respond(msg, &mut out, Transport::Udp, recursion) {
             Outcome::Answered => {
                 let _ = sock.send_to(&out, client);
             }
             Outcome::Ignore => {}
             Outcome::Forward => {
-                if let Some(up) = upstream {
-                    forward_udp(up, msg, client, sock);
+                let job = Job {
+                    query: msg.to_vec(),
+                    client,
+                    chase: None,
+                    fallback: Vec::new(),
+                };
+                if jobs.try_send(job).is_err()
+                    && let Some(a) = error_answer(msg, rcode::REFUSED, true)
+                {
+                    let _ = sock.send_to(&a, client);
                 }
             }
-            Outcome::Chase { target, qtype } => match upstream {
-                Some(up) => {
-                    let id = up.ids.next();
-                    let query = wire::build_query(id, &target, qtype);
-                    up.pending
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .insert(
-                            id,
-                            Pending::Chase {
-                                client,
-                                request: msg.to_vec(),
-                                fallback: out.clone(),
-                                since: Instant::now(),
-                            },
-                        );
-                    let _ = up.socket.send(&query);
-                }
-                None => {
+            Outcome::Chase { target, qtype } if recursion => {
+                let job = Job {
+                    query: msg.to_vec(),
+                    client,
+                    chase: Some((target, qtype)),
+                    fallback: out.clone(),
+                };
+                if jobs.try_send(job).is_err() {
                     let _ = sock.send_to(&out, client);
                 }
-            },
-        }
-    }
-}
-
-fn forward_udp(up: &Upstream, msg: &[u8], client: SocketAddr, sock: &UdpSocket) {
-    if msg.len() < 12 {
-        return;
-    }
-    let id = u16::from_be_bytes([msg[0], msg[1]]);
-    let new_id = up.ids.next();
-    let mut copy = msg.to_vec();
-    copy[..2].copy_from_slice(&new_id.to_be_bytes());
-    up.pending
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(
-            new_id,
-            Pending::Relay {
-                client,
-                id,
-                since: Instant::now(),
-            },
-        );
-    if up.socket.send(&copy).is_err() {
-        servfail(msg, sock, client);
-    }
-}
-
-fn servfail(msg: &[u8], sock: &UdpSocket, client: SocketAddr) {
-    if let Ok(req) = wire::parse_request(msg) {
-        let mut out = Vec::new();
-        let w = ResponseWriter::new(&mut out, &req, rcode::SERVFAIL, false, true);
-        w.finish(512, None);
-        let _ = sock.send_to(&out, client);
-    }
-}
-
-fn upstream_loop(
-    up: &Upstream,
-    reply_sock: &UdpSocket,
-    zone: &ZoneHandle,
-    stop: &AtomicBool,
-    timeout: Duration,
-) {
-    let mut buf = [0u8; 65535];
-    let mut out = Vec::new();
-    let mut last_sweep = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        if let Ok(n) = up.socket.recv(&mut buf) {
-            let reply = &buf[..n];
-            if n >= 12 {
-                let id = u16::from_be_bytes([reply[0], reply[1]]);
-                let pending = up
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&id);
-                match pending {
-                    Some(Pending::Relay {
-                        client, id: orig, ..
-                    }) => {
-                        let mut copy = reply.to_vec();
-                        copy[..2].copy_from_slice(&orig.to_be_bytes());
-                        let _ = reply_sock.send_to(&copy, client);
-                    }
-                    Some(Pending::Chase {
-                        client,
-                        request,
-                        fallback,
-                        ..
-                    }) => match wire::parse_answers(reply, id) {
-                        Some(records) => {
-                            zone.load().respond_chased(
-                                &request,
-                                &mut out,
-                                Transport::Udp,
-                                &records,
-                            );
-                            let _ = reply_sock.send_to(&out, client);
-                        }
-                        None => {
-                            let _ = reply_sock.send_to(&fallback, client);
-                        }
-                    },
-                    None => {}
-                }
             }
-        }
-        if last_sweep.elapsed() > Duration::from_millis(250) {
-            last_sweep = Instant::now();
-            let expired: Vec<Pending> = {
-                let mut p = up
-                    .pending
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                let keys: Vec<u16> = p
-                    .iter()
-                    .filter(|(_, v)| v.since().elapsed() > timeout)
-                    .map(|(k, _)| *k)
-                    .collect();
-                keys.into_iter().filter_map(|k| p.remove(&k)).collect()
-            };
-            for e in expired {
-                if let Pending::Chase {
-                    client, fallback, ..
-                } = e
-                {
-                    let _ = reply_sock.send_to(&fallback, client);
-                }
-                // Relayed queries time out silently: the client retries.
+            Outcome::Chase { .. } => {
+                let _ = sock.send_to(&out, client);
             }
         }
     }
+}
+
+/// The live TCP connections, for the limit.
+#[derive(Debug, Default)]
+struct Connections {
+    next: u64,
+    live: HashMap<u64, (Instant, Arc<Notify>)>,
+}
+
+/// Takes a connection out of the table when its task ends.
+struct Registered {
+    conns: Arc<Mutex<Connections>>,
+    id: u64,
+}
+
+impl Registered {
+    fn touch(&self) {
+        if let Some(c) = lock(&self.conns).live.get_mut(&self.id) {
+            c.0 = Instant::now();
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        lock(&self.conns).live.remove(&self.id);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 async fn tcp_loop(
     listener: std::net::TcpListener,
     zone: ZoneHandle,
-    config: ServerConfig,
+    config: Arc<ServerConfig>,
+    ups: Arc<Upstreams>,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
         return;
     };
+    let conns = Arc::new(Mutex::new(Connections::default()));
+    let mut backoff = Duration::from_millis(5);
     loop {
         tokio::select! {
             _ = &mut stopped => return,
             accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    let (zone, config) = (zone.clone(), config.clone());
-                    tokio::spawn(async move {
-                        let _ = serve_tcp(stream, zone, config).await;
-                    });
-                }
+                let (stream, peer) = match accepted {
+                    Ok(x) => {
+                        backoff = Duration::from_millis(5);
+                        x
+                    }
+                    Err(_) => {
+                        // Out of descriptors and the like: wait rather than spin.
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                };
+                let (id, kill) = {
+                    let mut c = lock(&conns);
+                    if c.live.len() >= config.tcp_max_clients.max(1) {
+                        // Full: the least recently active connection makes room.
+                        if let Some((&oldest, _)) = c.live.iter().min_by_key(|(_, (t, _))| *t) {
+                            if let Some((_, k)) = c.live.remove(&oldest) {
+                                k.notify_one();
+                            }
+                        }
+                    }
+                    c.next += 1;
+                    let id = c.next;
+                    let kill = Arc::new(Notify::new());
+                    c.live.insert(id, (Instant::now(), kill.clone()));
+                    (id, kill)
+                };
+                let reg = Registered { conns: conns.clone(), id };
+                let (zone, config, ups) = (zone.clone(), config.clone(), ups.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = kill.notified() => {}
+                        _ = serve_tcp(stream, peer, zone, config, ups, &reg) => {}
+                    }
+                    drop(reg);
+                });
             }
         }
     }
 }
 
+/// Reads one length-prefixed message: `None` at the end of the stream or after `idle`
+/// without one. The bytes are stored as they arrive.
 async fn read_message(
     stream: &mut tokio::net::TcpStream,
     idle: Duration,
+    message: Duration,
 ) -> io::Result<Option<Vec<u8>>> {
     let mut len = [0u8; 2];
     match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
@@ -480,72 +683,83 @@ async fn read_message(
             r?;
         }
     }
-    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
-    tokio::time::timeout(idle, stream.read_exact(&mut msg))
-        .await
-        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+    let len = usize::from(u16::from_be_bytes(len));
+    let mut msg = Vec::with_capacity(len.min(4096));
+    let mut chunk = [0u8; 4096];
+    tokio::time::timeout(message, async {
+        while msg.len() < len {
+            let want = (len - msg.len()).min(chunk.len());
+            let n = stream.read(&mut chunk[..want]).await?;
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+            }
+            msg.extend_from_slice(&chunk[..n]);
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
     Ok(Some(msg))
 }
 
-async fn write_message(stream: &mut tokio::net::TcpStream, msg: &[u8]) -> io::Result<()> {
+async fn write_message(
+    stream: &mut tokio::net::TcpStream,
+    msg: &[u8],
+    timeout: Duration,
+) -> io::Result<()> {
     let len = u16::try_from(msg.len()).map_err(io::Error::other)?;
     let mut framed = Vec::with_capacity(msg.len() + 2);
     framed.extend_from_slice(&len.to_be_bytes());
     framed.extend_from_slice(msg);
-    stream.write_all(&framed).await
-}
-
-/// One exchange with the upstream over TCP.
-async fn upstream_tcp(up: SocketAddr, msg: &[u8], timeout: Duration) -> io::Result<Vec<u8>> {
-    tokio::time::timeout(timeout, async {
-        let mut s = tokio::net::TcpStream::connect(up).await?;
-        write_message(&mut s, msg).await?;
-        read_message(&mut s, timeout)
-            .await?
-            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))
-    })
-    .await
-    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+    tokio::time::timeout(timeout, stream.write_all(&framed))
+        .await
+        .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
 async fn serve_tcp(
     mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
     zone: ZoneHandle,
-    config: ServerConfig,
+    config: Arc<ServerConfig>,
+    ups: Arc<Upstreams>,
+    reg: &Registered,
 ) -> io::Result<()> {
     let mut out = Vec::new();
-    let ids = IdSource::new();
-    while let Some(msg) = read_message(&mut stream, config.tcp_idle).await? {
-        let outcome =
-            zone.load()
-                .respond(&msg, &mut out, Transport::Tcp, config.upstream.is_some());
-        match (outcome, config.upstream) {
-            (Outcome::Answered, _) => write_message(&mut stream, &out).await?,
-            (Outcome::Forward, Some(up)) => match upstream_tcp(up, &msg, config.upstream_timeout)
-                .await
-            {
-                Ok(reply) => write_message(&mut stream, &reply).await?,
-                Err(_) => {
-                    if let Ok(req) = wire::parse_request(&msg) {
-                        let w = ResponseWriter::new(&mut out, &req, rcode::SERVFAIL, false, true);
-                        w.finish(usize::from(u16::MAX), None);
-                        write_message(&mut stream, &out).await?;
+    let recursion = config.recursion_allowed(peer.ip());
+    while let Some(msg) = read_message(&mut stream, config.tcp_idle, config.tcp_message).await? {
+        reg.touch();
+        let outcome = zone
+            .load()
+            .respond(&msg, &mut out, Transport::Tcp, recursion);
+        match outcome {
+            Outcome::Answered => {}
+            Outcome::Forward => {
+                out = match forward(&ups, &msg, true).await {
+                    Ok(reply) => reply,
+                    Err(ForwardError::Busy) => {
+                        error_answer(&msg, rcode::REFUSED, false).unwrap_or_default()
+                    }
+                    Err(ForwardError::Failed) => {
+                        error_answer(&msg, rcode::SERVFAIL, false).unwrap_or_default()
+                    }
+                };
+            }
+            Outcome::Chase { target, qtype } if recursion => {
+                let q = wire::build_query(0, &target, qtype);
+                if let Ok(reply) = forward(&ups, &q, true).await {
+                    let id = u16::from_be_bytes([reply[0], reply[1]]);
+                    if let Some(records) = wire::parse_answers(&reply, id) {
+                        zone.load()
+                            .respond_chased(&msg, &mut out, Transport::Tcp, &records);
                     }
                 }
-            },
-            (Outcome::Chase { target, qtype }, Some(up)) => {
-                let id = ids.next();
-                let query = wire::build_query(id, &target, qtype);
-                if let Ok(reply) = upstream_tcp(up, &query, config.upstream_timeout).await
-                    && let Some(records) = wire::parse_answers(&reply, id)
-                {
-                    zone.load()
-                        .respond_chased(&msg, &mut out, Transport::Tcp, &records);
-                }
-                write_message(&mut stream, &out).await?;
             }
-            (Outcome::Chase { .. }, None) => write_message(&mut stream, &out).await?,
-            (Outcome::Forward | Outcome::Ignore, _) => {}
+            Outcome::Chase { .. } => {}
+            Outcome::Ignore => continue,
+        }
+        if !out.is_empty() {
+            write_message(&mut stream, &out, config.tcp_write).await?;
+            reg.touch();
         }
     }
     Ok(())

@@ -306,17 +306,44 @@ pub enum Data<'a> {
 }
 
 /// Builds a response in a caller-provided buffer (reused between requests).
+///
+/// Records are written until the message would exceed its limit ([`ResponseWriter::limit`]:
+/// the client's UDP payload, or 65,535 bytes over TCP); a record that does not fit is left
+/// out, and so is every record after it, so the work is bounded by the answer's size, not
+/// by how many records the name has. Leaving out answer or authority records marks the
+/// response truncated ([`ResponseWriter::finish`] sets TC over UDP; over TCP the client
+/// gets the records that fit, without TC). Names are compressed against every name
+/// written before, found through a map: linear in the answer's size.
 #[derive(Debug)]
 pub struct ResponseWriter<'b> {
     buf: &'b mut Vec<u8>,
-    /// Offsets where a (suffix of a) name starts, for compression.
-    names: Vec<u16>,
+    /// Where each (suffix of a) name written so far starts, by its lowercase text.
+    names: std::collections::HashMap<String, u16>,
     counts: [u16; 3],
     section: usize,
+    limit: usize,
+    /// Bytes kept free at the end (the OPT record).
+    reserve: usize,
+    /// A record did not fit: every later one is left out.
+    full: bool,
+    /// An answer or authority record was left out.
+    truncated: bool,
+}
+
+/// The OPT record's size.
+const OPT_LEN: usize = 11;
+
+fn lowercase(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
 }
 
 impl<'b> ResponseWriter<'b> {
     /// Starts a response to `req`: its ID, QR and AA set, RD copied, and its question.
+    /// The limit is 65,535 bytes until [`ResponseWriter::limit`] says otherwise.
     pub fn new(
         buf: &'b mut Vec<u8>,
         req: &Request<'_>,
@@ -338,19 +365,50 @@ impl<'b> ResponseWriter<'b> {
         buf.extend_from_slice(req.qname_wire);
         buf.extend_from_slice(&req.qtype.to_be_bytes());
         buf.extend_from_slice(&req.qclass.to_be_bytes());
-        let mut names = Vec::with_capacity(16);
-        // Every label boundary of the question name.
+        let mut names = std::collections::HashMap::with_capacity(16);
+        // Every label boundary of the question name, by its lowercase suffix text (unless
+        // a label holds a dot or a non-ASCII byte: then its text names no name of ours).
+        let wire = req.qname_wire;
+        let mut labels = Vec::new();
         let mut i = 0;
-        while i < req.qname_wire.len() && req.qname_wire[i] != 0 {
-            names.push((HEADER + i) as u16);
-            i += 1 + usize::from(req.qname_wire[i]);
+        while i < wire.len() && wire[i] != 0 {
+            let len = usize::from(wire[i]);
+            let Some(label) = wire.get(i + 1..i + 1 + len) else {
+                break;
+            };
+            labels.push((i, label));
+            i += 1 + len;
+        }
+        if labels
+            .iter()
+            .all(|(_, l)| l.iter().all(|b| b.is_ascii() && *b != b'.'))
+        {
+            for k in 0..labels.len() {
+                let text: Vec<String> = labels[k..]
+                    .iter()
+                    .map(|(_, l)| String::from_utf8_lossy(l).to_ascii_lowercase())
+                    .collect();
+                names
+                    .entry(text.join("."))
+                    .or_insert((HEADER + labels[k].0) as u16);
+            }
         }
         Self {
             buf,
             names,
             counts: [0; 3],
             section: 0,
+            limit: usize::from(u16::MAX),
+            reserve: 0,
+            full: false,
+            truncated: false,
         }
+    }
+
+    /// Limits the message to `limit` bytes, keeping room for an OPT record when `edns`.
+    pub fn limit(&mut self, limit: usize, edns: bool) {
+        self.limit = limit;
+        self.reserve = if edns { OPT_LEN } else { 0 };
     }
 
     /// A bare header answer without a question (FORMERR to an unparsable request).
@@ -373,73 +431,60 @@ impl<'b> ResponseWriter<'b> {
         self.counts[0]
     }
 
-    /// Reads the labels of the name at `at` (following pointers), comparing them
-    /// case-insensitively with `labels`; true if equal.
-    fn name_equals(&self, mut at: usize, labels: &[&str]) -> bool {
-        let b = &self.buf;
-        let mut k = 0;
-        for _ in 0..128 {
-            let Some(&len) = b.get(at) else {
-                return false;
-            };
-            if len >= 0xc0 {
-                let Some(&lo) = b.get(at + 1) else {
-                    return false;
-                };
-                at = (usize::from(len & 0x3f) << 8) | usize::from(lo);
-                continue;
-            }
-            if len == 0 {
-                return k == labels.len();
-            }
-            let len = usize::from(len);
-            let Some(label) = labels.get(k) else {
-                return false;
-            };
-            let Some(bytes) = b.get(at + 1..at + 1 + len) else {
-                return false;
-            };
-            if !bytes.eq_ignore_ascii_case(label.as_bytes()) {
-                return false;
-            }
-            k += 1;
-            at += 1 + len;
-        }
-        false
+    /// Whether a record was left out for want of room.
+    pub fn is_full(&self) -> bool {
+        self.full
     }
 
-    fn write_name(&mut self, name: &str) {
+    /// Writes `name`, compressed against the names written so far; the suffixes it
+    /// introduces are returned, to be remembered once the record is kept.
+    fn write_name(&mut self, name: &str, fresh: &mut Vec<(String, u16)>) {
+        let name = name.trim_end_matches('.');
         if name.is_empty() {
             self.buf.push(0);
             return;
         }
-        let labels: Vec<&str> = name.split('.').collect();
-        for i in 0..labels.len() {
-            let suffix = &labels[i..];
-            if let Some(&at) = self
-                .names
-                .iter()
-                .find(|&&at| self.name_equals(usize::from(at), suffix))
-            {
+        let lower = lowercase(name);
+        let mut start = 0;
+        loop {
+            let suffix = &lower[start..];
+            if let Some(&at) = self.names.get(suffix) {
                 self.buf.extend_from_slice(&(0xc000 | at).to_be_bytes());
                 return;
             }
+            let end = suffix.find('.').map_or(lower.len(), |d| start + d);
+            let label = &name.as_bytes()[start..end];
             let here = self.buf.len();
             if here < 0x3fff {
-                self.names.push(here as u16);
+                fresh.push((suffix.to_owned(), here as u16));
             }
-            let label = &labels[i].as_bytes()[..labels[i].len().min(63)];
+            // Zone names are checked when they are built; a label too long for the wire
+            // is cut rather than allowed to corrupt the message.
+            let label = &label[..label.len().min(63)];
             self.buf.push(label.len() as u8);
             self.buf.extend_from_slice(label);
+            if end >= lower.len() {
+                break;
+            }
+            start = end + 1;
         }
         self.buf.push(0);
     }
 
-    /// Writes one record in the current section.
-    pub fn record(&mut self, owner: Owner<'_>, rtype: u16, ttl: u32, data: Data<'_>) {
+    /// Writes one record in the current section; false when it did not fit (it and every
+    /// later record are left out).
+    pub fn record(&mut self, owner: Owner<'_>, rtype: u16, ttl: u32, data: Data<'_>) -> bool {
+        if self.full {
+            if self.section < 2 {
+                self.truncated = true;
+            }
+            return false;
+        }
+        let before = self.buf.len();
+        let mut fresh = Vec::new();
         match owner {
             Owner::Question => self.buf.extend_from_slice(&0xc00cu16.to_be_bytes()),
-            Owner::Name(n) => self.write_name(n),
+            Owner::Name(n) => self.write_name(n, &mut fresh),
         }
         self.buf.extend_from_slice(&rtype.to_be_bytes());
         self.buf.extend_from_slice(&CLASS_IN.to_be_bytes());
@@ -449,7 +494,7 @@ impl<'b> ResponseWriter<'b> {
         match data {
             Data::A(ip) => self.buf.extend_from_slice(&ip.octets()),
             Data::Aaaa(ip) => self.buf.extend_from_slice(&ip.octets()),
-            Data::Name(n) => self.write_name(n),
+            Data::Name(n) => self.write_name(n, &mut fresh),
             Data::Srv {
                 priority,
                 weight,
@@ -459,8 +504,17 @@ impl<'b> ResponseWriter<'b> {
                 self.buf.extend_from_slice(&priority.to_be_bytes());
                 self.buf.extend_from_slice(&weight.to_be_bytes());
                 self.buf.extend_from_slice(&port.to_be_bytes());
-                // RFC 2782: the target is not compressed.
+                // RFC 2782: the target is not compressed; later names may point into it.
+                let target = target.trim_end_matches('.');
+                let mut start = 0;
+                let lower = lowercase(target);
                 for label in target.split('.').filter(|l| !l.is_empty()) {
+                    let here = self.buf.len();
+                    let suffix = lower.get(start..).unwrap_or_default();
+                    if here < 0x3fff && !self.names.contains_key(suffix) {
+                        fresh.push((suffix.to_owned(), here as u16));
+                    }
+                    start += label.len() + 1;
                     let label = &label.as_bytes()[..label.len().min(63)];
                     self.buf.push(label.len() as u8);
                     self.buf.extend_from_slice(label);
@@ -485,21 +539,33 @@ impl<'b> ResponseWriter<'b> {
                 expire,
                 minimum,
             } => {
-                self.write_name(mname);
-                self.write_name(rname);
+                self.write_name(mname, &mut fresh);
+                self.write_name(rname, &mut fresh);
                 for v in [serial, refresh, retry, expire, minimum] {
                     self.buf.extend_from_slice(&v.to_be_bytes());
                 }
             }
             Data::Raw(bytes) => self.buf.extend_from_slice(bytes),
         }
+        if self.buf.len() + self.reserve > self.limit {
+            self.buf.truncate(before);
+            self.full = true;
+            if self.section < 2 {
+                self.truncated = true;
+            }
+            return false;
+        }
         let rdlen = (self.buf.len() - len_at - 2) as u16;
         self.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
         self.counts[self.section] += 1;
+        for (suffix, at) in fresh {
+            self.names.entry(suffix).or_insert(at);
+        }
+        true
     }
 
     /// Writes the OPT record (in the additional section) with our payload size and the
-    /// upper bits of an extended rcode.
+    /// upper bits of an extended rcode. Room for it is kept once a limit is set with EDNS.
     pub fn opt(&mut self, extended_rcode: u16) {
         self.section = 2;
         self.buf.push(0);
@@ -510,37 +576,76 @@ impl<'b> ResponseWriter<'b> {
         self.counts[2] += 1;
     }
 
-    /// Finishes the message: writes the section counts. If it is longer than `limit`,
-    /// drops every record but the OPT and sets TC, so the client retries over TCP.
-    pub fn finish(self, limit: usize, opt: Option<u16>) {
+    /// Finishes the message: writes the section counts, and over UDP (`udp`) sets TC when
+    /// an answer or authority record was left out, so the client may retry over TCP. The
+    /// records that fit are kept either way (musl's resolver before 1.2.4 never retries
+    /// over TCP: an empty truncated answer would be an outage for it).
+    pub fn finish(self, udp: bool) {
         let [an, ns, ar] = self.counts;
         let buf = self.buf;
         buf[6..8].copy_from_slice(&an.to_be_bytes());
         buf[8..10].copy_from_slice(&ns.to_be_bytes());
         buf[10..12].copy_from_slice(&ar.to_be_bytes());
-        if buf.len() <= limit {
-            return;
-        }
-        // Question only, TC set, then the OPT again.
-        let question_end = HEADER + question_len(buf);
-        buf.truncate(question_end);
-        let flags = u16::from_be_bytes([buf[2], buf[3]]) | TC;
-        buf[2..4].copy_from_slice(&flags.to_be_bytes());
-        buf[6..12].fill(0);
-        if let Some(ext) = opt {
-            buf.push(0);
-            buf.extend_from_slice(&rtype::OPT.to_be_bytes());
-            buf.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
-            buf.push((ext >> 4) as u8);
-            buf.extend_from_slice(&[0, 0, 0, 0, 0]);
-            buf[10..12].copy_from_slice(&1u16.to_be_bytes());
+        if udp && self.truncated {
+            let flags = u16::from_be_bytes([buf[2], buf[3]]) | TC;
+            buf[2..4].copy_from_slice(&flags.to_be_bytes());
         }
     }
 }
 
-/// Length of the question section of a message we built.
-fn question_len(buf: &[u8]) -> usize {
-    skip_name(buf, HEADER).map_or(0, |end| end + 4 - HEADER)
+/// Length of the question section of a message with one question (`None`: malformed).
+fn question_len(buf: &[u8]) -> Option<usize> {
+    let end = skip_name(buf, HEADER)?;
+    (buf.len() >= end + 4).then(|| end + 4 - HEADER)
+}
+
+/// Whether `reply` answers `query`: a response (QR) with its ID and exactly its question
+/// (the name compared without regard to case). An upstream answer that fails this is
+/// ignored: whoever sent it did not see our query.
+pub fn reply_matches(reply: &[u8], query: &[u8]) -> bool {
+    let (Some(qlen), Some(rlen)) = (question_len(query), question_len(reply)) else {
+        return false;
+    };
+    let flags = u16_at(reply, 2).unwrap_or(0);
+    reply.len() >= HEADER
+        && query.len() >= HEADER
+        && reply[..2] == query[..2]
+        && flags & QR != 0
+        && u16_at(reply, 4) == Some(1)
+        && qlen == rlen
+        && reply[HEADER..HEADER + rlen].eq_ignore_ascii_case(&query[HEADER..HEADER + qlen])
+}
+
+/// Makes an upstream `reply` fit a client's `limit`: when longer, it becomes its header and
+/// question with TC set (and an OPT record when the client spoke EDNS), so the client asks
+/// again over TCP.
+pub fn fit_reply(reply: &mut Vec<u8>, limit: usize, edns: bool) {
+    if reply.len() <= limit {
+        return;
+    }
+    let Some(q) = question_len(reply) else {
+        reply.truncate(HEADER.min(reply.len()));
+        return;
+    };
+    reply.truncate(HEADER + q);
+    let flags = u16::from_be_bytes([reply[2], reply[3]]) | TC;
+    reply[2..4].copy_from_slice(&flags.to_be_bytes());
+    reply[6..12].fill(0);
+    if edns {
+        reply.push(0);
+        reply.extend_from_slice(&rtype::OPT.to_be_bytes());
+        reply.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+        reply.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        reply[10..12].copy_from_slice(&1u16.to_be_bytes());
+    }
+}
+
+/// The UDP payload a request's sender accepts: its EDNS size (at most ours), else 512.
+pub fn client_limit(req: &Request<'_>) -> usize {
+    usize::from(
+        req.edns
+            .map_or(CLASSIC_UDP_PAYLOAD, |e| e.udp_size.min(MAX_UDP_PAYLOAD)),
+    )
 }
 
 /// A record read from an upstream answer, with its names decompressed.
@@ -709,13 +814,14 @@ mod tests {
         let req = parse_request(&q).unwrap();
         let mut buf = Vec::new();
         let mut w = ResponseWriter::new(&mut buf, &req, rcode::NOERROR, true, false);
+        w.limit(512, false);
         w.record(
             Owner::Question,
             rtype::PTR,
             30,
             Data::Name("web.shop.svc.cluster.local"),
         );
-        w.finish(512, None);
+        w.finish(true);
         // The PTR target is a pointer to "web..." inside the question (offset 12 + 11).
         let tail = &buf[buf.len() - 2..];
         assert_eq!(tail, [0xc0, 23]);

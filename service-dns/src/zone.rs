@@ -163,7 +163,23 @@ struct Entry {
     info: Arc<ServiceInfo>,
     /// `<svc>.<ns>.svc.<zone>`.
     base: Arc<str>,
+    /// For a Service with many ready endpoints: what it answers at its name, and its
+    /// endpoints' addresses by their names, built once so that a query costs what its
+    /// answer costs (a headless Service of thousands of pods is asked for often).
+    index: Option<Index>,
 }
+
+#[derive(Debug)]
+struct Index {
+    /// The records at the Service's name, without duplicates: all of them, and by type
+    /// (A, AAAA, SRV), so that a query takes its answer without filtering.
+    records: Option<[Records; 4]>,
+    /// Endpoint name (lowercase) → its addresses.
+    labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>>,
+}
+
+/// Ready endpoints from which a Service gets an [`Index`].
+const INDEX_FROM: usize = 32;
 
 /// What an address points back to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,6 +415,127 @@ fn service_key(name: &str, namespace: &str) -> Arc<str> {
     Arc::from(format!("{name}.{namespace}"))
 }
 
+fn ready(entry: &Entry) -> impl Iterator<Item = (usize, &service_core::snapshot::ServiceEndpoint)> {
+    ready_of(&entry.info)
+}
+
+fn ready_of(
+    info: &ServiceInfo,
+) -> impl Iterator<Item = (usize, &service_core::snapshot::ServiceEndpoint)> {
+    info.endpoints.iter().enumerate().filter(|(_, e)| e.ready)
+}
+
+/// The records at a Service's name (`None`: the name does not exist), each once.
+fn service_name_records(entry: &Entry, config: &DnsConfig) -> AtName {
+    let info = &entry.info;
+    if info.type_ == ServiceType::ExternalName {
+        let target = info
+            .external_name
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('.');
+        if target.is_empty() || target.parse::<IpAddr>().is_ok() {
+            return None;
+        }
+        return Some(vec![Rdata::Cname(Arc::from(target.to_ascii_lowercase()))]);
+    }
+    let weight = |n: usize| (100 / n.max(1)).max(1) as u16;
+    match &info.cluster_ips {
+        ClusterIps::Ips(ips) => {
+            let mut recs: Vec<Rdata> = ips.iter().map(|ip| Rdata::from_ip(*ip)).collect();
+            let n = info.ports.len();
+            recs.extend(info.ports.iter().map(|p| Rdata::Srv {
+                priority: 0,
+                weight: weight(n),
+                port: p.port,
+                target: entry.base.clone(),
+            }));
+            dedup(&mut recs);
+            Some(recs)
+        }
+        ClusterIps::Headless => {
+            let mut recs: Vec<Rdata> = ready_of(info).map(|(_, e)| Rdata::from_ip(e.ip)).collect();
+            if recs.is_empty() {
+                return None;
+            }
+            dedup(&mut recs);
+            let mut srv: Vec<(Arc<str>, u16)> = Vec::new();
+            let mut seen: HashSet<(Arc<str>, u16)> = HashSet::new();
+            for (_, e) in ready_of(info) {
+                let target: Arc<str> =
+                    Arc::from(format!("{}.{}", endpoint_name(e, config), entry.base));
+                for (_, port, _) in e.ports.iter() {
+                    if seen.insert((target.clone(), *port)) {
+                        srv.push((target.clone(), *port));
+                    }
+                }
+            }
+            let n = srv.len();
+            recs.extend(srv.into_iter().map(|(target, port)| Rdata::Srv {
+                priority: 0,
+                weight: weight(n),
+                port,
+                target,
+            }));
+            Some(recs)
+        }
+        _ => None,
+    }
+}
+
+/// Removes repeated records, keeping the first of each (linear).
+fn dedup(recs: &mut Vec<Rdata>) {
+    if recs.len() <= 8 {
+        let mut i = 0;
+        while i < recs.len() {
+            if recs[..i].contains(&recs[i]) {
+                recs.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        return;
+    }
+    let mut seen = HashSet::with_capacity(recs.len());
+    recs.retain(|r| seen.insert(r.clone()));
+}
+
+/// The [`Index`] of a Service with many ready endpoints.
+fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
+    if ready_of(&entry.info).nth(INDEX_FROM - 1).is_none() {
+        return None;
+    }
+    let mut labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>> = HashMap::new();
+    if entry.info.type_ != ServiceType::ExternalName
+        && matches!(entry.info.cluster_ips, ClusterIps::Ips(_) | ClusterIps::Headless)
+    {
+        for (_, e) in ready_of(&entry.info) {
+            let ips = labels
+                .entry(endpoint_name(e, config).into_boxed_str())
+                .or_default();
+            if !ips.contains(&e.ip) {
+                ips.push(e.ip);
+            }
+        }
+    }
+    let records = service_name_records(entry, config).map(|all| {
+        let of = |t: RecordType| -> Records {
+            all.iter()
+                .filter(|r| r.rtype() == t)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into()
+        };
+        [
+            of(RecordType::A),
+            of(RecordType::Aaaa),
+            of(RecordType::Srv),
+            Records::from(all),
+        ]
+    });
+    Some(Index { records, labels })
+}
+
 /// The name of an endpoint (without the Service part).
 fn endpoint_name(e: &service_core::snapshot::ServiceEndpoint, cfg: &DnsConfig) -> String {
     if let Some(h) = e.hostname.as_deref().filter(|h| !h.is_empty()) {
@@ -589,14 +726,17 @@ impl Zone {
             *next_id += 1;
             *next_id - 1
         });
-        let entry = Arc::new(Entry {
+        let mut entry = Entry {
             id,
             info: svc.clone(),
             base: Arc::from(format!(
                 "{}.{}.svc.{}",
                 svc.key.name, svc.key.namespace, config.zone
             )),
-        });
+            index: None,
+        };
+        entry.index = index_of(&entry, config);
+        let entry = Arc::new(entry);
         if config.reverse {
             match &svc.cluster_ips {
                 _ if svc.type_ == ServiceType::ExternalName => {}
@@ -784,12 +924,45 @@ pub enum Authority {
     Ip6,
 }
 
+/// The records of an answer: shared with the zone (a large answer is not copied per
+/// query), read as a slice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Records(Arc<[Rdata]>);
+
+impl std::ops::Deref for Records {
+    type Target = [Rdata];
+    fn deref(&self) -> &[Rdata] {
+        &self.0
+    }
+}
+
+impl From<Vec<Rdata>> for Records {
+    fn from(v: Vec<Rdata>) -> Self {
+        Self(Arc::from(v))
+    }
+}
+
+impl<'a> IntoIterator for &'a Records {
+    type Item = &'a Rdata;
+    type IntoIter = std::slice::Iter<'a, Rdata>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl Records {
+    /// The records, copied out.
+    pub fn to_vec(&self) -> Vec<Rdata> {
+        self.0.to_vec()
+    }
+}
+
 /// What the zone says about a name and type.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Lookup {
     /// Records at the name (possibly a CNAME to follow), with the zone they are in.
-    Answer(Vec<Rdata>, Authority),
+    Answer(Records, Authority),
     /// The name exists without records of that type.
     NoData(Authority),
     /// The name does not exist.
@@ -855,14 +1028,17 @@ fn filter(at: AtName, qtype: u16, authority: Authority) -> Lookup {
     let Some(recs) = at else {
         return Lookup::NxDomain(authority);
     };
-    let mut out: Vec<Rdata> = Vec::new();
-    for r in &recs {
-        if (r.rtype().code() == qtype || qtype == rtype::ANY) && !out.contains(r) {
-            out.push(r.clone());
-        }
-    }
+    // The records at a name come without duplicates.
+    let out: Vec<Rdata> = if qtype == rtype::ANY {
+        recs.clone()
+    } else {
+        recs.iter()
+            .filter(|r| r.rtype().code() == qtype)
+            .cloned()
+            .collect()
+    };
     if !out.is_empty() {
-        return Lookup::Answer(out, authority);
+        return Lookup::Answer(out.into(), authority);
     }
     // A CNAME (ExternalName) answers A and AAAA; SRV and other types get NODATA, as in
     // CoreDNS.
@@ -872,7 +1048,7 @@ fn filter(at: AtName, qtype: u16, authority: Authority) -> Lookup {
             .filter(|r| r.rtype() == RecordType::Cname)
             .collect();
         if !cname.is_empty() {
-            return Lookup::Answer(cname, authority);
+            return Lookup::Answer(cname.into(), authority);
         }
     }
     Lookup::NoData(authority)
@@ -892,71 +1068,32 @@ impl ZoneView {
         self.services.get(key.as_str())
     }
 
-    fn ready(
-        entry: &Entry,
-    ) -> impl Iterator<Item = (usize, &service_core::snapshot::ServiceEndpoint)> {
-        entry
-            .info
-            .endpoints
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| e.ready)
-    }
-
     /// Records at `<svc>.<ns>.svc.<zone>`.
     fn at_service(&self, entry: &Entry) -> AtName {
-        let info = &entry.info;
-        if info.type_ == ServiceType::ExternalName {
-            let target = info
-                .external_name
-                .as_deref()
-                .unwrap_or("")
-                .trim_end_matches('.');
-            if target.is_empty() || target.parse::<IpAddr>().is_ok() {
-                return None;
-            }
-            return Some(vec![Rdata::Cname(Arc::from(target.to_ascii_lowercase()))]);
-        }
-        let weight = |n: usize| (100 / n.max(1)).max(1) as u16;
-        match &info.cluster_ips {
-            ClusterIps::Ips(ips) => {
-                let mut recs: Vec<Rdata> = ips.iter().map(|ip| Rdata::from_ip(*ip)).collect();
-                let n = info.ports.len();
-                recs.extend(info.ports.iter().map(|p| Rdata::Srv {
-                    priority: 0,
-                    weight: weight(n),
-                    port: p.port,
-                    target: entry.base.clone(),
-                }));
-                Some(recs)
-            }
-            ClusterIps::Headless => {
-                let mut recs: Vec<Rdata> = Self::ready(entry)
-                    .map(|(_, e)| Rdata::from_ip(e.ip))
-                    .collect();
-                if recs.is_empty() {
-                    return None;
-                }
-                let mut srv: Vec<(Arc<str>, u16)> = Vec::new();
-                for (_, e) in Self::ready(entry) {
-                    let target: Arc<str> =
-                        Arc::from(format!("{}.{}", endpoint_name(e, &self.config), entry.base));
-                    for (_, port, _) in e.ports.iter() {
-                        if !srv.iter().any(|(t, p)| *t == target && p == port) {
-                            srv.push((target.clone(), *port));
-                        }
-                    }
-                }
-                let n = srv.len();
-                recs.extend(srv.into_iter().map(|(target, port)| Rdata::Srv {
-                    priority: 0,
-                    weight: weight(n),
-                    port,
-                    target,
-                }));
-                Some(recs)
-            }
-            _ => None,
+        service_name_records(entry, &self.config)
+    }
+
+    /// The answer at `<svc>.<ns>.svc.<zone>`: from the index for a large Service (shared,
+    /// not copied), computed otherwise.
+    fn service_answer(&self, entry: &Entry, qtype: u16) -> Lookup {
+        let cluster = Authority::Cluster;
+        let Some(index) = &entry.index else {
+            return filter(self.at_service(entry), qtype, cluster);
+        };
+        let Some([a, aaaa, srv, all]) = &index.records else {
+            return Lookup::NxDomain(cluster);
+        };
+        let recs = match qtype {
+            rtype::A => a,
+            rtype::AAAA => aaaa,
+            rtype::SRV => srv,
+            rtype::ANY => all,
+            _ => return Lookup::NoData(cluster),
+        };
+        if recs.is_empty() {
+            Lookup::NoData(cluster)
+        } else {
+            Lookup::Answer(recs.clone(), cluster)
         }
     }
 
@@ -968,9 +1105,15 @@ impl ZoneView {
         {
             return None;
         }
+        if let Some(index) = &entry.index {
+            return index
+                .labels
+                .get(label)
+                .map(|ips| ips.iter().map(|ip| Rdata::from_ip(*ip)).collect());
+        }
         let as_ip = undash(label);
         let mut out: Vec<Rdata> = Vec::new();
-        for (_, e) in Self::ready(entry) {
+        for (_, e) in ready(entry) {
             let matches = match e.hostname.as_deref().filter(|h| !h.is_empty()) {
                 Some(h) => h.eq_ignore_ascii_case(label),
                 None if self.config.endpoint_pod_names
@@ -1018,7 +1161,8 @@ impl ZoneView {
             }
             ClusterIps::Headless => {
                 let mut list: Vec<(Arc<str>, u16)> = Vec::new();
-                for (_, e) in Self::ready(entry) {
+                let mut seen: HashSet<(Arc<str>, u16)> = HashSet::new();
+                for (_, e) in ready(entry) {
                     for (pname, p, pr) in e.ports.iter() {
                         if !pname.is_empty() && pname.eq_ignore_ascii_case(port) && proto_is(pr) {
                             let target: Arc<str> = Arc::from(format!(
@@ -1026,7 +1170,7 @@ impl ZoneView {
                                 endpoint_name(e, &self.config),
                                 entry.base
                             ));
-                            if !list.iter().any(|(t, x)| *t == target && x == p) {
+                            if seen.insert((target.clone(), *p)) {
                                 list.push((target, *p));
                             }
                         }
@@ -1054,7 +1198,7 @@ impl ZoneView {
         let mut out = Vec::new();
         for t in [rtype::A, rtype::AAAA] {
             if let Lookup::Answer(recs, _) = self.lookup_code(name, t) {
-                out.extend(recs.into_iter().filter(|r| r.rtype().code() == t));
+                out.extend(recs.iter().filter(|r| r.rtype().code() == t).cloned());
             }
         }
         out
@@ -1133,11 +1277,10 @@ impl ZoneView {
             ),
             ["svc"] | ["pod"] => Lookup::NoData(cluster),
             [ns, "svc"] => filter(self.namespace_exists(ns).then(Vec::new), qtype, cluster),
-            [svc, ns, "svc"] => filter(
-                self.entry(svc, ns).and_then(|e| self.at_service(e)),
-                qtype,
-                cluster,
-            ),
+            [svc, ns, "svc"] => match self.entry(svc, ns) {
+                Some(e) => self.service_answer(e, qtype),
+                None => Lookup::NxDomain(cluster),
+            },
             [ep, svc, ns, "svc"] => filter(
                 self.entry(svc, ns).and_then(|e| self.at_endpoint(e, ep)),
                 qtype,

@@ -490,7 +490,11 @@ fn a_bad_network_never_hands_out_a_value_twice() {
     };
     let mut rng = SeededRandom::new(4);
     let (mut created, mut failed) = (0, 0);
-    for i in 0..120 {
+    // Until enough calls got through (how many fail depends on the machine's load), with
+    // a bound.
+    let mut i = 0;
+    while created < 40 && i < 600 {
+        i += 1;
         let existing = checker.list().unwrap();
         let outcome = if existing.len() > 8 && rng.below(3) == 0 {
             let s = &existing[rng.below(existing.len())];
@@ -519,7 +523,7 @@ fn a_bad_network_never_hands_out_a_value_twice() {
     stop.store(true, Ordering::SeqCst);
     let freed_meanwhile = repairer.join().unwrap();
     assert!(
-        proxy.dropped() > 5 && proxy.delayed() > 50 && failed > 10 && created > 30,
+        proxy.dropped() > 5 && proxy.delayed() > 50 && failed > 10 && created >= 40,
         "the faults must bite: {} dropped, {} delayed, {failed} calls failed, {created} succeeded",
         proxy.dropped(),
         proxy.delayed()

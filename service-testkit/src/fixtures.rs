@@ -99,3 +99,44 @@ pub fn scale(
     }
     (svcs, slices)
 }
+
+/// A headless Service `x/huge` (dual-stack) with `per_family` ready endpoints in each
+/// family, in slices of 1,000: what a large StatefulSet or a big peer group looks like to
+/// DNS. IPv4 endpoints are `10.2.{i / 250}.{i % 250 + 1}`, IPv6 ones `fd00::{i + 1}`.
+pub fn huge_headless(
+    per_family: usize,
+) -> (
+    Vec<service_core::valid::ValidService>,
+    Vec<service_core::model::EndpointSlice>,
+) {
+    use service_core::model::{Endpoint, EndpointSlice, IpFamilyPolicy, Service, ServicePort};
+    let mut svc = Service::headless("x", "huge")
+        .with_selector([("a", "b")])
+        .with_port(ServicePort::tcp("p", 80));
+    svc.spec.ip_family_policy = Some(IpFamilyPolicy::PreferDualStack);
+    service_core::defaults::service(&mut svc);
+    let svc = service_core::validation::validate_service(&svc).expect("valid headless service");
+    let mut slices = Vec::new();
+    for v6 in [false, true] {
+        for i in 0..per_family {
+            if i % 1000 == 0 {
+                let name = format!("huge-{}-{}", if v6 { "v6" } else { "v4" }, i / 1000);
+                let slice = if v6 {
+                    EndpointSlice::ipv6("x", &name, "huge")
+                } else {
+                    EndpointSlice::ipv4("x", &name, "huge")
+                };
+                slices.push(slice.with_port("p", 80));
+            }
+            let ip = if v6 {
+                format!("fd00::{:x}", i + 1)
+            } else {
+                format!("10.2.{}.{}", i / 250, i % 250 + 1)
+            };
+            let last = slices.len() - 1;
+            let slice = std::mem::take(&mut slices[last]);
+            slices[last] = slice.with_endpoint(Endpoint::new(&ip));
+        }
+    }
+    (vec![svc], slices)
+}

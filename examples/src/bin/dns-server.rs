@@ -1,4 +1,5 @@
-//! `dns-server --listen ADDR:PORT [--zone cluster.local] [--upstream ADDR:PORT] FILE...`:
+//! `dns-server --listen ADDR:PORT [--zone cluster.local] [--upstream ADDR:PORT]...
+//! [--allow-recursion CIDR]... [--cluster-cidr CIDR]... FILE...`:
 //! serves the cluster DNS for the files' Services over UDP and TCP until stopped. SIGHUP,
 //! or a change to any file (followed with inotify), reloads them: only the Services that
 //! changed are updated, and queries are answered throughout. A file that is invalid, empty
@@ -30,9 +31,23 @@ struct Args {
     /// The cluster domain.
     #[arg(long, default_value = "cluster.local")]
     zone: String,
-    /// Forward other names here (and resolve ExternalName targets through it).
+    /// Forward other names here (and resolve ExternalName targets through it); repeat
+    /// for several, picked at random among the healthy ones.
     #[arg(long)]
-    upstream: Option<std::net::SocketAddr>,
+    upstream: Vec<std::net::SocketAddr>,
+    /// Clients whose queries for other names are forwarded (repeatable; default: loopback
+    /// and the --cluster-cidr networks). Others get REFUSED: not an open resolver.
+    #[arg(long)]
+    allow_recursion: Vec<ipnet::IpNet>,
+    /// The pod network(s), allowed to recurse unless --allow-recursion says otherwise.
+    #[arg(long = "cluster-cidr")]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Upstream queries in flight per upstream (CoreDNS's max_concurrent).
+    #[arg(long, default_value_t = 5_000)]
+    max_concurrent: usize,
+    /// TCP connections at once (the least recently active one makes room for a new one).
+    #[arg(long, default_value_t = 1_000)]
+    tcp_max_clients: usize,
     /// TTL of the records.
     #[arg(long, default_value_t = 30)]
     ttl: u32,
@@ -124,7 +139,16 @@ fn main() -> ExitCode {
     let mut pod_ips = pods(source.pods());
     zone.set_pods(pod_ips.clone());
     let mut server_config = ServerConfig::new(args.listen);
-    server_config.upstream = args.upstream;
+    server_config.upstreams = args.upstream.clone();
+    if args.allow_recursion.is_empty() {
+        server_config
+            .allow_recursion
+            .extend(args.cluster_cidrs.iter().copied());
+    } else {
+        server_config.allow_recursion = args.allow_recursion.clone();
+    }
+    server_config.max_concurrent = args.max_concurrent;
+    server_config.tcp_max_clients = args.tcp_max_clients;
     if let Some(n) = args.udp_workers {
         server_config.udp_workers = n;
     }
