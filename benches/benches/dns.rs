@@ -75,8 +75,9 @@ fn respond(c: &mut Criterion) {
 fn respond_headless(c: &mut Criterion) {
     let mut g = c.benchmark_group("dns_respond_headless_5000");
     let (svcs, slices) = service_testkit::fixtures::huge_headless(5_000);
-    let snap = service_core::snapshot::Snapshot::build(service_benches::node(), &svcs, &slices, &[])
-        .expect("snapshot");
+    let snap =
+        service_core::snapshot::Snapshot::build(service_benches::node(), &svcs, &slices, &[])
+            .expect("snapshot");
     let view = Zone::from_snapshot(DnsConfig::default(), &snap).view();
     let mut out = Vec::with_capacity(65_536);
     let name = "huge.x.svc.cluster.local";

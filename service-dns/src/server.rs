@@ -188,15 +188,17 @@ impl Upstreams {
 
     /// A healthy upstream at random (any, when none is healthy); `skip` one already tried.
     fn pick(&self, skip: Option<usize>) -> Option<usize> {
-        let candidates: Vec<usize> = (0..self.list.len())
-            .filter(|&i| Some(i) != skip)
-            .collect();
+        let candidates: Vec<usize> = (0..self.list.len()).filter(|&i| Some(i) != skip).collect();
         let healthy: Vec<usize> = candidates
             .iter()
             .copied()
             .filter(|&i| self.list[i].fails.load(Ordering::Relaxed) < self.max_fails)
             .collect();
-        let from = if healthy.is_empty() { candidates } else { healthy };
+        let from = if healthy.is_empty() {
+            candidates
+        } else {
+            healthy
+        };
         (!from.is_empty()).then(|| from[rand::rng().random_range(0..from.len())])
     }
 

@@ -507,7 +507,10 @@ fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
     }
     let mut labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>> = HashMap::new();
     if entry.info.type_ != ServiceType::ExternalName
-        && matches!(entry.info.cluster_ips, ClusterIps::Ips(_) | ClusterIps::Headless)
+        && matches!(
+            entry.info.cluster_ips,
+            ClusterIps::Ips(_) | ClusterIps::Headless
+        )
     {
         for (_, e) in ready_of(&entry.info) {
             let ips = labels

@@ -502,19 +502,30 @@ fn a_five_thousand_pod_headless_name_answers_what_fits() {
         let q = build_query(7, name, qtype);
         let udp = raw(&z, &q, Transport::Udp);
         let (_, r) = ask_bytes(&z, &q, Transport::Udp);
-        assert!(udp.len() <= 512 && r.tc && !r.answers.is_empty(), "{qtype}: {r:?}");
+        assert!(
+            udp.len() <= 512 && r.tc && !r.answers.is_empty(),
+            "{qtype}: {r:?}"
+        );
         // UDP with EDNS (4096 asked, 1232 answered).
         let mut q = build_query(7, name, qtype);
         q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
         q[11] = 1;
         let udp = raw(&z, &q, Transport::Udp);
         let (_, r) = ask_bytes(&z, &q, Transport::Udp);
-        assert!(udp.len() <= 1232 && r.tc && r.edns, "{qtype}: {}", udp.len());
+        assert!(
+            udp.len() <= 1232 && r.tc && r.edns,
+            "{qtype}: {}",
+            udp.len()
+        );
         // TCP: never TC, up to 65,535 bytes of records, in the zone's order.
         let q = build_query(7, name, qtype);
         let tcp = raw(&z, &q, Transport::Tcp);
         let (_, r) = ask_bytes(&z, &q, Transport::Tcp);
-        assert!(!r.tc && tcp.len() <= 65_535 && tcp.len() > 60_000, "{qtype}: {}", tcp.len());
+        assert!(
+            !r.tc && tcp.len() <= 65_535 && tcp.len() > 60_000,
+            "{qtype}: {}",
+            tcp.len()
+        );
         match qtype {
             rtype::A => {
                 assert!(r.answers.len() > 3_500, "{}", r.answers.len());
@@ -532,7 +543,10 @@ fn a_five_thousand_pod_headless_name_answers_what_fits() {
     }
     // An endpoint's own name, found without scanning the others.
     let r = ask(&z, "10-2-19-250.huge.x.svc.cluster.local", rtype::A);
-    assert_eq!(r.answers, ["10-2-19-250.huge.x.svc.cluster.local. 30 IN A 10.2.19.250"]);
+    assert_eq!(
+        r.answers,
+        ["10-2-19-250.huge.x.svc.cluster.local. 30 IN A 10.2.19.250"]
+    );
 }
 
 #[test]
