@@ -61,7 +61,7 @@ pub fn main() -> Result<(), Box<dyn std::error::Error>> {
             pod.with_container(container.clone())
                 .with_ip(ip)
                 .with_ready(true),
-        );
+        )?;
     }
     cluster.reconcile_endpoint_slices(ControllerConfig::default());
     // 4. node-a's snapshot, through a change tracker that will follow later changes.

@@ -38,7 +38,7 @@ pub struct Cluster {
     pub endpoint_slices: Vec<EndpointSlice>,
     /// Valid legacy Endpoints.
     pub endpoints: Vec<Endpoints>,
-    /// Pods (defaulted; not validated, they only feed the endpoints controller).
+    /// Pods (defaulted and validated).
     pub pods: Vec<Pod>,
     /// Nodes.
     pub nodes: Vec<Node>,
@@ -61,8 +61,7 @@ impl Cluster {
     }
 
     /// Adds an object built in code or loaded: defaulted and validated as the API server
-    /// does on create (Pods and Nodes are only defaulted; they feed the endpoints
-    /// controller).
+    /// does on create.
     ///
     /// # Errors
     /// The object is invalid; the cluster is unchanged.
@@ -71,14 +70,8 @@ impl Cluster {
             Object::Service(svc) => self.add_service(svc).map(|_| ()),
             Object::EndpointSlice(slice) => self.add_endpoint_slice(slice),
             Object::Endpoints(ep) => self.add_endpoints(ep),
-            Object::Pod(pod) => {
-                self.add_pod(pod);
-                Ok(())
-            }
-            Object::Node(node) => {
-                self.nodes.push(node);
-                Ok(())
-            }
+            Object::Pod(pod) => self.add_pod(pod),
+            Object::Node(node) => self.add_node(node),
         }
     }
 
@@ -116,15 +109,26 @@ impl Cluster {
         Ok(())
     }
 
-    /// Adds a Pod (defaulted).
-    pub fn add_pod(&mut self, mut pod: Pod) {
+    /// Adds a Pod (defaulted, and validated where this library reads it: its names become
+    /// DNS names, its ports `targetPort`s, its addresses endpoints).
+    ///
+    /// # Errors
+    /// The Pod is invalid; the cluster is unchanged.
+    pub fn add_pod(&mut self, mut pod: Pod) -> Result<(), ValidationError> {
         defaults::pod(&mut pod);
+        validation::validate_pod(&pod)?;
         self.pods.push(pod);
+        Ok(())
     }
 
-    /// Adds a Node.
-    pub fn add_node(&mut self, node: Node) {
+    /// Adds a Node (validated: a DNS subdomain name, no namespace).
+    ///
+    /// # Errors
+    /// The Node is invalid; the cluster is unchanged.
+    pub fn add_node(&mut self, node: Node) -> Result<(), ValidationError> {
+        validation::validate_node(&node)?;
         self.nodes.push(node);
+        Ok(())
     }
 
     /// Runs the EndpointSlice controller for every Service that has a selector, matching

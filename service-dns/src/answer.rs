@@ -207,10 +207,8 @@ impl ZoneView {
                         break;
                     }
                     match r {
-                        Rdata::Srv { target, .. } | Rdata::Ns(target) => {
-                            if seen.insert(target) {
-                                targets.push(target);
-                            }
+                        Rdata::Srv { target, .. } | Rdata::Ns(target) if seen.insert(target) => {
+                            targets.push(target);
                         }
                         Rdata::Cname(target) if req.qtype != rtype::CNAME => {
                             self.chase(&mut w, &req, target, &mut outcome, chased);

@@ -538,9 +538,8 @@ fn udp_loop(
     let mut buf = [0u8; 4096];
     let mut out = Vec::with_capacity(1500);
     while !stop.load(Ordering::Relaxed) {
-        let (n, client) = match sock.recv_from(&mut buf) {
-            Ok(x) => x,
-            Err(_) => continue,
+        let Ok((n, client)) = sock.recv_from(&mut buf) else {
+            continue;
         };
         let msg = &buf[..n];
         let view = zone.load();
@@ -644,10 +643,10 @@ async fn tcp_loop(
                     let mut c = lock(&conns);
                     if c.live.len() >= config.tcp_max_clients.max(1) {
                         // Full: the least recently active connection makes room.
-                        if let Some((&oldest, _)) = c.live.iter().min_by_key(|(_, (t, _))| *t) {
-                            if let Some((_, k)) = c.live.remove(&oldest) {
-                                k.notify_one();
-                            }
+                        if let Some((&oldest, _)) = c.live.iter().min_by_key(|(_, (t, _))| *t)
+                            && let Some((_, k)) = c.live.remove(&oldest)
+                        {
+                            k.notify_one();
                         }
                     }
                     c.next += 1;

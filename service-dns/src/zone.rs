@@ -502,9 +502,7 @@ fn dedup(recs: &mut Vec<Rdata>) {
 
 /// The [`Index`] of a Service with many ready endpoints.
 fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
-    if ready_of(&entry.info).nth(INDEX_FROM - 1).is_none() {
-        return None;
-    }
+    ready_of(&entry.info).nth(INDEX_FROM - 1)?;
     let mut labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>> = HashMap::new();
     if entry.info.type_ != ServiceType::ExternalName
         && matches!(
@@ -539,20 +537,37 @@ fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
     Some(Index { records, labels })
 }
 
+/// The name an endpoint was given (its hostname, or with `endpoint_pod_names` its Pod's
+/// name), when that name is a DNS label. A name that is not one (the API server rejects
+/// such hostnames; a Pod name may hold dots) is ignored rather than encoded: the endpoint
+/// falls back to its dashed address, as if unnamed.
+fn named_endpoint<'a>(
+    e: &'a service_core::snapshot::ServiceEndpoint,
+    cfg: &DnsConfig,
+) -> Option<&'a str> {
+    let is_label = |s: &&str| is_dns_label(s);
+    if let Some(h) = e.hostname.as_deref().filter(is_label) {
+        return Some(h);
+    }
+    if cfg.endpoint_pod_names {
+        return e.target_name.as_deref().filter(is_label);
+    }
+    None
+}
+
+/// Whether `s` is an RFC 1123 label, in any case: 1 to 63 letters, digits and dashes,
+/// neither first nor last a dash.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
 /// The name of an endpoint (without the Service part).
 fn endpoint_name(e: &service_core::snapshot::ServiceEndpoint, cfg: &DnsConfig) -> String {
-    if let Some(h) = e.hostname.as_deref().filter(|h| !h.is_empty()) {
-        return h.to_ascii_lowercase();
-    }
-    if cfg.endpoint_pod_names
-        && let Some(t) = e
-            .target_name
-            .as_deref()
-            .filter(|t| !t.is_empty() && t.len() < 64)
-    {
-        return t.to_ascii_lowercase();
-    }
-    dashed_ip(e.ip)
+    named_endpoint(e, cfg).map_or_else(|| dashed_ip(e.ip), str::to_ascii_lowercase)
 }
 
 /// The address a dashed label stands for, if it is the canonical dashed form of one.
@@ -1117,17 +1132,8 @@ impl ZoneView {
         let as_ip = undash(label);
         let mut out: Vec<Rdata> = Vec::new();
         for (_, e) in ready(entry) {
-            let matches = match e.hostname.as_deref().filter(|h| !h.is_empty()) {
-                Some(h) => h.eq_ignore_ascii_case(label),
-                None if self.config.endpoint_pod_names
-                    && e.target_name
-                        .as_deref()
-                        .is_some_and(|t| !t.is_empty() && t.len() < 64) =>
-                {
-                    e.target_name
-                        .as_deref()
-                        .is_some_and(|t| t.eq_ignore_ascii_case(label))
-                }
+            let matches = match named_endpoint(e, &self.config) {
+                Some(name) => name.eq_ignore_ascii_case(label),
                 None => as_ip == Some(e.ip),
             };
             let rec = Rdata::from_ip(e.ip);

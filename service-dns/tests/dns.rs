@@ -580,3 +580,60 @@ fn incremental_updates_equal_a_full_build() {
         Zone::from_snapshot(DnsConfig::default(), &empty).records()
     );
 }
+
+/// A Pod hostname that is not a DNS label never reaches the wire: the API server rejects
+/// it (`ValidatePodSpec`: `spec.hostname` must be a DNS-1123 label), and a snapshot built in
+/// code that still carries one (here `a..b` and a 64-byte label) gets dashed-address names
+/// for those endpoints, so SRV and PTR answers stay well-formed.
+#[test]
+fn invalid_hostnames_fall_back_to_dashed_addresses() {
+    use service_core::model::{Endpoint, EndpointSlice, Service, ServicePort};
+    // Through the API rules: refused, with the field and the reason.
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: x}\nspec: {hostname: a..b, subdomain: h, containers: [{name: c}]}\n";
+    let loaded = service_core::manifest::load_str("pods.yaml", yaml).expect("parse");
+    let (_, invalid) = service_core::cluster::Cluster::from_objects(loaded.objects);
+    assert_eq!(invalid.len(), 1);
+    let err = invalid[0].error.to_string();
+    assert!(
+        err.starts_with("Pod \"p\" is invalid: spec.hostname: Invalid value: \"a..b\""),
+        "{err}"
+    );
+
+    // Built in code, around the rules.
+    let mut svc = Service::headless("x", "h")
+        .with_selector([("a", "b")])
+        .with_port(ServicePort::tcp("p", 80));
+    service_core::defaults::service(&mut svc);
+    let svc = service_core::validation::validate_service(&svc).expect("valid");
+    let long = "l".repeat(64);
+    let slice = EndpointSlice::ipv4("x", "h-1", "h")
+        .with_port("p", 80)
+        .with_endpoint(Endpoint::new("10.1.0.1").with_hostname("a..b"))
+        .with_endpoint(Endpoint::new("10.1.0.2").with_hostname(&long))
+        .with_endpoint(Endpoint::new("10.1.0.3").with_hostname("ok"));
+    let node =
+        service_core::snapshot::NodeInfo::new("node-a", vec!["192.168.0.2".parse().expect("ip")]);
+    let snap = Snapshot::build(node, &[svc], &[slice], &[]).expect("snapshot");
+    let z = Zone::from_snapshot(DnsConfig::default(), &snap);
+    let srv = answers(&z, "h.x.svc.cluster.local", rtype::SRV);
+    assert_eq!(
+        srv,
+        [
+            "h.x.svc.cluster.local. 30 IN SRV 0 33 80 10-1-0-1.h.x.svc.cluster.local.",
+            "h.x.svc.cluster.local. 30 IN SRV 0 33 80 10-1-0-2.h.x.svc.cluster.local.",
+            "h.x.svc.cluster.local. 30 IN SRV 0 33 80 ok.h.x.svc.cluster.local.",
+        ]
+    );
+    assert_eq!(
+        answers(&z, "1.0.1.10.in-addr.arpa", rtype::PTR),
+        ["1.0.1.10.in-addr.arpa. 30 IN PTR 10-1-0-1.h.x.svc.cluster.local."]
+    );
+    assert_eq!(
+        answers(&z, "10-1-0-2.h.x.svc.cluster.local", rtype::A),
+        ["10-1-0-2.h.x.svc.cluster.local. 30 IN A 10.1.0.2"]
+    );
+    assert_eq!(
+        ask(&z, "a..b.h.x.svc.cluster.local", rtype::A).rcode,
+        ResponseCode::NXDomain
+    );
+}

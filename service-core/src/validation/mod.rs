@@ -8,12 +8,14 @@ mod endpoints;
 mod field;
 mod meta;
 pub mod names;
+mod pod;
 mod service;
 
 pub use endpoints::{
     endpoint_slice_errors, endpoints_errors, validate_endpoint_slice, validate_endpoints,
 };
 pub use field::{BadValue, ErrorKind, FieldError, Path, ValidationError};
+pub use pod::{node_errors, pod_errors, validate_node, validate_pod};
 pub(crate) use service::cluster_ips_related;
 pub use service::{service_errors, validate_service, validate_service_update};
 

@@ -967,3 +967,108 @@ fn endpoint_slice_validation() {
         "endpoints: Too many: 1001: must have at most 1000 items"
     );
 }
+
+fn pod_errs(pod: &Pod) -> Vec<String> {
+    pod_errors(pod).iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn pod_names_that_become_dns_names_are_dns_labels() {
+    // A Pod's hostname and subdomain make `hostname.subdomain.ns.svc.cluster.local`; the
+    // API server rejects ones that are not DNS-1123 labels (`ValidatePodSpec` in
+    // pkg/apis/core/validation/validation.go), so they never reach a DNS encoder.
+    let ok = Pod::new("ns", "web-0")
+        .with_container(Container::new("app").with_port("http", 8080))
+        .with_ip("10.1.0.1");
+    assert!(validate_pod(&ok).is_ok());
+    let mut pod = ok;
+    pod.spec.hostname = Some("a..b".into());
+    pod.spec.subdomain = Some("x".repeat(64));
+    pod.spec.node_name = Some("Node_A".into());
+    let errs = pod_errs(&pod);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert!(
+        errs[0].starts_with(
+            "spec.hostname: Invalid value: \"a..b\": a lowercase RFC 1123 label must consist of"
+        ),
+        "{}",
+        errs[0]
+    );
+    assert!(
+        errs[1].contains("spec.subdomain: Invalid value:")
+            && errs[1].contains("must be no more than 63 characters"),
+        "{}",
+        errs[1]
+    );
+    assert!(
+        errs[2].starts_with(
+            "spec.nodeName: Invalid value: \"Node_A\": a lowercase RFC 1123 subdomain"
+        ),
+        "{}",
+        errs[2]
+    );
+    let err = validate_pod(&pod).unwrap_err().to_string();
+    assert!(err.starts_with("Pod \"web-0\" is invalid: "), "{err}");
+}
+
+#[test]
+fn pod_containers_ports_and_ips() {
+    let mut pod = Pod::new("ns", "p")
+        .with_container(
+            Container::new("app")
+                .with_port("http", 0)
+                .with_port("http", 70_000),
+        )
+        .with_container(Container::new("app"));
+    pod.spec.containers[0].ports[0].host_port = Some(-1);
+    let mut status = pod.status.clone().unwrap_or_default();
+    status.pod_ip = Some("10.1.0.1".into());
+    status.pod_ips = ["10.1.0.1", "10.1.0.2", "nope"]
+        .iter()
+        .map(|ip| PodIp { ip: (*ip).into() })
+        .collect();
+    pod.status = Some(status);
+    assert_eq!(
+        pod_errs(&pod),
+        [
+            "spec.containers[0].ports[0].containerPort: Invalid value: 0: must be between 1 and 65535, inclusive",
+            "spec.containers[0].ports[0].hostPort: Invalid value: -1: must be between 1 and 65535, inclusive",
+            "spec.containers[0].ports[1].name: Duplicate value: \"http\"",
+            "spec.containers[0].ports[1].containerPort: Invalid value: 70000: must be between 1 and 65535, inclusive",
+            "spec.containers[1].name: Duplicate value: \"app\"",
+            "status.podIPs[2].ip: Invalid value: \"nope\": must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+            "status.podIPs: Too many: 3: must have at most 2 items",
+        ]
+    );
+    // Two addresses of one family.
+    let mut pod = Pod::new("ns", "p").with_ip("10.1.0.1");
+    if let Some(s) = pod.status.as_mut() {
+        s.pod_ips.push(PodIp {
+            ip: "10.1.0.2".into(),
+        });
+    }
+    assert_eq!(
+        pod_errs(&pod),
+        [
+            "status.podIPs: Invalid value: []string{\"10.1.0.1\", \"10.1.0.2\"}: may specify no more than one IP for each IP family"
+        ]
+    );
+}
+
+#[test]
+fn nodes_are_cluster_scoped_dns_subdomains() {
+    assert!(validate_node(&Node::new("node-a.example")).is_ok());
+    let mut node = Node::new("Node A");
+    node.metadata.namespace = Some("default".into());
+    let errs: Vec<String> = node_errors(&node).iter().map(ToString::to_string).collect();
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    assert!(
+        errs[0].starts_with("metadata.name: Invalid value: \"Node A\""),
+        "{}",
+        errs[0]
+    );
+    assert_eq!(
+        errs[1],
+        "metadata.namespace: Forbidden: not allowed on this type"
+    );
+}
