@@ -227,3 +227,157 @@ fn udp_sessions_stick_and_expire() {
     let again = ask(&client, "z");
     assert!(again.ends_with(" z"), "{again}");
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, Iterator::count)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 100,000 datagrams, each from another source address (127.10.0.0/15 on loopback): the
+/// portal keeps at most `max_udp_sessions` sessions (4,096 by default), so its sockets and
+/// memory stay bounded, and a real client is still served afterwards. Before the limit,
+/// each source cost a socket, a task and a 64 KiB buffer until its idle timeout.
+#[test]
+fn a_flood_of_udp_source_addresses_keeps_sockets_and_memory_bounded() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard.min(65_536), hard).unwrap();
+    let port = UdpSocket::bind("127.0.0.2:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    serve_udp("127.0.0.2", port, "a");
+    let rt = runtime();
+    let mut config = UserspaceConfig::default();
+    config.listen_ip = "127.0.0.1".parse().unwrap();
+    // Long enough that no session ends by itself during the flood: only the limit bounds.
+    config.udp_idle_timeout = Duration::from_secs(60);
+    let limit = config.max_udp_sessions;
+    assert_eq!(limit, 4_096);
+    let mut p = UserspaceProxy::new(config, rt.handle().clone());
+    p.sync(&snapshot(&["127.0.0.2"], port, Protocol::Udp, false))
+        .unwrap();
+    let portal = p.portal(&name(Protocol::Udp)).unwrap();
+    let (fds_before, rss_before) = (open_fds(), rss_kib());
+    let mut peak_fds = 0;
+    for i in 0u32..100_000 {
+        let src = std::net::Ipv4Addr::new(127, 10 + (i >> 16) as u8, (i >> 8) as u8, i as u8);
+        let Ok(sock) = UdpSocket::bind((src, 9)) else {
+            continue;
+        };
+        let _ = sock.send_to(b"x", portal);
+        if i % 5_000 == 0 {
+            // Let the proxy catch up now and then (its receive queue holds a few hundred).
+            std::thread::sleep(Duration::from_millis(20));
+            peak_fds = peak_fds.max(open_fds());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    peak_fds = peak_fds.max(open_fds());
+    let grown_kib = rss_kib().saturating_sub(rss_before);
+    assert!(
+        peak_fds <= fds_before + limit + 64,
+        "{peak_fds} descriptors open (from {fds_before}; limit {limit} sessions)"
+    );
+    assert!(
+        peak_fds >= fds_before + limit / 2,
+        "the flood never reached the proxy: {peak_fds}"
+    );
+    assert!(
+        grown_kib < 64 * 1024,
+        "the flood grew the process by {grown_kib} KiB"
+    );
+    // A real client is still served.
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    client.send_to(b"hello", portal).unwrap();
+    let mut buf = [0u8; 100];
+    let (n, _) = client.recv_from(&mut buf).expect("a reply after the flood");
+    assert_eq!(&buf[..n], b"a hello");
+}
+
+#[test]
+fn tcp_connections_beyond_the_limit_are_closed_and_idle_ones_time_out() {
+    let port = free_port();
+    serve_tcp("127.0.0.2", port, "a");
+    let rt = runtime();
+    let mut config = UserspaceConfig::default();
+    config.listen_ip = "127.0.0.1".parse().unwrap();
+    config.max_tcp_connections = 5;
+    config.tcp_idle_timeout = Duration::from_millis(600);
+    let mut p = UserspaceProxy::new(config, rt.handle().clone());
+    p.sync(&snapshot(&["127.0.0.2"], port, Protocol::Tcp, false))
+        .unwrap();
+    let portal = p.portal(&name(Protocol::Tcp)).unwrap();
+    let open = || {
+        let s = TcpStream::connect(portal).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s
+    };
+    let line = |s: &mut TcpStream, text: &str| -> Option<String> {
+        s.write_all(format!("{text}\n").as_bytes()).ok()?;
+        let mut r = BufReader::new(s);
+        let mut out = String::new();
+        (r.read_line(&mut out).ok()? > 0).then(|| out.trim().to_owned())
+    };
+    // Five relayed connections, held open.
+    let mut held: Vec<TcpStream> = (0..5).map(|_| open()).collect();
+    for (i, s) in held.iter_mut().enumerate() {
+        assert_eq!(line(s, &i.to_string()).as_deref(), Some(&*format!("a {i}")));
+    }
+    // The sixth is closed at once: no answer, the end of the stream.
+    let mut sixth = open();
+    assert_eq!(line(&mut sixth, "6"), None);
+    // Idle past the timeout, the held ones are closed by the proxy, and room is back.
+    std::thread::sleep(Duration::from_millis(1_000));
+    for s in &mut held {
+        let mut b = [0u8; 1];
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "an idle connection stayed open"
+        );
+    }
+    let mut again = open();
+    assert_eq!(line(&mut again, "7").as_deref(), Some("a 7"));
+    // Traffic keeps a connection open past the timeout.
+    for i in 0..6 {
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            line(&mut again, &format!("k{i}")).as_deref(),
+            Some(&*format!("a k{i}"))
+        );
+    }
+}
+
+#[test]
+fn expired_affinities_are_swept_without_new_traffic() {
+    let port = free_port();
+    serve_tcp("127.0.0.2", port, "a");
+    let rt = runtime();
+    let mut config = UserspaceConfig::default();
+    config.listen_ip = "127.0.0.1".parse().unwrap();
+    config.affinity_sweep = Duration::from_millis(100);
+    let mut p = UserspaceProxy::new(config, rt.handle().clone());
+    let mut snap = snapshot(&["127.0.0.2"], port, Protocol::Tcp, true);
+    // A one-second affinity timeout.
+    for sp in snap.ports.values_mut() {
+        std::sync::Arc::make_mut(sp).session_affinity_timeout = Some(1);
+    }
+    p.sync(&snap).unwrap();
+    let portal = p.portal(&name(Protocol::Tcp)).unwrap();
+    assert_eq!(ask(portal), "a");
+    assert_eq!(p.sticky_clients(&name(Protocol::Tcp)), Some(1));
+    std::thread::sleep(Duration::from_millis(1_400));
+    assert_eq!(p.sticky_clients(&name(Protocol::Tcp)), Some(0));
+}

@@ -51,6 +51,22 @@ pub struct UserspaceConfig {
     /// buffers this large (`net.core.rmem_max` and `wmem_max`); elsewhere the kernel's
     /// buffer autotuning (which an explicit size turns off) stays. 0 never sets them.
     pub bulk_buffer: usize,
+    /// TCP connections relayed at once per portal (default 10,000); a connection beyond it
+    /// is accepted and closed at once, so that its client learns rather than waits.
+    pub max_tcp_connections: usize,
+    /// UDP sessions (client addresses) per portal (default 4,096). A new client beyond it
+    /// evicts the least recently active eighth of the sessions: a flood of source addresses
+    /// costs a bounded number of sockets and tasks, never the process's descriptors.
+    pub max_udp_sessions: usize,
+    /// A TCP connection with no byte either way for this long is closed (default one hour;
+    /// zero: never).
+    pub tcp_idle_timeout: Duration,
+    /// TCP keepalive on both sides of a relayed connection: idle time before the first
+    /// probe (default 5 minutes; zero: no keepalive). Dead peers are found in idle + 9 × 75 s
+    /// at most, and their connection closed.
+    pub tcp_keepalive: Duration,
+    /// How often ClientIP affinity entries past their timeout are dropped (default 10 s).
+    pub affinity_sweep: Duration,
 }
 
 impl Default for UserspaceConfig {
@@ -60,6 +76,23 @@ impl Default for UserspaceConfig {
             family: IpFamily::Ipv4,
             udp_idle_timeout: Duration::from_millis(250),
             bulk_buffer: 4 << 20,
+            max_tcp_connections: 10_000,
+            max_udp_sessions: 4_096,
+            tcp_idle_timeout: Duration::from_secs(3_600),
+            tcp_keepalive: Duration::from_secs(300),
+            affinity_sweep: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Drops expired ClientIP affinities every `every`, for as long as the portal lives.
+async fn sweep_affinity(balancer: Arc<Mutex<Balancer>>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Ok(mut b) = balancer.lock() {
+            b.expire(std::time::Instant::now());
         }
     }
 }
@@ -211,11 +244,18 @@ impl UserspaceProxy {
             Protocol::Udp => {
                 let socket = Arc::new(self.bind(tokio::net::UdpSocket::bind(addr))?);
                 let local = socket.local_addr()?;
-                let task = self.handle.spawn(udp::serve(
+                let serve = udp::serve(
                     socket,
                     Arc::clone(&balancer),
-                    self.config.udp_idle_timeout,
-                ));
+                    udp::Limits {
+                        idle: self.config.udp_idle_timeout,
+                        max_sessions: self.config.max_udp_sessions.max(1),
+                    },
+                );
+                let sweep = sweep_affinity(Arc::clone(&balancer), self.config.affinity_sweep);
+                let task = self.handle.spawn(async move {
+                    tokio::join!(serve, sweep);
+                });
                 Ok(Portal {
                     protocol,
                     local,
@@ -234,11 +274,20 @@ impl UserspaceProxy {
                 )
                 .map_err(io::Error::from)?;
                 let local = listener.local_addr()?;
-                let task = self.handle.spawn(tcp::serve(
+                let serve = tcp::serve(
                     listener,
                     Arc::clone(&balancer),
-                    self.bulk_buffer,
-                ));
+                    tcp::Limits {
+                        bulk_buffer: self.bulk_buffer,
+                        max_connections: self.config.max_tcp_connections.max(1),
+                        idle: self.config.tcp_idle_timeout,
+                        keepalive: self.config.tcp_keepalive,
+                    },
+                );
+                let sweep = sweep_affinity(Arc::clone(&balancer), self.config.affinity_sweep);
+                let task = self.handle.spawn(async move {
+                    tokio::join!(serve, sweep);
+                });
                 Ok(Portal {
                     protocol,
                     local,
@@ -269,6 +318,13 @@ impl UserspaceProxy {
     /// The local socket of a service port's portal.
     pub fn portal(&self, name: &ServicePortName) -> Option<SocketAddr> {
         self.portals.get(name).map(|p| p.local)
+    }
+
+    /// How many clients of a service port hold a ClientIP affinity (`None`: no such portal).
+    /// Entries past their timeout are dropped every [`UserspaceConfig::affinity_sweep`].
+    pub fn sticky_clients(&self, name: &ServicePortName) -> Option<usize> {
+        let p = self.portals.get(name)?;
+        p.balancer.lock().ok().map(|b| b.sticky_clients())
     }
 
     /// Stops listening everywhere (established connections carry on until they end).

@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,29 +16,61 @@ use nix::sys::socket::{
 };
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 use super::balancer::{Balancer, DIAL_TIMEOUTS};
 
 /// Bytes moved per `splice` call at most (the pipe is made this large).
 const PIPE_SIZE: usize = 1 << 20;
 
-/// Accepts connections forever, each served on its own task.
-/// `bulk_buffer`: the socket buffer size for the `splice` phase, if any (see
-/// `UserspaceConfig::bulk_buffer`).
-pub(crate) async fn serve(
-    listener: TcpListener,
-    balancer: Arc<Mutex<Balancer>>,
-    bulk_buffer: Option<usize>,
-) {
+/// How a portal bounds its connections.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// The socket buffer size for the `splice` phase, if any (see
+    /// `UserspaceConfig::bulk_buffer`).
+    pub bulk_buffer: Option<usize>,
+    /// Connections relayed at once.
+    pub max_connections: usize,
+    /// No byte either way for this long closes a connection (zero: never).
+    pub idle: Duration,
+    /// Keepalive idle time on both sides (zero: off).
+    pub keepalive: Duration,
+}
+
+/// Accepts connections forever, each served on its own task, at most
+/// `limits.max_connections` at once (one more is closed as soon as accepted).
+pub(crate) async fn serve(listener: TcpListener, balancer: Arc<Mutex<Balancer>>, limits: Limits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         match listener.accept().await {
             Ok((client, peer)) => {
-                tokio::spawn(connection(client, peer, Arc::clone(&balancer), bulk_buffer));
+                // Full: closing at once tells the client, where leaving it in the backlog
+                // would let it wait for nothing.
+                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+                    drop(client);
+                    continue;
+                };
+                let balancer = Arc::clone(&balancer);
+                tokio::spawn(async move {
+                    connection(client, peer, balancer, limits).await;
+                    drop(permit);
+                });
             }
             // Out of file descriptors and the like: back off a little rather than spin.
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }
     }
+}
+
+/// Turns on TCP keepalive with `idle` before the first probe (75 s between probes, 9
+/// probes: the kernel's defaults).
+fn keepalive(stream: &TcpStream, idle: Duration) {
+    if idle.is_zero() {
+        return;
+    }
+    let secs = u32::try_from(idle.as_secs().max(1)).unwrap_or(u32::MAX);
+    let _ = socket::setsockopt(stream, sockopt::KeepAlive, &true);
+    let _ = socket::setsockopt(stream, sockopt::TcpKeepIdle, &secs);
 }
 
 /// Dials an endpoint for `peer` (up to four attempts, 250 ms to 2 s, each on the next
@@ -47,8 +79,9 @@ async fn connection(
     client: TcpStream,
     peer: SocketAddr,
     balancer: Arc<Mutex<Balancer>>,
-    bulk_buffer: Option<usize>,
+    limits: Limits,
 ) {
+    keepalive(&client, limits.keepalive);
     let mut retry = false;
     for timeout in DIAL_TIMEOUTS {
         let endpoint = match balancer.lock() {
@@ -61,7 +94,8 @@ async fn connection(
         // The client side inherited TCP_NODELAY from the listener; `dial` sets it on the
         // backend side.
         if let Ok(backend) = dial(endpoint, timeout).await {
-            relay(client, backend, bulk_buffer).await;
+            keepalive(&backend, limits.keepalive);
+            relay(client, backend, limits.bulk_buffer, limits.idle).await;
             return;
         }
         retry = true;
@@ -108,18 +142,68 @@ async fn dial(endpoint: SocketAddr, timeout: Duration) -> io::Result<TcpStream> 
     }
 }
 
-/// Relays both ways until both directions ended. An end of stream is passed on as a
-/// half-close; an error closes both connections.
+/// Relays both ways until both directions ended, or until no byte moved either way for
+/// `idle` (zero: no limit). An end of stream is passed on as a half-close; an error or the
+/// idle timeout closes both connections.
 /// Both sockets should have TCP_NODELAY: small exchanges go out at once.
-pub(crate) async fn relay(a: TcpStream, b: TcpStream, bulk_buffer: Option<usize>) {
+pub(crate) async fn relay(a: TcpStream, b: TcpStream, bulk_buffer: Option<usize>, idle: Duration) {
     let ended = AtomicBool::new(false);
-    let (x, y) = tokio::join!(
-        pump(&a, &b, bulk_buffer, &ended),
-        pump(&b, &a, bulk_buffer, &ended)
-    );
-    if x.is_err() || y.is_err() {
+    let activity = Activity::new();
+    let both = async {
+        tokio::join!(
+            pump(&a, &b, bulk_buffer, &ended, &activity),
+            pump(&b, &a, bulk_buffer, &ended, &activity)
+        )
+    };
+    let failed = tokio::select! {
+        (x, y) = both => x.is_err() || y.is_err(),
+        () = activity.idle_for(idle) => true,
+    };
+    if failed {
         let _ = shutdown(a.as_raw_fd(), Shutdown::Both);
         let _ = shutdown(b.as_raw_fd(), Shutdown::Both);
+    }
+}
+
+/// When bytes last moved through a connection, either way.
+struct Activity {
+    epoch: Instant,
+    /// Milliseconds since `epoch`.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now(), Ordering::Relaxed);
+    }
+
+    /// Completes once nothing moved for `idle`; never when `idle` is zero. One timer per
+    /// idle period, not one per read.
+    async fn idle_for(&self, idle: Duration) {
+        if idle.is_zero() {
+            return std::future::pending().await;
+        }
+        let mut wait = idle;
+        loop {
+            tokio::time::sleep(wait).await;
+            let quiet =
+                Duration::from_millis(self.now().saturating_sub(self.last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+            wait = idle - quiet;
+        }
     }
 }
 
@@ -153,6 +237,7 @@ async fn pump(
     dst: &TcpStream,
     bulk_buffer: Option<usize>,
     ended: &AtomicBool,
+    activity: &Activity,
 ) -> io::Result<u64> {
     // Read into spare capacity: no zeroing per connection.
     let mut buf: Vec<u8> = Vec::with_capacity(COPY_BUFFER);
@@ -169,10 +254,11 @@ async fn pump(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        activity.touch();
         write_all(dst, &buf[..n]).await?;
         total += n as u64;
         if n == COPY_BUFFER {
-            return splice_rest(src, dst, total, bulk_buffer, ended).await;
+            return splice_rest(src, dst, total, bulk_buffer, ended, activity).await;
         }
     }
 }
@@ -212,6 +298,7 @@ async fn splice_rest(
     mut total: u64,
     bulk_buffer: Option<usize>,
     ended: &AtomicBool,
+    activity: &Activity,
 ) -> io::Result<u64> {
     if let Some(size) = bulk_buffer {
         // Best effort: the kernel may refuse, and the relay works either way.
@@ -230,6 +317,7 @@ async fn splice_rest(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
+        activity.touch();
         let mut left = n;
         while left > 0 {
             dst.writable().await?;
@@ -321,7 +409,7 @@ mod tests {
         rt.block_on(async {
             let (client, _) = front.accept().await.expect("accept");
             let backend = TcpStream::from_std(backend).expect("register");
-            relay(client, backend, None).await;
+            relay(client, backend, None, Duration::ZERO).await;
         });
         writer.join().expect("writer");
         let got = reader.join().expect("reader");
