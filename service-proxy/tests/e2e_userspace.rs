@@ -161,10 +161,36 @@ fn userspace_end_to_end() {
         assert!(!l.starts_with(&owner), "{l}");
     }
 
+    // A portal is reachable only as its service: its port on the node's address (from
+    // outside) or on loopback (from the node) is dropped, while the service address works.
+    let tcp_portals: Vec<u16> = proxier
+        .proxy()
+        .portals()
+        .iter()
+        .filter(|p| p.protocol == service_core::model::Protocol::Tcp)
+        .map(|p| p.local.port())
+        .collect();
+    assert!(!tcp_portals.is_empty());
+    for port in &tcp_portals {
+        for (from, to) in [
+            (&env.topo.client, format!("192.168.0.2:{port}")),
+            (node, format!("127.0.0.1:{port}")),
+        ] {
+            let got = tcp_connect(from, None, sa(&to), Duration::from_millis(500));
+            assert!(
+                !matches!(got, Reached::Server(..)),
+                "portal bypass at {to}: {got:?}"
+            );
+        }
+    }
+    assert_eq!(reach(pod, "10.96.0.10:80", 2).len(), 2);
+
     // Cleanup: no rules left, and the ClusterIP is no longer served.
     proxier.cleanup().expect("cleanup");
     let nat = node.exec_text("iptables-save", &["-t", "nat"]);
     assert!(!nat.contains("KUBE-"), "{nat}");
+    let filter = node.exec_text("iptables-save", &["-t", "filter"]);
+    assert!(!filter.contains("KUBE-PORTALS-GUARD"), "{filter}");
     assert!(!matches!(
         tcp_connect(pod, None, sa("10.96.0.10:80"), Duration::from_millis(700)),
         Reached::Server(..)

@@ -105,6 +105,12 @@ impl<R: Runner> UserspaceProxier<R> {
             .collect())
     }
 
+    /// Whether the jump to the portal guard is in place.
+    fn guard_jump_present(&mut self) -> Result<bool, ApplyError> {
+        let saved = self.runner.save(self.ipv6(), Table::Filter)?;
+        Ok(saved.lines().any(|l| l == rules::GUARD_JUMP))
+    }
+
     /// Opens and closes portals for `snapshot`, then rewrites the redirect rules (their
     /// chains are small: one rule per address and port) unless they are what the last sync
     /// restored and every jump to them is in place; returns whether it restored.
@@ -113,18 +119,24 @@ impl<R: Runner> UserspaceProxier<R> {
         snapshot: &Snapshot,
     ) -> Result<(UserspaceReport, bool), UserspaceError> {
         let portals = self.proxy.sync(snapshot)?;
-        let rules = rules::render(snapshot, &self.proxy.portals(), &self.proxy.config.family);
+        let portal_list = self.proxy.portals();
+        let rules = rules::render(snapshot, &portal_list, &self.proxy.config.family);
         let present = self.jumps_present()?;
         let missing: Vec<PortalChain> = PortalChain::ALL
             .into_iter()
             .filter(|c| !present.contains(c))
             .collect();
-        let input = rules::restore_input(&rules, &missing);
+        let guard_missing = !self.guard_jump_present()?;
+        let mut input = rules::restore_input(&rules, &missing);
+        input.push_str(&rules::guard_input(
+            &rules::guard_rules(&portal_list),
+            guard_missing,
+        ));
         let report = UserspaceReport {
             portals,
             rules: rules.len(),
         };
-        if missing.is_empty() && input == self.last_input {
+        if missing.is_empty() && !guard_missing && input == self.last_input {
             return Ok((report, false));
         }
         let ipv6 = self.ipv6();
@@ -224,6 +236,16 @@ impl<R: Runner> Proxier for UserspaceProxier<R> {
         if exists.iter().any(|e| *e) || !present.is_empty() {
             self.runner
                 .restore(ipv6, &[rules::cleanup_input(&present).as_bytes()])
+                .map_err(|e| error(e.into()))?;
+        }
+        let guard_jump = self.guard_jump_present().map_err(|e| error(e.into()))?;
+        let guard_chain = self
+            .runner
+            .chain_exists(ipv6, Table::Filter, rules::GUARD_CHAIN)
+            .map_err(|e| error(e.into()))?;
+        if guard_jump || guard_chain {
+            self.runner
+                .restore(ipv6, &[rules::guard_cleanup_input(guard_jump).as_bytes()])
                 .map_err(|e| error(e.into()))?;
         }
         Ok(())

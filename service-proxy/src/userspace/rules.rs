@@ -4,6 +4,13 @@
 //! `KUBE-PORTALS-HOST` (from OUTPUT: the node's own traffic) DNATs it to the portal on
 //! loopback; `KUBE-NODEPORT-CONTAINER`/`-HOST` do the same for node ports on local
 //! addresses. Pure: rendered as `iptables-restore --noflush` input.
+//!
+//! A portal listens on an ephemeral port of every local address (`REDIRECT` delivers to the
+//! primary address of the interface a packet came in on, so a portal cannot listen on the
+//! service address alone). So that the service is reachable only as the service, through
+//! the rules above (and so `loadBalancerSourceRanges` and the like cannot be bypassed at
+//! `node-IP:portal-port`), `KUBE-PORTALS-GUARD` in the filter table (from INPUT) drops
+//! packets to a portal's port that no rule redirected (`-m conntrack ! --ctstate DNAT`).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -166,6 +173,56 @@ pub fn render(snapshot: &Snapshot, portals: &[PortalInfo], family: &IpFamily) ->
             rule(PortalChain::NodePortHost, None, np, host);
         }
     }
+    out
+}
+
+/// The filter chain that keeps portals reachable only through the redirect rules.
+pub const GUARD_CHAIN: &str = "KUBE-PORTALS-GUARD";
+
+/// The jump to [`GUARD_CHAIN`] (as `iptables-save` prints it).
+pub const GUARD_JUMP: &str = "-A INPUT -j KUBE-PORTALS-GUARD";
+
+/// One rule per portal: its port, reached without a redirect, is dropped.
+pub fn guard_rules(portals: &[PortalInfo]) -> Vec<String> {
+    portals
+        .iter()
+        .map(|p| {
+            let proto = p.protocol.lower();
+            format!(
+                "-A {GUARD_CHAIN} -p {proto} -m comment --comment \"{} portal\" -m {proto} --dport {} -m conntrack ! --ctstate DNAT -j DROP",
+                p.name.proxy_name(),
+                p.local.port()
+            )
+        })
+        .collect()
+}
+
+/// The filter-table part of the restore input: [`GUARD_CHAIN`] rewritten with `rules`, and
+/// the jump from INPUT when it is missing.
+pub fn guard_input(rules: &[String], jump_missing: bool) -> String {
+    let mut out = format!("*filter\n:{GUARD_CHAIN} - [0:0]\n");
+    for r in rules {
+        out.push_str(r);
+        out.push('\n');
+    }
+    if jump_missing {
+        out.push_str(GUARD_JUMP);
+        out.push('\n');
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Removes the guard: the jump (when present), then the chain.
+pub fn guard_cleanup_input(jump_present: bool) -> String {
+    let mut out = String::from("*filter\n");
+    if jump_present {
+        out.push_str(&GUARD_JUMP.replacen("-A", "-D", 1));
+        out.push('\n');
+    }
+    out.push_str(&format!(
+        ":{GUARD_CHAIN} - [0:0]\n-X {GUARD_CHAIN}\nCOMMIT\n"
+    ));
     out
 }
 
