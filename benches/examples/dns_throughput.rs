@@ -6,8 +6,13 @@
 //! ```
 //!
 //! Both servers get the whole machine in turn (UDP workers = CPUs; dnsperf shares the
-//! cores, as a node-local cache would). Queries: every Service's A record, and as many
-//! names that do not exist (what search paths produce), interleaved.
+//! cores, as a node-local cache would). Two query mixes, each measured on both servers:
+//!
+//! - `services`: every Service's A record, and as many names that do not exist (what
+//!   search paths produce), interleaved.
+//! - `headless`: the same, with one query in twenty (5 %) for a headless Service of 5,000
+//!   ready endpoints per family (A, AAAA and SRV in turn): answers that fill a UDP message
+//!   and set TC, the worst case for an answer built per query.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -90,27 +95,52 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("dns-throughput-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
 
-    let snap = service_benches::snapshot(services, 10);
+    let (mut svcs, mut slices) = service_testkit::fixtures::scale(services, 10);
+    let (huge_svcs, huge_slices) = service_testkit::fixtures::huge_headless(5_000);
+    svcs.extend(huge_svcs);
+    slices.extend(huge_slices);
+    let snap =
+        service_core::snapshot::Snapshot::build(service_benches::node(), &svcs, &slices, &[])
+            .expect("bench snapshot");
     let zone = Zone::from_snapshot(DnsConfig::default(), &snap);
-    let mut queries = String::new();
+    let mut plain = String::new();
+    let mut headless = String::new();
     for i in 0..services {
-        let _ = writeln!(queries, "svc-{i}.bench.svc.cluster.local A");
-        let _ = writeln!(
-            queries,
-            "svc-{i}.bench.svc.cluster.local.bench.svc.cluster.local A"
-        );
+        for (j, line) in [
+            format!("svc-{i}.bench.svc.cluster.local A"),
+            format!("svc-{i}.bench.svc.cluster.local.bench.svc.cluster.local A"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let _ = writeln!(plain, "{line}");
+            let n = 2 * i + j;
+            if n % 20 == 19 {
+                let qtype = ["A", "AAAA", "SRV"][(n / 20) % 3];
+                let _ = writeln!(headless, "huge.x.svc.cluster.local {qtype}");
+            } else {
+                let _ = writeln!(headless, "{line}");
+            }
+        }
     }
-    let qfile = dir.join("queries.txt");
-    std::fs::write(&qfile, queries).unwrap();
-    let qfile = qfile.to_str().unwrap();
+    let mixes = [("services", plain), ("headless", headless)];
+    let mut files = Vec::new();
+    for (name, queries) in &mixes {
+        let f = dir.join(format!("{name}.txt"));
+        std::fs::write(&f, queries).unwrap();
+        files.push((*name, f.to_string_lossy().into_owned()));
+    }
 
     // Ours.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let mut config = ServerConfig::new("127.0.0.1:0".parse::<SocketAddr>().unwrap());
     config.udp_workers = cpus;
     let server = DnsServer::start(config, zone.view()).expect("start server");
-    println!("service-dns ({services} services, {cpus} UDP workers), {seconds} s:");
-    let ours = dnsperf(server.local_addr().port(), qfile, seconds);
+    let mut ours = Vec::new();
+    for (name, f) in &files {
+        println!("service-dns ({services} services, {cpus} UDP workers), mix {name}, {seconds} s:");
+        ours.push(dnsperf(server.local_addr().port(), f, seconds));
+    }
     server.shutdown();
 
     // Knot, same records.
@@ -131,21 +161,29 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start knotd (Debian package knot)");
-    std::thread::sleep(Duration::from_secs(3));
-    println!(
-        "Knot DNS {}, {seconds} s:",
-        String::from_utf8_lossy(
-            &Command::new("knotd")
-                .arg("--version")
-                .output()
-                .map(|o| o.stdout)
-                .unwrap_or_default()
-        )
-        .trim()
-    );
-    let peer = dnsperf(port, qfile, seconds);
+    // Knot loads the zone (tens of thousands of records) before it answers.
+    std::thread::sleep(Duration::from_secs(5));
+    let version = String::from_utf8_lossy(
+        &Command::new("knotd")
+            .arg("--version")
+            .output()
+            .map(|o| o.stdout)
+            .unwrap_or_default(),
+    )
+    .trim()
+    .to_owned();
+    let mut peer = Vec::new();
+    for (name, f) in &files {
+        println!("Knot DNS {version}, mix {name}, {seconds} s:");
+        peer.push(dnsperf(port, f, seconds));
+    }
     let _ = knot.kill();
     let _ = knot.wait();
     let _ = std::fs::remove_dir_all(&dir);
-    println!("ratio service-dns / Knot: {:.2}", ours / peer);
+    for (i, (name, _)) in files.iter().enumerate() {
+        println!(
+            "ratio service-dns / Knot, mix {name}: {:.2}",
+            ours[i] / peer[i]
+        );
+    }
 }

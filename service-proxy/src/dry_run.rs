@@ -21,6 +21,11 @@
 //! assert!(report.wrote);
 //! # Ok::<(), service_proxy::SyncError>(())
 //! ```
+// Built without any backend feature, a dry run has nothing to render.
+#![cfg_attr(
+    not(any(feature = "iptables", feature = "nftables")),
+    allow(unused_variables, dead_code)
+)]
 
 use service_core::model::IpFamily;
 
@@ -125,8 +130,13 @@ impl DryRun {
     /// # Errors
     /// [`TraceError::NotSynced`] before the first sync.
     pub fn trace(&mut self, packet: &Packet) -> Result<Verdict, TraceError> {
+        // Only the nftables backend traces its last rule set rather than the snapshot.
+        #[cfg_attr(not(feature = "iptables"), allow(unused_variables))]
         let snapshot = self.engine.last().ok_or(TraceError::NotSynced)?.clone();
         match &mut self.backend {
+            // Without a backend feature there is no backend to hold.
+            #[cfg(not(any(feature = "iptables", feature = "nftables")))]
+            _ => unreachable!("no backend feature"),
             #[cfg(feature = "iptables")]
             Backend::Iptables(renderer) => {
                 let local = renderer.config().proxy.local_addresses.clone();
@@ -150,6 +160,9 @@ impl DryRun {
         let snapshot = request.snapshot;
         let plan = self.engine.plan(snapshot, request.changed);
         match &mut self.backend {
+            // Without a backend feature there is no backend to hold.
+            #[cfg(not(any(feature = "iptables", feature = "nftables")))]
+            _ => unreachable!("no backend feature"),
             #[cfg(feature = "iptables")]
             Backend::Iptables(renderer) => {
                 if plan.kind == SyncKind::Full {
@@ -271,6 +284,9 @@ impl Proxier for DryRun {
     fn cleanup(&mut self) -> Result<(), SyncError> {
         self.engine = SyncEngine::new();
         match &mut self.backend {
+            // Without a backend feature there is no backend to hold.
+            #[cfg(not(any(feature = "iptables", feature = "nftables")))]
+            _ => unreachable!("no backend feature"),
             #[cfg(feature = "iptables")]
             Backend::Iptables(renderer) => renderer.reset(),
             #[cfg(feature = "nftables")]

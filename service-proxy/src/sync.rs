@@ -26,6 +26,7 @@ pub(crate) struct SyncPlan {
 
 impl SyncPlan {
     /// Whether there is nothing to do (a partial sync with no change).
+    #[cfg_attr(not(feature = "iptables"), allow(dead_code))]
     pub(crate) fn is_noop(&self) -> bool {
         self.kind == SyncKind::Partial && self.changed.is_empty()
     }
@@ -90,6 +91,10 @@ impl SyncEngine {
     }
 
     /// Records a failed sync: the next one is full.
+    #[cfg_attr(
+        not(all(feature = "apply", any(feature = "iptables", feature = "nftables"))),
+        allow(dead_code)
+    )]
     pub(crate) fn failed(&mut self) {
         self.needs_full = true;
     }

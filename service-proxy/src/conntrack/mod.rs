@@ -101,6 +101,10 @@ impl ConntrackCleaner for NoConntrack {
 }
 
 /// A proxier's cleaner and the filters it still owes the kernel.
+#[cfg_attr(
+    not(all(feature = "apply", any(feature = "iptables", feature = "nftables"))),
+    allow(dead_code)
+)]
 pub(crate) struct Cleanup {
     cleaner: Box<dyn ConntrackCleaner>,
     pending: BTreeSet<Filter>,
@@ -122,12 +126,20 @@ impl Default for Cleanup {
 
 /// What one cleanup did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(
+    not(all(feature = "apply", any(feature = "iptables", feature = "nftables"))),
+    allow(dead_code)
+)]
 pub(crate) struct CleanupOutcome {
     pub(crate) deleted: usize,
     /// Filters kept for the next sync, and why.
     pub(crate) failed: Option<(usize, String)>,
 }
 
+#[cfg_attr(
+    not(all(feature = "apply", any(feature = "iptables", feature = "nftables"))),
+    allow(dead_code)
+)]
 impl Cleanup {
     pub(crate) fn new(cleaner: impl ConntrackCleaner + 'static) -> Self {
         Self {

@@ -5,6 +5,8 @@
 //! The expressions are the ones `nft` 1.0.6 generates for the same rules (checked with
 //! `nft --debug=netlink`), so `nft list table` prints our table exactly as if `nft -f` had
 //! loaded the script. Constants come from `linux/netfilter/nf_tables.h`.
+// The reading half (dumps of what the kernel holds) serves the kernel applier only.
+#![cfg_attr(not(feature = "apply"), allow(dead_code))]
 
 use std::net::{IpAddr, SocketAddr};
 
