@@ -317,8 +317,8 @@ pub enum Data<'a> {
 #[derive(Debug)]
 pub struct ResponseWriter<'b> {
     buf: &'b mut Vec<u8>,
-    /// Where each (suffix of a) name written so far starts, by its lowercase text.
-    names: std::collections::HashMap<String, u16>,
+    /// Where each (suffix of a) name written so far starts.
+    names: Names,
     counts: [u16; 3],
     section: usize,
     limit: usize,
@@ -333,11 +333,117 @@ pub struct ResponseWriter<'b> {
 /// The OPT record's size.
 const OPT_LEN: usize = 11;
 
-fn lowercase(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(s.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(s)
+/// FNV-1a of a name's text, lowercase: the key names are found by.
+fn name_hash(text: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text {
+        h ^= u64::from(b.to_ascii_lowercase());
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Whether the name written at `at` in `msg` (labels, maybe ending in a pointer) spells
+/// `text` (dot-separated, no trailing dot), ignoring case.
+fn name_at_is(msg: &[u8], mut at: usize, text: &[u8]) -> bool {
+    let mut p = 0;
+    for _ in 0..128 {
+        let Some(&len) = msg.get(at) else {
+            return false;
+        };
+        match len {
+            0 => return p == text.len(),
+            1..=63 => {
+                let len = usize::from(len);
+                if p > 0 {
+                    if text.get(p) != Some(&b'.') {
+                        return false;
+                    }
+                    p += 1;
+                }
+                let (Some(label), Some(want)) =
+                    (msg.get(at + 1..at + 1 + len), text.get(p..p + len))
+                else {
+                    return false;
+                };
+                if !label.eq_ignore_ascii_case(want) {
+                    return false;
+                }
+                p += len;
+                at += 1 + len;
+            }
+            0xc0..=0xff => {
+                let Some(&lo) = msg.get(at + 1) else {
+                    return false;
+                };
+                at = (usize::from(len & 0x3f) << 8) | usize::from(lo);
+            }
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// Where names written so far start, by the hash of their lowercase text (a hit is
+/// confirmed against the message: a collision costs a missed compression, never a wrong
+/// pointer). Small answers stay on the stack; large ones spill into a map.
+#[derive(Debug, Default)]
+struct Names {
+    small: smallvec::SmallVec<[(u64, u16); 16]>,
+    big: Option<std::collections::HashMap<u64, u16, std::hash::BuildHasherDefault<KeyIsHash>>>,
+}
+
+/// A hasher for keys that are hashes already.
+#[derive(Debug, Default)]
+struct KeyIsHash(u64);
+
+impl std::hash::Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+impl Names {
+    fn get(&self, hash: u64) -> Option<u16> {
+        match &self.big {
+            Some(map) => map.get(&hash).copied(),
+            None => self
+                .small
+                .iter()
+                .find(|(h, _)| *h == hash)
+                .map(|(_, at)| *at),
+        }
+    }
+
+    /// Where `text` was written, confirmed in `msg`.
+    fn find(&self, msg: &[u8], hash: u64, text: &[u8]) -> Option<u16> {
+        self.get(hash)
+            .filter(|&at| name_at_is(msg, usize::from(at), text))
+    }
+
+    fn insert(&mut self, hash: u64, at: u16) {
+        if self.get(hash).is_some() {
+            return;
+        }
+        match &mut self.big {
+            Some(map) => {
+                map.insert(hash, at);
+            }
+            None if self.small.len() < self.small.inline_size() => self.small.push((hash, at)),
+            None => {
+                let mut map: std::collections::HashMap<_, _, _> = self.small.drain(..).collect();
+                map.insert(hash, at);
+                self.big = Some(map);
+            }
+        }
     }
 }
 
@@ -365,32 +471,41 @@ impl<'b> ResponseWriter<'b> {
         buf.extend_from_slice(req.qname_wire);
         buf.extend_from_slice(&req.qtype.to_be_bytes());
         buf.extend_from_slice(&req.qclass.to_be_bytes());
-        let mut names = std::collections::HashMap::with_capacity(16);
+        let mut names = Names::default();
         // Every label boundary of the question name, by its lowercase suffix text (unless
         // a label holds a dot or a non-ASCII byte: then its text names no name of ours).
         let wire = req.qname_wire;
-        let mut labels = Vec::new();
+        let mut starts: smallvec::SmallVec<[usize; 16]> = smallvec::SmallVec::new();
         let mut i = 0;
+        let mut plain = true;
         while i < wire.len() && wire[i] != 0 {
             let len = usize::from(wire[i]);
             let Some(label) = wire.get(i + 1..i + 1 + len) else {
+                plain = false;
                 break;
             };
-            labels.push((i, label));
+            plain &= label.iter().all(|b| b.is_ascii() && *b != b'.');
+            starts.push(i);
             i += 1 + len;
         }
-        if labels
-            .iter()
-            .all(|(_, l)| l.iter().all(|b| b.is_ascii() && *b != b'.'))
-        {
-            for k in 0..labels.len() {
-                let text: Vec<String> = labels[k..]
-                    .iter()
-                    .map(|(_, l)| String::from_utf8_lossy(l).to_ascii_lowercase())
-                    .collect();
-                names
-                    .entry(text.join("."))
-                    .or_insert((HEADER + labels[k].0) as u16);
+        if plain {
+            // FNV-1a of each suffix's text, straight from the wire: no copy.
+            for &start in &starts {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                let mut j = start;
+                while j < wire.len() && wire[j] != 0 {
+                    let len = usize::from(wire[j]);
+                    if j != start {
+                        h ^= u64::from(b'.');
+                        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                    }
+                    for b in &wire[j + 1..j + 1 + len] {
+                        h ^= u64::from(b.to_ascii_lowercase());
+                        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                    }
+                    j += 1 + len;
+                }
+                names.insert(h, (HEADER + start) as u16);
             }
         }
         Self {
@@ -438,32 +553,41 @@ impl<'b> ResponseWriter<'b> {
 
     /// Writes `name`, compressed against the names written so far; the suffixes it
     /// introduces are returned, to be remembered once the record is kept.
-    fn write_name(&mut self, name: &str, fresh: &mut Vec<(String, u16)>) {
+    fn write_name(&mut self, name: &str, fresh: &mut smallvec::SmallVec<[(u64, u16); 8]>) {
         let name = name.trim_end_matches('.');
         if name.is_empty() {
             self.buf.push(0);
             return;
         }
-        let lower = lowercase(name);
+        let bytes = name.as_bytes();
         let mut start = 0;
         loop {
-            let suffix = &lower[start..];
-            if let Some(&at) = self.names.get(suffix) {
+            let suffix = &bytes[start..];
+            let hash = name_hash(suffix);
+            // A suffix written by this very record is in `fresh`, not yet in `names`.
+            let pending = fresh
+                .iter()
+                .find(|(h, at)| *h == hash && name_at_is(self.buf, usize::from(*at), suffix))
+                .map(|(_, at)| *at);
+            if let Some(at) = pending.or_else(|| self.names.find(self.buf, hash, suffix)) {
                 self.buf.extend_from_slice(&(0xc000 | at).to_be_bytes());
                 return;
             }
-            let end = suffix.find('.').map_or(lower.len(), |d| start + d);
-            let label = &name.as_bytes()[start..end];
+            let end = suffix
+                .iter()
+                .position(|&b| b == b'.')
+                .map_or(bytes.len(), |d| start + d);
+            let label = &bytes[start..end];
             let here = self.buf.len();
             if here < 0x3fff {
-                fresh.push((suffix.to_owned(), here as u16));
+                fresh.push((hash, here as u16));
             }
             // Zone names are checked when they are built; a label too long for the wire
             // is cut rather than allowed to corrupt the message.
             let label = &label[..label.len().min(63)];
             self.buf.push(label.len() as u8);
             self.buf.extend_from_slice(label);
-            if end >= lower.len() {
+            if end >= bytes.len() {
                 break;
             }
             start = end + 1;
@@ -481,7 +605,7 @@ impl<'b> ResponseWriter<'b> {
             return false;
         }
         let before = self.buf.len();
-        let mut fresh = Vec::new();
+        let mut fresh: smallvec::SmallVec<[(u64, u16); 8]> = smallvec::SmallVec::new();
         match owner {
             Owner::Question => self.buf.extend_from_slice(&0xc00cu16.to_be_bytes()),
             Owner::Name(n) => self.write_name(n, &mut fresh),
@@ -507,12 +631,11 @@ impl<'b> ResponseWriter<'b> {
                 // RFC 2782: the target is not compressed; later names may point into it.
                 let target = target.trim_end_matches('.');
                 let mut start = 0;
-                let lower = lowercase(target);
                 for label in target.split('.').filter(|l| !l.is_empty()) {
                     let here = self.buf.len();
-                    let suffix = lower.get(start..).unwrap_or_default();
-                    if here < 0x3fff && !self.names.contains_key(suffix) {
-                        fresh.push((suffix.to_owned(), here as u16));
+                    let suffix = target.as_bytes().get(start..).unwrap_or_default();
+                    if here < 0x3fff {
+                        fresh.push((name_hash(suffix), here as u16));
                     }
                     start += label.len() + 1;
                     let label = &label.as_bytes()[..label.len().min(63)];
@@ -558,8 +681,8 @@ impl<'b> ResponseWriter<'b> {
         let rdlen = (self.buf.len() - len_at - 2) as u16;
         self.buf[len_at..len_at + 2].copy_from_slice(&rdlen.to_be_bytes());
         self.counts[self.section] += 1;
-        for (suffix, at) in fresh {
-            self.names.entry(suffix).or_insert(at);
+        for (hash, at) in fresh {
+            self.names.insert(hash, at);
         }
         true
     }
@@ -827,5 +950,53 @@ mod tests {
         assert_eq!(tail, [0xc0, 23]);
         let (name, _) = read_name(&buf, buf.len() - 2).unwrap();
         assert_eq!(name, "web.shop.svc.cluster.local");
+    }
+
+    /// Many distinct names (past the inline table, into the map), each written twice, in
+    /// mixed case: the second time is a pointer to the first, and every name reads back.
+    #[test]
+    fn compression_scales_past_the_inline_table_and_ignores_case() {
+        let q = build_query(1, "Big.X.svc.cluster.local", rtype::SRV);
+        let req = parse_request(&q).unwrap();
+        let mut buf = Vec::new();
+        let mut w = ResponseWriter::new(&mut buf, &req, rcode::NOERROR, true, false);
+        let names: Vec<String> = (0..40)
+            .map(|i| format!("ep-{i}.big.x.svc.cluster.local"))
+            .collect();
+        let mut firsts = Vec::new();
+        for n in &names {
+            let at = w.buf.len();
+            w.record(Owner::Name(n), rtype::A, 30, Data::A([10, 0, 0, 1].into()));
+            firsts.push(at);
+        }
+        // The first name's suffix "big.x.svc.cluster.local" points into the question,
+        // whatever its case.
+        let first = &buf_of(&w)[firsts[0]..];
+        assert_eq!(&first[..7], [4, b'e', b'p', b'-', b'0', 0xc0, 12]);
+        for (n, at) in names.iter().zip(&firsts) {
+            let before = w.buf.len();
+            w.record(
+                Owner::Name(&n.to_ascii_uppercase()),
+                rtype::A,
+                30,
+                Data::A([10, 0, 0, 2].into()),
+            );
+            // Two bytes of pointer, then type, class, TTL, length, address.
+            assert_eq!(w.buf.len() - before, 2 + 10 + 4, "{n}");
+            let ptr = u16::from_be_bytes([w.buf[before], w.buf[before + 1]]);
+            assert_eq!(usize::from(ptr & 0x3fff), *at, "{n}");
+        }
+        w.finish(false);
+        for at in firsts {
+            let (name, _) = read_name(&buf, at).unwrap();
+            assert!(
+                name.starts_with("ep-") && name.ends_with(".big.x.svc.cluster.local"),
+                "{name}"
+            );
+        }
+    }
+
+    fn buf_of<'a>(w: &'a ResponseWriter<'_>) -> &'a [u8] {
+        w.buf
     }
 }

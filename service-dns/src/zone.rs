@@ -174,11 +174,12 @@ struct Index {
     /// The records at the Service's name, without duplicates: all of them, and by type
     /// (A, AAAA, SRV), so that a query takes its answer without filtering.
     records: Option<[Records; 4]>,
-    /// Endpoint name (lowercase) → its addresses.
-    labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>>,
+    /// Endpoint name (lowercase) → its addresses, for a Service with many ready endpoints
+    /// (`None`: few enough to scan).
+    labels: Option<HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>>>,
 }
 
-/// Ready endpoints from which a Service gets an [`Index`].
+/// Ready endpoints from which a Service's endpoint names are indexed.
 const INDEX_FROM: usize = 32;
 
 /// What an address points back to.
@@ -500,25 +501,35 @@ fn dedup(recs: &mut Vec<Rdata>) {
     recs.retain(|r| seen.insert(r.clone()));
 }
 
-/// The [`Index`] of a Service with many ready endpoints.
+/// The [`Index`] of a Service: for every ClusterIP Service (its answers are then shared,
+/// not built per query: the common case of a DNS lookup), and for any other with many
+/// ready endpoints. ExternalName Services have none (their CNAME answers every type).
 fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
-    ready_of(&entry.info).nth(INDEX_FROM - 1)?;
-    let mut labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>> = HashMap::new();
-    if entry.info.type_ != ServiceType::ExternalName
-        && matches!(
+    if entry.info.type_ == ServiceType::ExternalName {
+        return None;
+    }
+    let many = ready_of(&entry.info).nth(INDEX_FROM - 1).is_some();
+    let cluster_ip = matches!(entry.info.cluster_ips, ClusterIps::Ips(_));
+    if !many && !cluster_ip {
+        return None;
+    }
+    let labels = many.then(|| {
+        let mut labels: HashMap<Box<str>, smallvec::SmallVec<[IpAddr; 2]>> = HashMap::new();
+        if matches!(
             entry.info.cluster_ips,
             ClusterIps::Ips(_) | ClusterIps::Headless
-        )
-    {
-        for (_, e) in ready_of(&entry.info) {
-            let ips = labels
-                .entry(endpoint_name(e, config).into_boxed_str())
-                .or_default();
-            if !ips.contains(&e.ip) {
-                ips.push(e.ip);
+        ) {
+            for (_, e) in ready_of(&entry.info) {
+                let ips = labels
+                    .entry(endpoint_name(e, config).into_boxed_str())
+                    .or_default();
+                if !ips.contains(&e.ip) {
+                    ips.push(e.ip);
+                }
             }
         }
-    }
+        labels
+    });
     let records = service_name_records(entry, config).map(|all| {
         let of = |t: RecordType| -> Records {
             all.iter()
@@ -1079,11 +1090,16 @@ impl ZoneView {
     }
 
     fn entry(&self, name: &str, namespace: &str) -> Option<&Arc<Entry>> {
-        let mut key = String::with_capacity(name.len() + namespace.len() + 1);
-        key.push_str(name);
-        key.push('.');
-        key.push_str(namespace);
-        self.services.get(key.as_str())
+        // `name.namespace` on the stack: both are DNS labels, so it fits in 127 bytes.
+        let mut key = [0u8; 128];
+        let len = name.len() + 1 + namespace.len();
+        if len > key.len() {
+            return None;
+        }
+        key[..name.len()].copy_from_slice(name.as_bytes());
+        key[name.len()] = b'.';
+        key[name.len() + 1..len].copy_from_slice(namespace.as_bytes());
+        self.services.get(std::str::from_utf8(&key[..len]).ok()?)
     }
 
     /// Records at `<svc>.<ns>.svc.<zone>`.
@@ -1123,9 +1139,8 @@ impl ZoneView {
         {
             return None;
         }
-        if let Some(index) = &entry.index {
-            return index
-                .labels
+        if let Some(labels) = entry.index.as_ref().and_then(|i| i.labels.as_ref()) {
+            return labels
                 .get(label)
                 .map(|ips| ips.iter().map(|ip| Rdata::from_ip(*ip)).collect());
         }
@@ -1272,7 +1287,7 @@ impl ZoneView {
                 cluster,
             );
         }
-        let labels: Vec<&str> = rel.split('.').collect();
+        let labels: smallvec::SmallVec<[&str; 8]> = rel.split('.').collect();
         match labels.as_slice() {
             ["dns-version"] => filter(
                 Some(vec![Rdata::Txt(Arc::from(DNS_SCHEMA_VERSION))]),
