@@ -243,12 +243,14 @@ impl ProxyArgs {
         }
         if !given("nodeport_addresses") {
             let texts = c.node_port_addresses.clone().unwrap_or_default();
-            if texts.iter().any(|t| t == "primary") {
-                return Err(
-                    "nodePortAddresses: \"primary\" needs the Node object; list CIDRs".into(),
-                );
-            }
-            self.node.nodeport_addresses = cidrs("nodePortAddresses", &texts)?;
+            self.node.nodeport_addresses = if texts.len() == 1 && texts[0] == "primary" {
+                vec![crate::NodePortAddress::Primary]
+            } else {
+                cidrs("nodePortAddresses", &texts)?
+                    .into_iter()
+                    .map(crate::NodePortAddress::Cidr)
+                    .collect()
+            };
         }
         if !matches!(c.detect_local_mode.as_str(), "" | "ClusterCIDR") {
             return Err(format!(
@@ -336,8 +338,22 @@ impl ProxyArgs {
     }
 
     fn resolve(&self) -> Result<Settings, String> {
-        let node = self.node.node_config();
-        let mut proxy = self.node.proxy_config();
+        let mut node_args = self.node.clone();
+        let primary = crate::NodePortAddress::Primary;
+        if node_args.nodeport_addresses.contains(&primary) && node_args.nodeport_addresses.len() > 1
+        {
+            return Err(
+                "--nodeport-addresses: \"primary\" must be the only value, not mixed with CIDRs"
+                    .into(),
+            );
+        }
+        // kube-proxy's nftables mode serves node ports on the primary IPs unless told
+        // otherwise (`platformApplyDefaults` in cmd/kube-proxy/app/server_linux.go).
+        if self.backend == BackendArg::Nftables && node_args.nodeport_addresses.is_empty() {
+            node_args.nodeport_addresses = vec![primary];
+        }
+        let node = node_args.node_config();
+        let mut proxy = node_args.proxy_config();
         proxy.masquerade_bit = self.masquerade_bit;
         let primary_v6 = match self.ip_family {
             Some(f) => f == IpFamilyArg::Ipv6,

@@ -82,6 +82,29 @@ pub enum BackendArg {
     Userspace,
 }
 
+/// One `--nodeport-addresses` value: a CIDR, or `primary` (the node's primary IP of each
+/// family, as kube-proxy resolves it: `A/32` and `B/128`, loopback left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    /// `primary`.
+    Primary,
+    /// A CIDR.
+    Cidr(IpNet),
+}
+
+impl std::str::FromStr for NodePortAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "primary" {
+            return Ok(Self::Primary);
+        }
+        s.parse()
+            .map(Self::Cidr)
+            .map_err(|_| format!("{s:?} must be a valid CIDR (or \"primary\")"))
+    }
+}
+
 /// The node flags shared by `render`, `trace` and `proxy`, named after kube-proxy's options.
 #[derive(Clone, Debug, Default, clap::Args)]
 pub struct NodeArgs {
@@ -103,9 +126,11 @@ pub struct NodeArgs {
     /// Service CIDR (repeatable).
     #[arg(long = "service-cidr")]
     pub service_cidrs: Vec<IpNet>,
-    /// Accept node ports only on addresses in these CIDRs (default: every local address).
-    #[arg(long = "nodeport-addresses")]
-    pub nodeport_addresses: Vec<IpNet>,
+    /// Accept node ports only on addresses in these CIDRs, or `primary` alone: the node's
+    /// primary IPs (default: every local address; `proxy --backend nftables`: `primary`,
+    /// as kube-proxy's nftables mode).
+    #[arg(long = "nodeport-addresses", value_parser = clap::value_parser!(NodePortAddress))]
+    pub nodeport_addresses: Vec<NodePortAddress>,
     /// Do not accept node-port traffic sent to 127.0.0.0/8.
     #[arg(long)]
     pub no_localhost_nodeports: bool,
@@ -122,8 +147,32 @@ impl NodeArgs {
         node.zone.clone_from(&self.node_zone);
         node.cluster_cidrs.clone_from(&self.cluster_cidrs);
         node.service_cidrs.clone_from(&self.service_cidrs);
-        node.nodeport_addresses.clone_from(&self.nodeport_addresses);
+        node.nodeport_addresses = self.nodeport_cidrs();
         node
+    }
+
+    /// `--nodeport-addresses` as CIDRs, `primary` resolved to the primary node IPs.
+    pub fn nodeport_cidrs(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for a in &self.nodeport_addresses {
+            match a {
+                NodePortAddress::Cidr(net) => out.push(*net),
+                NodePortAddress::Primary => {
+                    // kube-proxy's server: the first node IP of each family, unless loopback.
+                    for v6 in [false, true] {
+                        if let Some(ip) = self
+                            .node_ips
+                            .iter()
+                            .find(|ip| ip.is_ipv6() == v6)
+                            .filter(|ip| !ip.is_loopback())
+                        {
+                            out.push(IpNet::from(*ip));
+                        }
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// The proxy settings these flags describe.

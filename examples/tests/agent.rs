@@ -392,6 +392,11 @@ fn dual_stack(backend: &str) {
             );
         }
     }
+    // A second address on the node: kube-proxy's nftables mode serves node ports on the
+    // primary node IP only (its default `--nodeport-addresses primary`), the iptables mode
+    // on every local address.
+    topo.node
+        .ip(&["addr", "add", "192.168.0.3/24", "dev", "eth0"]);
     let file = Manifest::with_text(&format!("dual-{backend}"), DUAL);
     let daemon = spawn_with(
         &topo.node,
@@ -435,6 +440,15 @@ fn dual_stack(backend: &str) {
         (&topo.client, "[fd00:1::2]:30080"),
     ] {
         assert_eq!(reach(ns, dst), both, "{backend}: {dst}");
+    }
+    let secondary = reach(&topo.client, "192.168.0.3:30080");
+    if backend == "nftables" {
+        assert!(
+            !secondary.contains(&"web-0".to_owned()),
+            "{backend}: {secondary:?}"
+        );
+    } else {
+        assert_eq!(secondary, both, "{backend}: the secondary node IP");
     }
     let (ok, log) = terminate(daemon);
     assert!(ok, "{log}");
@@ -641,4 +655,71 @@ fn the_shipped_unit_and_configuration_are_accepted() {
     assert!(args.apply);
     let settings = args.settings(&matches, Some(&parsed)).unwrap();
     assert_eq!(settings.sync_period, Duration::from_secs(30));
+}
+
+/// `--nodeport-addresses`: every local address by default, the primary node IPs by
+/// default in nftables mode (kube-proxy's `platformApplyDefaults` in
+/// cmd/kube-proxy/app/server_linux.go sets `primary` there), `primary` resolved to the
+/// first node IP of each family, `0.0.0.0/0` meaning every address again, and `primary`
+/// mixed with CIDRs refused.
+#[test]
+fn nodeport_addresses_primary_and_the_nftables_default() {
+    use service_core::model::IpFamily;
+    use service_examples::agent::ProxyArgs;
+    let settings = |extra: &[&str]| {
+        let mut argv = vec![
+            "proxy",
+            "--node-name",
+            "node-a",
+            "--node-ip",
+            "192.168.0.2",
+            "--node-ip",
+            "192.168.1.2",
+            "--node-ip",
+            "fd00::2",
+        ];
+        argv.extend_from_slice(extra);
+        argv.push("x.yaml");
+        let (args, matches) = ProxyArgs::try_parse_with_sources(&argv).expect("flags");
+        args.settings(&matches, None)
+    };
+    let ips = |s: &service_examples::agent::Settings, f: IpFamily| {
+        s.proxy
+            .nodeport_ips(&f)
+            .map(|v| v.iter().map(ToString::to_string).collect::<Vec<_>>())
+    };
+    let s = settings(&[]).expect("iptables");
+    assert_eq!(ips(&s, IpFamily::Ipv4), None);
+    let s = settings(&["--backend", "nftables"]).expect("nftables");
+    assert_eq!(
+        ips(&s, IpFamily::Ipv4),
+        Some(vec!["192.168.0.2".to_owned()])
+    );
+    assert_eq!(ips(&s, IpFamily::Ipv6), Some(vec!["fd00::2".to_owned()]));
+    let s = settings(&["--nodeport-addresses", "primary"]).expect("primary");
+    assert_eq!(
+        ips(&s, IpFamily::Ipv4),
+        Some(vec!["192.168.0.2".to_owned()])
+    );
+    let s = settings(&["--backend", "nftables", "--nodeport-addresses", "0.0.0.0/0"]).expect("all");
+    assert_eq!(ips(&s, IpFamily::Ipv4), None);
+    // Only IPv4 ranges given: IPv6 node ports stay on every IPv6 address.
+    let s = settings(&["--nodeport-addresses", "192.168.1.0/24"]).expect("cidr");
+    assert_eq!(
+        ips(&s, IpFamily::Ipv4),
+        Some(vec!["192.168.1.2".to_owned()])
+    );
+    assert_eq!(ips(&s, IpFamily::Ipv6), None);
+    let err = settings(&[
+        "--nodeport-addresses",
+        "primary",
+        "--nodeport-addresses",
+        "10.0.0.0/8",
+    ])
+    .expect_err("mixed");
+    assert!(err.contains("\"primary\" must be the only value"), "{err}");
+    let err = ProxyArgs::try_parse_with_sources(&["proxy", "--nodeport-addresses", "nope", "x"])
+        .expect_err("not a CIDR")
+        .to_string();
+    assert!(err.contains("must be a valid CIDR"), "{err}");
 }

@@ -175,9 +175,16 @@ impl ProxyConfig {
     }
 
     /// The local addresses of a family on which node ports are accepted, or `None` when
-    /// node ports are accepted on every local address.
+    /// node ports are accepted on every local address of that family: no
+    /// `nodeport_addresses` of the family, or one of them is the family's whole range
+    /// (`0.0.0.0/0`, `::/0`), as kube-proxy's `NewNodePortAddresses` decides.
     pub fn nodeport_ips(&self, family: &IpFamily) -> Option<Vec<IpAddr>> {
-        if self.nodeport_addresses.is_empty() {
+        let mut of_family = self
+            .nodeport_addresses
+            .iter()
+            .filter(|n| IpFamily::of(&n.addr()) == *family)
+            .peekable();
+        if of_family.peek().is_none() || of_family.any(|n| n.prefix_len() == 0) {
             return None;
         }
         let mut ips: Vec<IpAddr> = self

@@ -312,14 +312,13 @@ fn main() -> ExitCode {
     for f in &families {
         health.updated(f, start, SystemTime::now());
     }
-    let hc_addresses = if s.proxy.nodeport_addresses.is_empty() {
-        HealthCheckAddresses::All
-    } else {
-        let mut ips = Vec::new();
-        for f in &families {
-            ips.extend(s.proxy.nodeport_ips(f).unwrap_or_default());
-        }
-        HealthCheckAddresses::Only(ips)
+    // Health-check node ports listen where node ports are served: on every address when
+    // any family serves them on all of its addresses.
+    let per_family: Option<Vec<Vec<std::net::IpAddr>>> =
+        families.iter().map(|f| s.proxy.nodeport_ips(f)).collect();
+    let hc_addresses = match per_family {
+        None => HealthCheckAddresses::All,
+        Some(ips) => HealthCheckAddresses::Only(ips.concat()),
     };
     let mut servers = HealthServers::new(runtime.handle().clone(), health.clone(), hc_addresses);
     // A dry run serves health and metrics only when asked to: it touches nothing, and
