@@ -10,7 +10,7 @@ use service_dns::{DnsConfig, Transport, Zone};
 fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("dns_zone_build");
     g.sample_size(20);
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let snap = service_benches::snapshot(services, 10);
         g.bench_with_input(BenchmarkId::from_parameter(services), &services, |b, _| {
             b.iter_with_large_drop(|| Zone::from_snapshot(DnsConfig::default(), &snap));
@@ -21,7 +21,7 @@ fn build(c: &mut Criterion) {
 
 fn one_change(c: &mut Criterion) {
     let mut g = c.benchmark_group("dns_zone_update_one_service");
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let (before, after, _) = service_benches::one_change(services, 10);
         // The diff is computed once per snapshot and shared by every consumer.
         let changes = after.diff(&before).services;

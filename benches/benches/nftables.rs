@@ -1,13 +1,13 @@
 //! nftables rendering at scale (pure: no kernel).
 //!
-//! - `nft_full_render`: a cold render of 1k/10k/30k services × 10 endpoints into the typed
+//! - `nft_full_render`: a cold render of 1k/10k/30k/100k services × 10 endpoints into the typed
 //!   ruleset (a fresh renderer: nothing cached).
 //! - `nft_cold_start_transactions`: splitting that ruleset into the bounded transactions a
 //!   cold start sends (10k).
 //! - `nft_encode_full`: encoding those transactions as netlink batches (10k).
 //! - `nft_script_full`: printing the whole table as an `nft -f` script (10k).
 //! - `nft_update_one_change`: the incremental update after one Service changed, at
-//!   1k/10k/30k, up to its encoded netlink batch.
+//!   1k/10k/30k/100k, up to its encoded netlink batch.
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use service_proxy::nftables::wire::Batch;
@@ -21,7 +21,7 @@ fn renderer() -> Renderer {
 fn full(c: &mut Criterion) {
     let mut g = c.benchmark_group("nft_full_render");
     g.sample_size(10);
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let snap = service_benches::snapshot(services, 10);
         // The ruleset is dropped outside the measurement (a proxier drops the previous
         // one after the sync, off the critical path).
@@ -71,7 +71,7 @@ fn script(c: &mut Criterion) {
 
 fn update(c: &mut Criterion) {
     let mut g = c.benchmark_group("nft_update_one_change");
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let (before, after, changed) = service_benches::one_change(services, 10);
         let r = renderer();
         let mut rules = r.render(&before);

@@ -7,7 +7,7 @@ use service_core::snapshot::Snapshot;
 fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_build");
     g.sample_size(10);
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let (svcs, slices) = service_testkit::fixtures::scale(services, 10);
         g.bench_with_input(BenchmarkId::from_parameter(services), &services, |b, _| {
             b.iter(|| Snapshot::build(node(), &svcs, &slices, &[]).unwrap());
@@ -18,7 +18,7 @@ fn build(c: &mut Criterion) {
 
 fn diff(c: &mut Criterion) {
     let mut g = c.benchmark_group("snapshot_diff_one_change");
-    for services in [1_000, 10_000, 30_000] {
+    for services in [1_000, 10_000, 30_000, 100_000] {
         let (before, after, _) = service_benches::one_change(services, 10);
         g.bench_with_input(BenchmarkId::from_parameter(services), &services, |b, _| {
             b.iter(|| after.diff(&before));

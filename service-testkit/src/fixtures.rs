@@ -38,8 +38,9 @@ pub fn kube_proxy_snapshot() -> Snapshot {
 }
 
 /// A cluster at scale for benchmarks: `services` Services with `endpoints` endpoints each.
-/// Every Service is ClusterIP with one TCP port; every 10th is a NodePort, every 50th a
-/// LoadBalancer with an ingress IP; a tenth of the endpoints are on `node-a`.
+/// Every Service is ClusterIP with one TCP port; every 10th is a NodePort (the first 27,000
+/// Services: the node-port range holds 2,768), every 50th a LoadBalancer with an ingress
+/// IP; a tenth of the endpoints are on `node-a`. Distinct addresses up to 1M Services.
 pub fn scale(
     services: usize,
     endpoints: usize,
@@ -57,12 +58,15 @@ pub fn scale(
     for i in 0..services {
         let name = format!("svc-{i}");
         let mut svc = Service::new("bench", &name);
-        svc.spec.cluster_ip = Some(format!("10.96.{}.{}", i / 250, i % 250 + 1));
+        // 10.96.0.0/12: 250 per /24, past 10.96.255.0/24 on into 10.97.0.0/16.
+        let (hi, lo) = (i / 250, i % 250 + 1);
+        svc.spec.cluster_ip = Some(format!("10.{}.{}.{lo}", 96 + hi / 256, hi % 256));
         let mut port = ServicePort::tcp("http", 80);
         port.target_port = Some(IntOrString::Int(8080));
-        if i % 10 == 0 {
+        // A node port for every 10th Service, as long as the range (30000-32767) lasts.
+        if i % 10 == 0 && i / 10 < 2_700 {
             svc.spec.type_ = Some(ServiceType::NodePort);
-            port.node_port = Some(30000 + (i / 10 % 2700) as i32);
+            port.node_port = Some(30000 + (i / 10) as i32);
         }
         if i % 50 == 0 {
             svc.spec.type_ = Some(ServiceType::LoadBalancer);

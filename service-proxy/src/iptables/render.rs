@@ -262,12 +262,27 @@ impl Renderer {
         self.endpoints_total = total;
         let mut stale = Vec::new();
         let mut rewritten = Vec::new();
+        // Whether a top-level chain (KUBE-SERVICES, KUBE-NODEPORTS, the filter chains)
+        // changes: a port came or went, or its rules there differ. An endpoint change
+        // usually touches only the port's own chains, and then the top-level chains (one
+        // rule per service address: the bulk of a large table) are left out of the restore.
+        let same = |a: &Option<Arc<Segment>>, b: &Option<Arc<Segment>>| match (a, b) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.bytes() == b.bytes(),
+            _ => false,
+        };
+        let mut top_changed = false;
         for name in changed {
             let old = self.ports.remove(name);
             let new = snapshot
                 .ports
                 .get(name)
                 .and_then(|sp| self.render_port(sp, large));
+            top_changed |= match (&old, &new) {
+                (Some(o), Some(n)) => !same(&o.filter, &n.filter) || !same(&o.nat_top, &n.nat_top),
+                (None, None) => false,
+                _ => true,
+            };
             if let Some(old) = old {
                 let keep: BTreeSet<&ChainName> = new.iter().flat_map(|n| n.chains.iter()).collect();
                 stale.extend(old.chains.iter().filter(|c| !keep.contains(c)).copied());
@@ -278,13 +293,36 @@ impl Renderer {
                 self.ports.insert(PortKey::new(sp.clone()), new);
             }
         }
-        let rules = self.assemble(false, stale);
+        let rules = if top_changed {
+            self.assemble(false, stale)
+        } else {
+            self.own_chains_only(&rewritten, stale)
+        };
         for name in rewritten {
             if let Some(r) = self.ports.get_mut(name) {
                 r.fresh = false;
             }
         }
         rules
+    }
+
+    /// A partial rule set of the fresh ports' own chains alone (and the stale chains'
+    /// deletion): `iptables-restore --noflush` leaves every chain it does not name as it is.
+    fn own_chains_only(&self, fresh: &[&ServicePortName], stale: Vec<ChainName>) -> RuleSet {
+        let mut nat = TableRules::default();
+        for r in fresh.iter().filter_map(|name| self.ports.get(*name)) {
+            nat.chains.extend(r.chains.iter().copied());
+            if let Some(s) = &r.own {
+                nat.segments.push(s.clone());
+            }
+        }
+        nat.deleted = stale;
+        RuleSet {
+            ipv6: self.ipv6,
+            full: false,
+            filter: TableRules::default(),
+            nat,
+        }
     }
 
     /// Assembles the rule set from the per-port renders: a full set writes every port's

@@ -694,6 +694,54 @@ fn partial_render_rewrites_only_changed_ports() {
     );
 }
 
+/// An endpoint change leaves the top-level chains alone: the restore names only the
+/// changed port's own chains (`--noflush` keeps the rest), so its size does not grow with
+/// the cluster. kube-proxy rewrites KUBE-SERVICES on every sync; the kernel ends up the
+/// same either way (the partial-sync property test checks it against full renders).
+#[test]
+fn an_endpoint_change_leaves_the_top_level_chains_out() {
+    let yaml = fixtures::KUBE_PROXY_CLUSTER;
+    let before = fixtures::snapshot(yaml, "test-node", &["192.168.0.2"]);
+    let mut r = Renderer::new(config(), false);
+    r.full(&before);
+    let changed_yaml = yaml.replace(
+        "- addresses: [10.180.0.5]\n  conditions: {ready: true}\n  nodeName: other-node\n",
+        "",
+    );
+    let cluster = fixtures::cluster(&changed_yaml);
+    let after = before
+        .rebuild(
+            before.node.as_ref().clone(),
+            &cluster.services,
+            &cluster.endpoint_slices,
+            &[],
+        )
+        .unwrap();
+    let changed: Vec<_> = after
+        .diff(&before)
+        .ports
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(changed.len(), 1);
+    let text = r.partial(&after, &changed).to_restore_input();
+    assert!(!text.contains("KUBE-SERVICES"), "{text}");
+    assert!(!text.contains("KUBE-NODEPORTS"), "{text}");
+    assert!(
+        text.contains(":KUBE-SVC-4SW47YFZTEDKD3PK - [0:0]"),
+        "{text}"
+    );
+    assert!(text.contains("-X KUBE-SEP-C6EBXVWJJZMIWKLZ"), "{text}");
+    // (A Service coming or going rewrites the top level whole:
+    // `partial_render_rewrites_only_changed_ports`.)
+    let fresh = Renderer::new(config(), false).full(&after);
+    let mut again = r;
+    assert_eq!(
+        again.full(&after).to_restore_input(),
+        fresh.to_restore_input()
+    );
+}
+
 #[test]
 fn jump_rule_text() {
     let rules = jump_rules(false, true);
