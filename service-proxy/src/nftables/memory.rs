@@ -33,7 +33,13 @@ pub struct MemoryChain {
 /// A set or map of a [`MemoryTable`]: key to data (`None` for a plain set).
 pub type MemorySet = BTreeMap<Key, Option<Data>>;
 
-/// One family's `kube-proxy` table, in memory (see the [module](self) documentation).
+/// One family's `kube-proxy` table, in memory, as strict as the kernel: a transaction that
+/// adds to a missing table, set or chain, re-declares a chain with another hook, adds an
+/// element whose key holds another value, deletes something missing, deletes a chain that
+/// is not empty or still referenced (or a set still used), or leaves a jump, goto, verdict
+/// or set reference unresolved is refused whole, changing nothing. Drive it through the
+/// proxier's applier trait (feature `apply`) to run a real `NftProxier` without root, and
+/// tamper with it to test repairs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MemoryTable {
     family: Family,
@@ -121,7 +127,7 @@ impl MemoryTable {
     /// Applies a transaction: all of it, or nothing and the reason.
     ///
     /// # Errors
-    /// The kernel would refuse it (see the [module](self) documentation).
+    /// The kernel would refuse it (see [`MemoryTable`] for what it checks).
     pub fn apply(&mut self, tx: &Transaction) -> Result<(), MemoryError> {
         if tx.family != self.family {
             return err(format!(
