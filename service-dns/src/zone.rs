@@ -531,18 +531,14 @@ fn index_of(entry: &Entry, config: &DnsConfig) -> Option<Index> {
         labels
     });
     let records = service_name_records(entry, config).map(|all| {
-        let of = |t: RecordType| -> Records {
-            all.iter()
-                .filter(|r| r.rtype() == t)
-                .cloned()
-                .collect::<Vec<_>>()
-                .into()
-        };
+        // One allocation: each type's records are a range of the name's when contiguous
+        // (a ClusterIP Service's always are).
+        let all = Records::from(all);
         [
-            of(RecordType::A),
-            of(RecordType::Aaaa),
-            of(RecordType::Srv),
-            Records::from(all),
+            all.of_type(RecordType::A),
+            all.of_type(RecordType::Aaaa),
+            all.of_type(RecordType::Srv),
+            all,
         ]
     });
     Some(Index { records, labels })
@@ -954,20 +950,44 @@ pub enum Authority {
 }
 
 /// The records of an answer: shared with the zone (a large answer is not copied per
-/// query), read as a slice.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Records(Arc<[Rdata]>);
+/// query), read as a slice. The records of one type are often a range of a name's records,
+/// sharing their allocation.
+#[derive(Clone)]
+pub struct Records {
+    all: Arc<[Rdata]>,
+    start: u32,
+    end: u32,
+}
 
 impl std::ops::Deref for Records {
     type Target = [Rdata];
     fn deref(&self) -> &[Rdata] {
-        &self.0
+        &self.all[self.start as usize..self.end as usize]
+    }
+}
+
+impl PartialEq for Records {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Records {}
+
+impl fmt::Debug for Records {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
 impl From<Vec<Rdata>> for Records {
     fn from(v: Vec<Rdata>) -> Self {
-        Self(Arc::from(v))
+        let end = u32::try_from(v.len()).unwrap_or(u32::MAX);
+        Self {
+            all: Arc::from(v),
+            start: 0,
+            end,
+        }
     }
 }
 
@@ -975,14 +995,44 @@ impl<'a> IntoIterator for &'a Records {
     type Item = &'a Rdata;
     type IntoIter = std::slice::Iter<'a, Rdata>;
     fn into_iter(self) -> Self::IntoIter {
-        self.0.iter()
+        self.iter()
     }
 }
 
 impl Records {
     /// The records, copied out.
     pub fn to_vec(&self) -> Vec<Rdata> {
-        self.0.to_vec()
+        self.iter().cloned().collect()
+    }
+
+    /// The records of type `t`: a range of these when they are contiguous (no copy), a
+    /// copy otherwise.
+    fn of_type(&self, t: RecordType) -> Records {
+        let (mut first, mut last, mut count) = (usize::MAX, 0, 0);
+        for (i, r) in self.iter().enumerate() {
+            if r.rtype() == t {
+                first = first.min(i);
+                last = i;
+                count += 1;
+            }
+        }
+        if count == 0 || last + 1 - first == count {
+            let (first, last) = if count == 0 {
+                (0, 0)
+            } else {
+                (first, last + 1)
+            };
+            return Records {
+                all: self.all.clone(),
+                start: self.start + first as u32,
+                end: self.start + last as u32,
+            };
+        }
+        self.iter()
+            .filter(|r| r.rtype() == t)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into()
     }
 }
 
