@@ -1007,7 +1007,7 @@ impl Records {
 
     /// The records of type `t`: a range of these when they are contiguous (no copy), a
     /// copy otherwise.
-    fn of_type(&self, t: RecordType) -> Records {
+    fn of_type(&self, t: RecordType) -> Self {
         let (mut first, mut last, mut count) = (usize::MAX, 0, 0);
         for (i, r) in self.iter().enumerate() {
             if r.rtype() == t {
@@ -1022,7 +1022,7 @@ impl Records {
             } else {
                 (first, last + 1)
             };
-            return Records {
+            return Self {
                 all: self.all.clone(),
                 start: self.start + first as u32,
                 end: self.start + last as u32,
