@@ -227,11 +227,15 @@ metadata: {name: node-a}
 
     // The first sync has opened the health-check node port (/healthz is healthy from the
     // start, before any sync: waiting for it proves nothing about the port).
-    wait_for("the health-check node port", Duration::from_secs(10), || {
-        curl(&topo.client, "http://192.168.0.2:30100/")
-            .filter(|(s, _)| *s == 200)
-            .map(|(_, t)| t)
-    });
+    wait_for(
+        "the health-check node port",
+        Duration::from_secs(10),
+        || {
+            curl(&topo.client, "http://192.168.0.2:30100/")
+                .filter(|(s, _)| *s == 200)
+                .map(|(_, t)| t)
+        },
+    );
 
     // Syncs fail from now on; a change makes one due. Twice the sync period later the
     // proxy is unhealthy.
