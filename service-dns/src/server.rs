@@ -546,7 +546,7 @@ fn udp_loop(
     use std::os::fd::AsRawFd as _;
 
     let fd = sock.as_raw_fd();
-    let mut bufs = vec![[0u8; 4096]; UDP_BATCH];
+    let mut bufs = Box::new([[0u8; 4096]; UDP_BATCH]);
     let mut outs: Vec<Vec<u8>> = (0..UDP_BATCH).map(|_| Vec::with_capacity(1500)).collect();
     let mut recv_headers = socket::MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
     let mut send_headers = socket::MultiHeaders::<SockaddrStorage>::preallocate(UDP_BATCH, None);
@@ -555,10 +555,8 @@ fn udp_loop(
     while !stop.load(Ordering::Relaxed) {
         received.clear();
         {
-            let mut iovs: Vec<[IoSliceMut<'_>; 1]> = bufs
-                .iter_mut()
-                .map(|b| [IoSliceMut::new(&mut b[..])])
-                .collect();
+            // Arrays on the stack: no allocation per batch.
+            let mut iovs = bufs.each_mut().map(|b| [IoSliceMut::new(&mut b[..])]);
             // Blocks for the first datagram (up to the socket's read timeout, so that
             // `stop` is seen), then takes what is queued without waiting.
             let Ok(got) = socket::recvmmsg(
@@ -620,16 +618,19 @@ fn udp_loop(
         if replies.is_empty() {
             continue;
         }
-        let iovs: Vec<[IoSlice<'_>; 1]> = replies
-            .iter()
-            .map(|(i, _)| [IoSlice::new(&outs[*i])])
-            .collect();
-        let addrs: Vec<Option<SockaddrStorage>> = replies.iter().map(|(_, a)| Some(*a)).collect();
+        let n = replies.len();
+        let iovs: [[IoSlice<'_>; 1]; UDP_BATCH] = std::array::from_fn(|k| {
+            [IoSlice::new(
+                replies.get(k).map_or(&[][..], |(i, _)| &outs[*i]),
+            )]
+        });
+        let addrs: [Option<SockaddrStorage>; UDP_BATCH] =
+            std::array::from_fn(|k| replies.get(k).map(|(_, a)| *a));
         let sent = socket::sendmmsg(
             fd,
             &mut send_headers,
-            &iovs,
-            &addrs,
+            iovs[..n].iter(),
+            &addrs[..n],
             [] as [socket::ControlMessage<'_>; 0],
             socket::MsgFlags::empty(),
         )

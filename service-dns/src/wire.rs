@@ -333,14 +333,28 @@ pub struct ResponseWriter<'b> {
 /// The OPT record's size.
 const OPT_LEN: usize = 11;
 
-/// FNV-1a of a name's text, lowercase: the key names are found by.
-fn name_hash(text: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text {
-        h ^= u64::from(b.to_ascii_lowercase());
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+/// FNV-1a over a name's text, lowercase: the key names are found by.
+#[derive(Clone, Copy)]
+struct NameHash(u64);
+
+impl NameHash {
+    const fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
     }
-    h
+
+    fn push(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(b.to_ascii_lowercase());
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// The hash of a name's text (dot-separated, no trailing dot).
+fn name_hash(text: &[u8]) -> u64 {
+    let mut h = NameHash::new();
+    h.push(text);
+    h.0
 }
 
 /// Whether the name written at `at` in `msg` (labels, maybe ending in a pointer) spells
@@ -489,23 +503,19 @@ impl<'b> ResponseWriter<'b> {
             i += 1 + len;
         }
         if plain {
-            // FNV-1a of each suffix's text, straight from the wire: no copy.
+            // The hash of each suffix's text, straight from the wire: no copy.
             for &start in &starts {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                let mut h = NameHash::new();
                 let mut j = start;
                 while j < wire.len() && wire[j] != 0 {
                     let len = usize::from(wire[j]);
                     if j != start {
-                        h ^= u64::from(b'.');
-                        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                        h.push(b".");
                     }
-                    for b in &wire[j + 1..j + 1 + len] {
-                        h ^= u64::from(b.to_ascii_lowercase());
-                        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-                    }
+                    h.push(&wire[j + 1..j + 1 + len]);
                     j += 1 + len;
                 }
-                names.insert(h, (HEADER + start) as u16);
+                names.insert(h.0, (HEADER + start) as u16);
             }
         }
         Self {

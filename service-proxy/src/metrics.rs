@@ -115,6 +115,14 @@ impl ProxyMetrics {
             IntGaugeVec::new(opts(name, help), labels)
                 .unwrap_or_else(|e| unreachable!("a fixed metric definition: {e}"))
         };
+        let int_counter = |name: &str, help: &str| {
+            IntCounter::with_opts(opts(name, help))
+                .unwrap_or_else(|e| unreachable!("a fixed metric definition: {e}"))
+        };
+        let int_gauge = |name: &str, help: &str| {
+            IntGauge::with_opts(opts(name, help))
+                .unwrap_or_else(|e| unreachable!("a fixed metric definition: {e}"))
+        };
         let float_gauge = |name: &str, help: &str| {
             prometheus::GaugeVec::new(opts(name, help), &["ip_family"])
                 .unwrap_or_else(|e| unreachable!("a fixed metric definition: {e}"))
@@ -148,26 +156,22 @@ impl ProxyMetrics {
                 "In Cluster Network Programming Latency in seconds",
                 netprog(),
             ),
-            endpoint_changes_total: IntCounter::with_opts(opts(
+            endpoint_changes_total: int_counter(
                 "kubeproxy_sync_proxy_rules_endpoint_changes_total",
                 "Cumulative proxy rules Endpoint changes",
-            ))
-            .unwrap_or_else(|e| unreachable!("{e}")),
-            endpoint_changes_pending: IntGauge::with_opts(opts(
+            ),
+            endpoint_changes_pending: int_gauge(
                 "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
                 "Pending proxy rules Endpoint changes",
-            ))
-            .unwrap_or_else(|e| unreachable!("{e}")),
-            service_changes_total: IntCounter::with_opts(opts(
+            ),
+            service_changes_total: int_counter(
                 "kubeproxy_sync_proxy_rules_service_changes_total",
                 "Cumulative proxy rules Service changes",
-            ))
-            .unwrap_or_else(|e| unreachable!("{e}")),
-            service_changes_pending: IntGauge::with_opts(opts(
+            ),
+            service_changes_pending: int_gauge(
                 "kubeproxy_sync_proxy_rules_service_changes_pending",
                 "Pending proxy rules Service changes",
-            ))
-            .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
             iptables_last: gauge_vec(
                 "kubeproxy_sync_proxy_rules_iptables_last",
                 "Number of iptables rules written by kube-proxy in last sync",

@@ -81,9 +81,15 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn proxy(rt: &tokio::runtime::Runtime) -> UserspaceProxy {
+/// The defaults, with portals on loopback.
+fn loopback_config() -> UserspaceConfig {
     let mut config = UserspaceConfig::default();
     config.listen_ip = "127.0.0.1".parse().unwrap();
+    config
+}
+
+fn proxy(rt: &tokio::runtime::Runtime) -> UserspaceProxy {
+    let mut config = loopback_config();
     config.udp_idle_timeout = Duration::from_millis(300);
     UserspaceProxy::new(config, rt.handle().clone())
 }
@@ -257,8 +263,7 @@ fn a_flood_of_udp_source_addresses_keeps_sockets_and_memory_bounded() {
         .port();
     serve_udp("127.0.0.2", port, "a");
     let rt = runtime();
-    let mut config = UserspaceConfig::default();
-    config.listen_ip = "127.0.0.1".parse().unwrap();
+    let mut config = loopback_config();
     // Long enough that no session ends by itself during the flood: only the limit bounds.
     config.udp_idle_timeout = Duration::from_secs(60);
     let limit = config.max_udp_sessions;
@@ -312,8 +317,7 @@ fn tcp_connections_beyond_the_limit_are_closed_and_idle_ones_time_out() {
     let port = free_port();
     serve_tcp("127.0.0.2", port, "a");
     let rt = runtime();
-    let mut config = UserspaceConfig::default();
-    config.listen_ip = "127.0.0.1".parse().unwrap();
+    let mut config = loopback_config();
     config.max_tcp_connections = 5;
     config.tcp_idle_timeout = Duration::from_millis(600);
     let mut p = UserspaceProxy::new(config, rt.handle().clone());
@@ -365,8 +369,7 @@ fn expired_affinities_are_swept_without_new_traffic() {
     let port = free_port();
     serve_tcp("127.0.0.2", port, "a");
     let rt = runtime();
-    let mut config = UserspaceConfig::default();
-    config.listen_ip = "127.0.0.1".parse().unwrap();
+    let mut config = loopback_config();
     config.affinity_sweep = Duration::from_millis(100);
     let mut p = UserspaceProxy::new(config, rt.handle().clone());
     let mut snap = snapshot(&["127.0.0.2"], port, Protocol::Tcp, true);

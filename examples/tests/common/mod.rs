@@ -102,15 +102,8 @@ pub fn try_cleanup(ns: &Netns, backend: &str, extra: &[&str]) -> (bool, String) 
 
 /// `proxy --cleanup` in the namespace; returns its log.
 pub fn cleanup(ns: &Netns, backend: &str, extra: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns.name(), env!("CARGO_BIN_EXE_proxy")])
-        .args(["--backend", backend, "--cleanup"])
-        .args(["--node-name", "node-a", "--node-ip", "192.168.0.2"])
-        .args(extra)
-        .output()
-        .expect("run proxy --cleanup");
-    let log = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "proxy --cleanup failed:\n{log}");
+    let (ok, log) = try_cleanup(ns, backend, extra);
+    assert!(ok, "proxy --cleanup failed:\n{log}");
     log
 }
 

@@ -3,7 +3,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use service_core::model::Protocol;
-use service_core::snapshot::Snapshot;
+use service_core::snapshot::{ServicePortName, Snapshot};
 use service_testkit::fixtures;
 
 use super::*;
@@ -631,36 +631,45 @@ endpoints: [{addresses: ['fd00:10::5'], nodeName: test-node}]
     ));
 }
 
-#[test]
-fn partial_render_rewrites_only_changed_ports() {
-    let yaml = fixtures::KUBE_PROXY_CLUSTER;
-    let before = fixtures::snapshot(yaml, "test-node", &["192.168.0.2"]);
-    let mut r = Renderer::new(config(), false);
-    r.full(&before);
-    // svc4 loses an endpoint, svc1 is deleted.
-    let changed_yaml = yaml
-        .replace(
-            "- addresses: [10.180.0.5]\n  conditions: {ready: true}\n  nodeName: other-node\n",
-            "",
-        )
-        .replace(
-            "metadata: {name: svc1, namespace: ns1}",
-            "metadata: {name: svc1gone, namespace: ns1}",
-        );
+/// kube-proxy's test cluster as `test-node` sees it, then as it sees `yaml` instead, and the
+/// service ports that differ.
+fn change_to(yaml: &str) -> (Snapshot, Snapshot, Vec<ServicePortName>) {
+    let before = fixtures::snapshot(fixtures::KUBE_PROXY_CLUSTER, "test-node", &["192.168.0.2"]);
+    let cluster = fixtures::cluster(yaml);
     let after = before
         .rebuild(
             before.node.as_ref().clone(),
-            &fixtures::cluster(&changed_yaml).services,
-            &fixtures::cluster(&changed_yaml).endpoint_slices,
+            &cluster.services,
+            &cluster.endpoint_slices,
             &[],
         )
         .unwrap();
-    let changed: Vec<_> = after
+    let changed = after
         .diff(&before)
         .ports
         .into_iter()
         .map(|(k, _)| k)
         .collect();
+    (before, after, changed)
+}
+
+/// The line of kube-proxy's test cluster that gives svc4 its endpoint on other-node.
+const SVC4_REMOTE_ENDPOINT: &str =
+    "- addresses: [10.180.0.5]\n  conditions: {ready: true}\n  nodeName: other-node\n";
+
+#[test]
+fn partial_render_rewrites_only_changed_ports() {
+    // svc4 loses an endpoint, svc1 is deleted.
+    let (before, after, changed) = change_to(
+        &fixtures::KUBE_PROXY_CLUSTER
+            .replace(SVC4_REMOTE_ENDPOINT, "")
+            .replace(
+                "metadata: {name: svc1, namespace: ns1}",
+                "metadata: {name: svc1gone, namespace: ns1}",
+            ),
+    );
+    let mut r = Renderer::new(config(), false);
+    r.full(&before);
     let names: Vec<String> = changed.iter().map(ToString::to_string).collect();
     assert_eq!(
         names,
@@ -700,29 +709,10 @@ fn partial_render_rewrites_only_changed_ports() {
 /// same either way (the partial-sync property test checks it against full renders).
 #[test]
 fn an_endpoint_change_leaves_the_top_level_chains_out() {
-    let yaml = fixtures::KUBE_PROXY_CLUSTER;
-    let before = fixtures::snapshot(yaml, "test-node", &["192.168.0.2"]);
+    let (before, after, changed) =
+        change_to(&fixtures::KUBE_PROXY_CLUSTER.replace(SVC4_REMOTE_ENDPOINT, ""));
     let mut r = Renderer::new(config(), false);
     r.full(&before);
-    let changed_yaml = yaml.replace(
-        "- addresses: [10.180.0.5]\n  conditions: {ready: true}\n  nodeName: other-node\n",
-        "",
-    );
-    let cluster = fixtures::cluster(&changed_yaml);
-    let after = before
-        .rebuild(
-            before.node.as_ref().clone(),
-            &cluster.services,
-            &cluster.endpoint_slices,
-            &[],
-        )
-        .unwrap();
-    let changed: Vec<_> = after
-        .diff(&before)
-        .ports
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
     assert_eq!(changed.len(), 1);
     let text = r.partial(&after, &changed).to_restore_input();
     assert!(!text.contains("KUBE-SERVICES"), "{text}");
