@@ -178,6 +178,32 @@ impl NodeLock {
     }
 }
 
+/// What a daemon follows: its signals, and its files read once (then followed; SIGHUP
+/// re-reads them), waking `wake` for each.
+///
+/// # Errors
+/// The exit status and the message: failure when the signal handlers cannot be installed,
+/// [`crate::EXIT_INVALID`] when a file cannot be read or holds an invalid object.
+pub fn follow(
+    files: &[String],
+    wake: &Wake,
+) -> Result<(Signals, FileSource), (std::process::ExitCode, String)> {
+    let signals = Signals::install(wake).map_err(|e| {
+        (
+            std::process::ExitCode::FAILURE,
+            format!("cannot handle signals: {e}"),
+        )
+    })?;
+    let source = FileSource::open(
+        files,
+        ControllerConfig::default(),
+        wake,
+        signals.reload.clone(),
+    )
+    .map_err(|e| (std::process::ExitCode::from(crate::EXIT_INVALID), e))?;
+    Ok((signals, source))
+}
+
 /// The signals a daemon acts on: SIGTERM and SIGINT stop it, SIGHUP reloads.
 #[derive(Clone, Debug)]
 pub struct Signals {

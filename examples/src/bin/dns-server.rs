@@ -12,14 +12,13 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use clap::{Parser, ValueEnum};
-use service_core::controller::ControllerConfig;
 use service_core::model::Pod;
 use service_core::snapshot::NodeInfo;
 use service_core::tracker::{ChangeTracker, Source as _};
 use service_dns::server::{DnsServer, ServerConfig};
 use service_dns::{DnsConfig, PodRecords, Zone};
-use service_examples::daemon::{FileSource, Signals, Wake};
-use service_examples::{EXIT_INVALID, LogArgs, init_logging};
+use service_examples::daemon::{self, FileSource, Wake};
+use service_examples::{LogArgs, init_logging};
 
 /// Serve Kubernetes cluster DNS for manifests.
 #[derive(Parser)]
@@ -112,23 +111,11 @@ fn main() -> ExitCode {
         Pods::Verified => PodRecords::Verified,
     };
     let wake = Wake::default();
-    let signals = match Signals::install(&wake) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: cannot handle signals: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut source = match FileSource::open(
-        &args.files,
-        ControllerConfig::default(),
-        &wake,
-        signals.reload.clone(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
+    let (signals, mut source) = match daemon::follow(&args.files, &wake) {
+        Ok(x) => x,
+        Err((code, e)) => {
             eprintln!("error: {e}");
-            return ExitCode::from(EXIT_INVALID);
+            return code;
         }
     };
     // DNS answers do not depend on the node: no name, no IPs.

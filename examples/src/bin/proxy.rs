@@ -19,12 +19,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use service_core::controller::ControllerConfig;
 use service_core::model::IpFamily;
 use service_core::tracker::{ChangeTracker, Source as _};
 use service_examples::agent::{ProxyArgs, Settings};
 use service_examples::backend::{self, BackendChoice};
-use service_examples::daemon::{FileSource, NodeLock, Signals, Wake};
+use service_examples::daemon::{self, NodeLock, Wake};
 use service_examples::kpconfig::KubeProxyConfiguration;
 use service_examples::{BackendArg, EXIT_INVALID, init_logging};
 use service_proxy::health::{Response, node_eligible};
@@ -215,23 +214,11 @@ fn main() -> ExitCode {
         (Wake::default(), None, None)
     } else {
         let wake = Wake::default();
-        let signals = match Signals::install(&wake) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot handle signals: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let source = match FileSource::open(
-            &args.files,
-            ControllerConfig::default(),
-            &wake,
-            signals.reload.clone(),
-        ) {
-            Ok(s) => s,
-            Err(e) => {
+        let (signals, source) = match daemon::follow(&args.files, &wake) {
+            Ok(x) => x,
+            Err((code, e)) => {
                 eprintln!("error: {e}");
-                return ExitCode::from(EXIT_INVALID);
+                return code;
             }
         };
         (wake, Some(signals), Some(source))
