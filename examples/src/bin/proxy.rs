@@ -1,6 +1,6 @@
 //! `proxy [--backend iptables|nftables|ipvs|userspace] [--config FILE] [--apply] FILE...`:
 //! the node agent, in place of kube-proxy. A shell over the library: the files are a
-//! [`FileSource`] of events; the [`Engine`] tracks them, schedules syncs (at most one per
+//! [`FileSource`](service_examples::daemon::FileSource) of events; the [`Engine`] tracks them, schedules syncs (at most one per
 //! `--min-sync-period`, a full one every `--sync-period`, backoff from 1 s to 30 s after a
 //! failure) and drives one proxier per IP family (dual-stack when the node has IPs of both);
 //! [`HealthServers`] answer `/healthz`, `/livez` and every health-check node port;
