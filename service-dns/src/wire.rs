@@ -756,8 +756,16 @@ pub fn fit_reply(reply: &mut Vec<u8>, limit: usize, edns: bool) {
     if reply.len() <= limit {
         return;
     }
-    let Some(q) = question_len(reply) else {
+    let opt = if edns { OPT_LEN } else { 0 };
+    let Some(q) = question_len(reply).filter(|q| HEADER + q + opt <= limit) else {
+        // No question, or one too long to echo (a name past 255 bytes from an upstream):
+        // the header alone, TC set, nothing counted.
         reply.truncate(HEADER.min(reply.len()));
+        if reply.len() == HEADER {
+            let flags = u16::from_be_bytes([reply[2], reply[3]]) | TC;
+            reply[2..4].copy_from_slice(&flags.to_be_bytes());
+            reply[4..12].fill(0);
+        }
         return;
     };
     reply.truncate(HEADER + q);
@@ -1008,5 +1016,28 @@ mod tests {
 
     fn buf_of<'a>(w: &'a ResponseWriter<'_>) -> &'a [u8] {
         w.buf
+    }
+
+    /// Found by the `dns_upstream_reply` fuzz target: an upstream reply whose question name
+    /// runs past 500 bytes used to be trimmed to header + question, still over the client's
+    /// 512 bytes. Now it becomes a bare header with TC set.
+    #[test]
+    fn an_oversized_upstream_question_is_not_echoed() {
+        let mut reply = vec![0xf7, 0xef, 0x9a, 0x00, 0x00, 0x41, 0x03, 0x02, 0, 0, 0, 0];
+        for _ in 0..9 {
+            reply.push(60);
+            reply.extend_from_slice(&[b'a'; 60]);
+        }
+        reply.extend_from_slice(&[0, 0, 1, 0, 1]);
+        reply.extend_from_slice(&[0u8; 100]);
+        for (limit, edns) in [(512, false), (1232, true)] {
+            let mut r = reply.clone();
+            fit_reply(&mut r, limit, edns);
+            assert!(r.len() <= limit, "{} > {limit}", r.len());
+        }
+        let mut r = reply.clone();
+        fit_reply(&mut r, 512, false);
+        assert_eq!(r.len(), HEADER);
+        assert_ne!(u16::from_be_bytes([r[2], r[3]]) & TC, 0);
     }
 }
