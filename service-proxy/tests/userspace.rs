@@ -374,8 +374,11 @@ fn expired_affinities_are_swept_without_new_traffic() {
     let mut p = UserspaceProxy::new(config, rt.handle().clone());
     let mut snap = snapshot(&["127.0.0.2"], port, Protocol::Tcp, true);
     // A one-second affinity timeout.
-    for sp in snap.ports.values_mut() {
-        std::sync::Arc::make_mut(sp).session_affinity_timeout = Some(1);
+    let names: Vec<_> = snap.ports.keys().cloned().collect();
+    for name in names {
+        if let Some(sp) = snap.ports.get_mut(&name) {
+            std::sync::Arc::make_mut(sp).session_affinity_timeout = Some(1);
+        }
     }
     p.sync(&snap).unwrap();
     let portal = p.portal(&name(Protocol::Tcp)).unwrap();

@@ -8,8 +8,8 @@ use ipnet::IpNet;
 
 use super::traffic::TrafficInputs;
 use super::{
-    Endpoint, FamilyPlan, NodeInfo, ServiceEndpoint, ServiceInfo, ServicePort, ServicePortName,
-    Snapshot, Traffic, categorize,
+    Endpoint, FamilyPlan, NodeInfo, OrdMap, ServiceEndpoint, ServiceInfo, ServicePort,
+    ServicePortName, Snapshot, Traffic, categorize,
 };
 use crate::model::{
     AddressType, EndpointSlice, Endpoints, IpFamily, Protocol, SERVICE_PROXY_NAME_LABEL,
@@ -378,16 +378,25 @@ pub(crate) fn service_entries(
     (info, ports)
 }
 
-/// Replaces entries of `new` equal to those of `old` by `old`'s, so that consecutive
-/// snapshots share unchanged entries.
-fn share<K: Ord, V: PartialEq>(old: &BTreeMap<K, Arc<V>>, new: &mut BTreeMap<K, Arc<V>>) {
-    for (k, v) in new.iter_mut() {
-        if let Some(o) = old.get(k)
-            && o == v
-        {
-            *v = o.clone();
+/// `old` changed into `new`: a clone of `old` (sharing its tree) with the entries that
+/// differ in `new` written over it, so that consecutive snapshots share unchanged entries
+/// and tree nodes.
+fn share<K: Ord + Clone, V: PartialEq>(
+    old: &OrdMap<K, Arc<V>>,
+    new: OrdMap<K, Arc<V>>,
+) -> OrdMap<K, Arc<V>> {
+    let mut out = old.clone();
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            out.remove(k);
         }
     }
+    for (k, v) in new {
+        if old.get(&k).is_none_or(|o| *o != v) {
+            out.insert(k, v);
+        }
+    }
+    out
 }
 
 impl Snapshot {
@@ -463,8 +472,8 @@ impl Snapshot {
         if new.node == self.node {
             new.node = self.node.clone();
         }
-        share(&self.services, &mut new.services);
-        share(&self.ports, &mut new.ports);
+        new.services = share(&self.services, std::mem::take(&mut new.services));
+        new.ports = share(&self.ports, std::mem::take(&mut new.ports));
         Ok(new)
     }
 }

@@ -1,9 +1,10 @@
 //! Structural diff between two snapshots.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{ServicePortName, Snapshot};
+use imbl::ordmap::DiffItem;
+
+use super::{OrdMap, ServicePortName, Snapshot};
 use crate::valid::ServiceKey;
 
 /// How an entry changed between two snapshots.
@@ -38,50 +39,28 @@ impl SnapshotDiff {
 }
 
 fn diff_maps<K: Ord + Clone, V: PartialEq>(
-    old: &BTreeMap<K, Arc<V>>,
-    new: &BTreeMap<K, Arc<V>>,
+    old: &OrdMap<K, Arc<V>>,
+    new: &OrdMap<K, Arc<V>>,
 ) -> Vec<(K, Change)> {
-    let mut out = Vec::new();
-    let mut a = old.iter().peekable();
-    let mut b = new.iter().peekable();
-    loop {
-        match (a.peek(), b.peek()) {
-            (None, None) => break,
-            (Some((ka, _)), None) => {
-                out.push(((*ka).clone(), Change::Removed));
-                a.next();
-            }
-            (None, Some((kb, _))) => {
-                out.push(((*kb).clone(), Change::Added));
-                b.next();
-            }
-            (Some((ka, va)), Some((kb, vb))) => match ka.cmp(kb) {
-                std::cmp::Ordering::Less => {
-                    out.push(((*ka).clone(), Change::Removed));
-                    a.next();
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(((*kb).clone(), Change::Added));
-                    b.next();
-                }
-                std::cmp::Ordering::Equal => {
-                    // Shared entries (the common case between consecutive builds) compare
-                    // by pointer; others structurally.
-                    if !Arc::ptr_eq(va, vb) && va != vb {
-                        out.push(((*ka).clone(), Change::Changed));
-                    }
-                    a.next();
-                    b.next();
-                }
-            },
-        }
-    }
-    out
+    // Tree nodes the two maps share are skipped unvisited; shared entries compare by
+    // pointer, others structurally.
+    old.diff(new)
+        .filter_map(|d| match d {
+            DiffItem::Add(k, _) => Some((k.clone(), Change::Added)),
+            DiffItem::Remove(k, _) => Some((k.clone(), Change::Removed)),
+            DiffItem::Update {
+                old: (k, a),
+                new: (_, b),
+            } => (!Arc::ptr_eq(a, b) && a != b).then(|| (k.clone(), Change::Changed)),
+        })
+        .collect()
 }
 
 impl Snapshot {
-    /// What changed from `old` to `self`. Deterministic, in key order; linear in the number
-    /// of entries, with unchanged shared entries compared by pointer.
+    /// What changed from `old` to `self`. Deterministic, in key order. Between snapshots
+    /// derived from one another (a tracker's checkouts, [`Snapshot::rebuild`]) it costs
+    /// about the number of changes times the tree's depth: shared tree nodes are skipped,
+    /// shared entries compared by pointer.
     pub fn diff(&self, old: &Self) -> SnapshotDiff {
         SnapshotDiff {
             node_changed: self.node != old.node,

@@ -14,7 +14,6 @@ mod diff;
 mod topology;
 mod traffic;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +23,11 @@ use ipnet::IpNet;
 pub use build::SnapshotError;
 pub(crate) use build::{Interner, service_entries};
 pub use diff::{Change, SnapshotDiff};
+/// The persistent ordered map a [`Snapshot`] keeps its entries in: cloning one is O(1),
+/// and a changed clone shares every untouched entry and tree node with its original, so
+/// consumers keep the previous snapshot for free and [`Snapshot::diff`] skips what is
+/// shared.
+pub use imbl::OrdMap;
 pub use topology::categorize;
 pub use traffic::{EndpointSet, Traffic};
 
@@ -327,10 +331,10 @@ pub struct Snapshot {
     /// The node.
     pub node: Arc<NodeInfo>,
     /// Every valid Service, for DNS and environment variables.
-    pub services: BTreeMap<ServiceKey, Arc<ServiceInfo>>,
+    pub services: OrdMap<ServiceKey, Arc<ServiceInfo>>,
     /// Every service port the proxy handles: Services with a cluster IP, not handed to
     /// another proxy.
-    pub ports: BTreeMap<ServicePortName, Arc<ServicePort>>,
+    pub ports: OrdMap<ServicePortName, Arc<ServicePort>>,
 }
 
 impl Snapshot {
