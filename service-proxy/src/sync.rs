@@ -31,6 +31,16 @@ impl SyncPlan {
         self.kind == SyncKind::Partial && self.changed.is_empty()
     }
 
+    /// The changed service ports as a set, for a partial sync (`None` for a full one,
+    /// which looks at every port).
+    #[cfg_attr(
+        not(all(feature = "apply", any(feature = "iptables", feature = "nftables"))),
+        allow(dead_code)
+    )]
+    pub(crate) fn changed_set(&self) -> Option<BTreeSet<ServicePortName>> {
+        (self.kind == SyncKind::Partial).then(|| self.changed.iter().cloned().collect())
+    }
+
     fn full() -> Self {
         Self {
             kind: SyncKind::Full,

@@ -689,9 +689,10 @@ impl<R: Runner> Proxier for IptablesProxier<R> {
             }
         }
         let wrote = detail.rules > 0 || kind == SyncKind::Full;
-        let changed = (kind == SyncKind::Partial)
-            .then_some(request.changed)
+        let changed_set = (kind == SyncKind::Partial)
+            .then(|| plan.changed_set())
             .flatten();
+        let changed = changed_set.as_ref();
         let mut report = SyncReport::new(kind, BackendReport::Iptables(detail));
         report.wrote = wrote;
         report.repaired = usize::from(flushed) + usize::from(detail.recovered);

@@ -629,8 +629,8 @@ impl<A: Applier> NftProxier<A> {
         &mut self,
         mut rules: Ruleset,
         request: &SyncRequest<'_>,
+        plan: &SyncPlan,
     ) -> Result<(NftablesReport, SyncKind, usize), ApplyError> {
-        let plan = self.engine.plan(request.snapshot, request.changed);
         let only = (plan.kind == SyncKind::Partial).then_some(&plan.changed[..]);
         let update = self.renderer.update(&mut rules, request.snapshot, only);
         let mut report = NftablesReport::default();
@@ -809,10 +809,11 @@ impl<A: Applier> Proxier for NftProxier<A> {
             self.committed = None;
         }
         let first = self.committed.is_none();
-        let full = self.engine.plan(snapshot, request.changed).kind == SyncKind::Full;
+        let plan = self.engine.plan(snapshot, request.changed);
+        let full = plan.kind == SyncKind::Full;
         let result = match self.committed.take() {
             Some(rules) if !full => self
-                .update(rules, &request)
+                .update(rules, &request, &plan)
                 .map(|(r, kind, n)| (r, kind, n, 0)),
             previous => self
                 .converge(previous.as_ref(), snapshot, request.now)
@@ -830,9 +831,12 @@ impl<A: Applier> Proxier for NftProxier<A> {
         };
         self.delete_stale_chains(request.now, &mut detail);
         let family = self.family_of();
-        let changed = (kind == SyncKind::Partial)
-            .then_some(request.changed)
+        // The ports to look at for conntrack and reports: those the plan re-rendered
+        // (named by the caller, or found by a diff that skips what the snapshots share).
+        let changed_set = (kind == SyncKind::Partial)
+            .then(|| plan.changed_set())
             .flatten();
+        let changed = changed_set.as_ref();
         let mut report = SyncReport::new(kind, BackendReport::Nftables(detail));
         report.wrote = detail.transactions > 0;
         report.service_ports_changed = ports;
