@@ -31,7 +31,7 @@ use crate::proxier::{
     BackendReport, NoLocalEndpoints, Proxier, ProxyMode, SyncError, SyncErrorKind, SyncReport,
     SyncRequest, endpoints_changed,
 };
-use crate::sync::{SyncEngine, SyncKind};
+use crate::sync::{SyncEngine, SyncKind, SyncPlan};
 
 /// Why applying failed.
 #[derive(Debug, thiserror::Error)]
@@ -244,7 +244,12 @@ impl Applier for NftProgram {
 pub struct NftSocket {
     socket: Socket,
     seq: u32,
+    /// The send buffer size we last asked for.
+    sndbuf: usize,
 }
+
+/// The send buffer asked for when the socket opens; larger batches raise it.
+const SNDBUF: usize = 64 << 20;
 
 impl NftSocket {
     /// Opens a socket in the current network namespace.
@@ -261,12 +266,15 @@ impl NftSocket {
         let fd = socket.as_fd();
         // Large batches go out in one sendmsg (root may exceed wmem_max; others keep
         // the default and rely on bounded transactions).
-        let _ =
-            nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBufForce, &(64 << 20));
+        let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::SndBufForce, &SNDBUF);
         let _ =
             nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBufForce, &(8 << 20));
         crate::nlmsg::set_timeouts(&socket)?;
-        Ok(Self { socket, seq: 1 })
+        Ok(Self {
+            socket,
+            seq: 1,
+            sndbuf: SNDBUF,
+        })
     }
 
     /// Opens a socket inside the network namespace at `path` (e.g. `/run/netns/NAME`); the
@@ -414,10 +422,28 @@ impl NftSocket {
         Ok(stats)
     }
 
-    fn send(&self, batch: &EncodedBatch, txs: &[&Transaction]) -> Result<(), ApplyError> {
+    fn send(&mut self, batch: &EncodedBatch, txs: &[&Transaction]) -> Result<(), ApplyError> {
         let Some(acked) = batch.acked_seq else {
             return Ok(());
         };
+        // A transaction is one batch, and a batch must arrive in one sendmsg: the kernel
+        // refuses (EMSGSIZE) anything larger than the send buffer, so a cold load of a big
+        // table (about 100 MB at 100k Services) raises it first. The kernel doubles the
+        // value and caps it at INT_MAX; without CAP_NET_ADMIN this fails and the send
+        // reports EMSGSIZE as before.
+        let needed = batch.bytes.len().saturating_add(1 << 20);
+        if needed > self.sndbuf {
+            let want = needed.min(i32::MAX as usize / 2);
+            if nix::sys::socket::setsockopt(
+                &self.socket.as_fd(),
+                nix::sys::socket::sockopt::SndBufForce,
+                &want,
+            )
+            .is_ok()
+            {
+                self.sndbuf = want;
+            }
+        }
         let sent = self.socket.send(&batch.bytes, 0)?;
         if sent != batch.bytes.len() {
             return Err(io::Error::other("short netlink send").into());
