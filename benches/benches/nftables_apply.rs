@@ -4,18 +4,22 @@
 //!   over netlink (render, encode, bounded transactions, kernel commit).
 //! - `nft_apply_one_change/10000`: one Service's endpoint changes with 10k loaded
 //!   (incremental render, one transaction).
+//! - `nft_apply_one_tracked_change/10000`: the same change synced with the change tracker's
+//!   set of changed ports, as the daemons sync: one port re-rendered, map elements only.
+//!   `SCALE_100K=1` adds the same at 100k services.
 //! - `nft_f_full/1000`: the same table's `nft -f` script loaded by Debian's `nft`, at 1k
 //!   services (its userspace grows quadratically with the chain count; 10k takes minutes).
 //! - `nft_apply_full/1000`: ours at 1k, for the ratio with `nft -f` in the same run.
 //!
 //! Run: `cargo bench -p service-benches --bench nftables_apply`.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use service_proxy::Proxier;
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::nftables::{NftablesConfig, Renderer};
+use service_proxy::{Proxier, SyncRequest};
 use service_testkit::netns::{E2e, Netns, require_programs};
 
 fn renderer() -> Renderer {
@@ -80,6 +84,38 @@ fn one_change(c: &mut Criterion) {
     g.finish();
 }
 
+/// One endpoint change, synced with the change tracker's set of changed service ports (what
+/// the daemons do): only that port is re-rendered, and its transaction holds map and set
+/// elements only.
+fn one_tracked_change(c: &mut Criterion) {
+    let mut g = c.benchmark_group("nft_apply_one_tracked_change");
+    for services in [10_000, 100_000] {
+        if services > 10_000 && std::env::var_os("SCALE_100K").is_none() {
+            continue;
+        }
+        let (before, after, changed) = service_benches::one_change(services, 10);
+        let changed: BTreeSet<_> = changed.into_iter().collect();
+        let ns = Netns::new("nft-bench");
+        let socket = NftSocket::in_netns(&ns.path()).expect("socket");
+        let mut p = NftProxier::new(renderer(), socket);
+        p.sync_to(&before).expect("full apply");
+        let mut flip = false;
+        g.bench_function(services.to_string(), |b| {
+            b.iter(|| {
+                flip = !flip;
+                let snap = if flip { &after } else { &before };
+                let r = p
+                    .sync(SyncRequest::new(snap, Instant::now()).with_changes(&changed))
+                    .expect("one change");
+                let detail = r.nftables().expect("nftables report");
+                assert_eq!(detail.transactions, 1);
+                assert_eq!(r.service_ports_changed, 1);
+            });
+        });
+    }
+    g.finish();
+}
+
 fn nft_f(c: &mut Criterion) {
     let mut g = c.benchmark_group("nft_f_full");
     g.sample_size(10);
@@ -102,6 +138,7 @@ fn all(c: &mut Criterion) {
     }
     full(c);
     one_change(c);
+    one_tracked_change(c);
     nft_f(c);
 }
 

@@ -27,6 +27,25 @@ fn main() {
     }
     println!("\nloaded in {:?}", t.elapsed());
     let family = rules.family;
+    // The bench's one change (one endpoint address of one Service), both ways.
+    {
+        let (before, after, changed) = service_benches::one_change(services, 10);
+        let renderer = Renderer::new(NftablesConfig::new(service_benches::proxy_config()), false);
+        let mut state = renderer.render(&before);
+        for (i, snap) in [&after, &before, &after, &before].into_iter().enumerate() {
+            let u = renderer.update(&mut state, snap, Some(&changed));
+            if i == 0 {
+                println!("one change:\n{}", u.transaction);
+            }
+            let t = Instant::now();
+            socket.apply(&[&u.transaction]).expect("one change");
+            println!(
+                "one change ({} ops): {:?}",
+                u.transaction.ops.len(),
+                t.elapsed()
+            );
+        }
+    }
     let time = |socket: &mut NftSocket, what: &str, ops: Vec<Op>| {
         let tx = Transaction { family, ops };
         let t = Instant::now();

@@ -48,6 +48,23 @@ pub fn scale(
     Vec<service_core::valid::ValidService>,
     Vec<service_core::model::EndpointSlice>,
 ) {
+    let (objects, slices) = scale_objects(services, endpoints);
+    let svcs = objects
+        .iter()
+        .map(|svc| service_core::validation::validate_service(svc).expect("valid bench service"))
+        .collect();
+    (svcs, slices)
+}
+
+/// The objects of [`scale`] as the API server stores them (defaulted, not validated): what
+/// a change tracker is fed.
+pub fn scale_objects(
+    services: usize,
+    endpoints: usize,
+) -> (
+    Vec<service_core::model::Service>,
+    Vec<service_core::model::EndpointSlice>,
+) {
     use service_core::model::{
         AddressType, Endpoint, EndpointConditions, EndpointPort, EndpointSlice, IntOrString,
         LoadBalancerIngress, LoadBalancerStatus, Protocol, Service, ServicePort, ServiceStatus,
@@ -80,7 +97,7 @@ pub fn scale(
         }
         svc.spec.ports.push(port);
         service_core::defaults::service(&mut svc);
-        svcs.push(service_core::validation::validate_service(&svc).expect("valid bench service"));
+        svcs.push(svc);
         let mut slice = EndpointSlice::new("bench", &format!("{name}-x"), &name, AddressType::Ipv4);
         slice.ports = vec![EndpointPort::new("http", 8080, Protocol::Tcp)];
         for e in 0..endpoints {
