@@ -426,3 +426,98 @@ fn tampering_is_repaired_and_a_restart_adopts_the_table() {
         "{err}"
     );
 }
+
+/// [`CLUSTER`] with only the web Service's endpoints restricted to these pod IPs (the
+/// sticky Service, whose ClientIP affinity needs a chain per endpoint, keeps all three).
+fn with_web_only(ips: &[&str]) -> String {
+    let kept: String = WEB_SLICE
+        .lines()
+        .filter(|l| !l.starts_with("- {addresses") || ips.iter().any(|ip| l.contains(ip)))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(CLUSTER.contains(WEB_SLICE));
+    CLUSTER.replace(WEB_SLICE, &kept)
+}
+
+/// Pearson's chi-squared statistic of `counts` against an even spread.
+fn chi_squared(counts: &[usize]) -> f64 {
+    let total: usize = counts.iter().sum();
+    let expected = total as f64 / counts.len() as f64;
+    counts
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum()
+}
+
+#[test]
+fn endpoint_count_changes_touch_only_map_elements_and_spread_evenly() {
+    if require(
+        "endpoint_count_changes_touch_only_map_elements_and_spread_evenly",
+        &["ip", "nft"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    let mut proxier = proxier(node);
+    let all = ["10.244.1.10", "10.244.1.11", "10.244.2.12"];
+    let mut snap = snapshot_of(&with_web_only(&all), None);
+    proxier.sync_to(&snap).expect("first sync");
+    let before = kernel_state(node);
+
+    // Endpoints leave and join: the number behind the web Service's `numgen` changes each
+    // time, yet no rule or chain may change: only the endpoint map's (and the hairpin
+    // set's) elements.
+    let steps: [&[&str]; 4] = [
+        &["10.244.1.10"],
+        &["10.244.1.10", "10.244.2.12"],
+        &["10.244.1.11", "10.244.2.12"],
+        &all,
+    ];
+    let mut prev = before.clone();
+    for step in steps {
+        snap = snapshot_of(&with_web_only(step), Some(&snap));
+        let report = proxier.sync_to(&snap).expect("endpoint change");
+        assert_eq!(report.kind, SyncKind::Partial, "{report:?}");
+        let now = kernel_state(node);
+        assert_eq!(
+            now.chains, before.chains,
+            "{step:?}: chains or rules changed"
+        );
+        let changed: BTreeSet<&String> = now
+            .sets
+            .iter()
+            .filter(|(name, elements)| prev.sets.get(*name) != Some(*elements))
+            .map(|(name, _)| name)
+            .collect();
+        assert!(
+            changed
+                .iter()
+                .all(|n| n.starts_with("service-endpoints-") || *n == "hairpin-ips"),
+            "{step:?}: {changed:?}"
+        );
+        assert!(!changed.is_empty(), "{step:?}: nothing changed");
+        // The kernel's view of the map matches the ruleset's.
+        assert_eq!(now, proxier.rules().unwrap().expected_state(), "{step:?}");
+        prev = now;
+    }
+
+    // New connections spread evenly over the three endpoints: Pearson's test at a
+    // significance of 0.1% (2 degrees of freedom: 13.82), so that a fair spread fails
+    // once in a thousand runs while a skew of a third or more fails nearly always.
+    let client = &env.topo.pods[env.client_pod].ns;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for _ in 0..600 {
+        match tcp_connect(client, None, sa("10.96.0.10:80"), TIMEOUT) {
+            Reached::Server(name, _) => *counts.entry(name).or_default() += 1,
+            other => panic!("connection failed: {other:?}"),
+        }
+    }
+    assert_eq!(
+        counts.keys().cloned().collect::<BTreeSet<_>>(),
+        names(&["web-0", "web-1", "web-2"])
+    );
+    let c: Vec<usize> = counts.values().copied().collect();
+    assert!(chi_squared(&c) < 13.82, "uneven spread: {counts:?}");
+}

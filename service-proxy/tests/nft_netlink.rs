@@ -145,17 +145,27 @@ fn canonical(rules: &Ruleset) -> String {
                             offset,
                             count,
                         } => {
-                            let targets: Vec<String> = (0..*count)
-                                .map(|i| {
-                                    match rules.element(
-                                        FixedSet::Endpoints(*shard),
-                                        &Key::Index(offset + i),
-                                    ) {
-                                        Some(Some(Data::Endpoint(a))) => a.to_string(),
-                                        other => format!("missing {other:?}"),
+                            // Each endpoint's share of the block, wherever it sits.
+                            let end = u64::from(*offset) + u64::from(*count);
+                            let mut ranges: Vec<(u32, String)> = objs
+                                .elements
+                                .iter()
+                                .filter_map(|e| match (e.set, e.key, &e.data) {
+                                    (
+                                        FixedSet::Endpoints(s),
+                                        Key::Range(first, last),
+                                        Some(Data::Endpoint(a)),
+                                    ) if s == *shard
+                                        && first >= *offset
+                                        && u64::from(last) < end =>
+                                    {
+                                        Some((first, format!("{a} x{}", last - first + 1)))
                                     }
+                                    _ => None,
                                 })
                                 .collect();
+                            ranges.sort();
+                            let targets: Vec<String> = ranges.into_iter().map(|(_, t)| t).collect();
                             line.push_str(&format!("dnat-one-of {targets:?} "));
                         }
                         other => line.push_str(&format!("{other:?} ")),

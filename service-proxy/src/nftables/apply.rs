@@ -382,19 +382,24 @@ impl NftSocket {
                 && ours(&t)
                 && !wire::is_anonymous(flags)
             {
-                sets.push(name);
+                sets.push((name, wire::is_interval(flags)));
             }
         }
-        for set in sets {
-            let mut elements = std::collections::BTreeMap::new();
+        for (set, interval) in sets {
+            let mut raw = Vec::new();
             // Affinity sets hold runtime state: only their existence is compared.
             if !set.starts_with("affinity-") {
                 for m in dump(Dump::Elements(&set), &mut next)? {
                     if let Some((_, els)) = wire::parse_elements(m.message().body) {
-                        elements.extend(els);
+                        raw.extend(els);
                     }
                 }
             }
+            let elements = if interval {
+                wire::pair_intervals(raw).into_iter().collect()
+            } else {
+                raw.into_iter().map(|(k, d, _)| (k, d)).collect()
+            };
             state.sets.insert(set, elements);
         }
         Ok(Some(state))

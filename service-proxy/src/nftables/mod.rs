@@ -36,13 +36,14 @@ pub mod apply;
 pub use apply::NftProxier;
 pub use memory::{MemoryChain, MemoryError, MemorySet, MemoryTable};
 pub use model::{
-    AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, Element, EndpointChain, Family,
-    FixedSet, Hook, Key, KeyShape, L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, TABLE, Verdict,
-    endpoint_shard,
+    AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, ENDPOINT_SLOTS, Element,
+    EndpointChain, Family, FixedSet, Hook, Key, KeyShape, L4, MARK_FOR_MASQUERADE, Name, Rule,
+    Stmt, TABLE, Verdict, endpoint_shard,
 };
 pub use names::{NAME_MAX, endpoint_base, hash_and_truncate, service_base, service_base_name};
 pub use render::{
     Block, NftablesConfig, PortName, PortObjects, Renderer, Ruleset, StaleChain, Update,
+    endpoint_range,
 };
 pub use state::{ChainState, Repair, TableState, rule_mark};
 pub use trace::Tracer;

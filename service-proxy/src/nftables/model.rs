@@ -12,7 +12,14 @@ use smallvec::SmallVec;
 
 /// How many `service-endpoints-N` maps Services are spread over (see
 /// [`FixedSet::Endpoints`]).
-pub const ENDPOINT_SHARDS: u16 = 256;
+pub const ENDPOINT_SHARDS: u16 = 1024;
+
+/// How many slots a Service's block in its endpoint map has: its rule draws
+/// `numgen random mod ENDPOINT_SLOTS`, and its N endpoints own N contiguous ranges of
+/// slots (sizes differing by at most one). The rule never depends on N, so an endpoint
+/// joining or leaving rewrites map elements only; each endpoint is picked with
+/// probability within `1 / ENDPOINT_SLOTS` of `1 / N`.
+pub const ENDPOINT_SLOTS: u32 = 1 << 16;
 
 /// The endpoint map a service port's blocks live in: a hash of its base name.
 pub fn endpoint_shard(base_name: &str) -> u16 {
@@ -236,8 +243,9 @@ pub enum FixedSet {
     /// `firewall-ips`: load-balancer IPs with source ranges to their firewall chain.
     FirewallIps,
     /// `service-endpoints-N`: Services' endpoints (without ClientIP affinity) as
-    /// `addr . port`, each Service owning a block of indexes its `numgen` picks from (our
-    /// leaner layout: kube-proxy jumps to a chain per endpoint). Services are spread over
+    /// `addr . port`, an interval map: each Service owns a block of indexes its `numgen`
+    /// picks from, each endpoint a range of that block (our leaner layout: kube-proxy
+    /// jumps to a chain per endpoint). Services are spread over
     /// [`ENDPOINT_SHARDS`] maps: the kernel checks every element of a map each time a rule
     /// from another chain starts using it, so one map for all would make loading quadratic.
     Endpoints(u16),
@@ -258,8 +266,9 @@ pub enum KeyShape {
     AddrProtoPort,
     /// `addr . addr`.
     AddrPair,
-    /// A 32-bit index (host byte order, as `numgen` produces it).
-    Index,
+    /// A range of 32-bit indexes (an interval map; `numgen` produces the index in host
+    /// byte order, and the rule turns it big-endian for the lookup, as nft does).
+    IndexRange,
 }
 
 impl FixedSet {
@@ -299,7 +308,7 @@ impl FixedSet {
                 KeyShape::AddrProtoPort
             }
             Self::Hairpin => KeyShape::AddrPair,
-            Self::Endpoints(_) => KeyShape::Index,
+            Self::Endpoints(_) => KeyShape::IndexRange,
         }
     }
 
@@ -339,8 +348,8 @@ pub enum Key {
     AddrProtoPort(IpAddr, L4, u16),
     /// `addr . addr`.
     AddrPair(IpAddr, IpAddr),
-    /// An index.
-    Index(u32),
+    /// The indexes `FIRST..=LAST` (an element of an interval map).
+    Range(u32, u32),
 }
 
 impl fmt::Display for Key {
@@ -350,7 +359,7 @@ impl fmt::Display for Key {
             Self::ProtoPort(p, port) => write!(f, "{} . {port}", p.as_str()),
             Self::AddrProtoPort(ip, p, port) => write!(f, "{ip} . {} . {port}", p.as_str()),
             Self::AddrPair(a, b) => write!(f, "{a} . {b}"),
-            Self::Index(i) => write!(f, "{i}"),
+            Self::Range(a, b) => write!(f, "{a}-{b}"),
         }
     }
 }
@@ -396,7 +405,8 @@ pub enum Stmt {
         shard: u16,
         /// The first index of the Service's block in it.
         offset: u32,
-        /// How many endpoints it picks from.
+        /// How many indexes it draws from: the block's size, whatever the number of
+        /// endpoints sharing them.
         count: u32,
     },
     /// `ct status dnat`.

@@ -13,8 +13,9 @@ use service_core::model::IpFamily;
 use service_core::snapshot::{EndpointSet, ServicePort, ServicePortName, Snapshot};
 
 use super::model::{
-    AffinitySet, BaseHook, Chain, Data, Dir, Element, EndpointChain, Family, FixedSet, Hook, Key,
-    L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, Verdict, endpoint_shard,
+    AffinitySet, BaseHook, Chain, Data, Dir, ENDPOINT_SHARDS, ENDPOINT_SLOTS, Element,
+    EndpointChain, Family, FixedSet, Hook, Key, L4, MARK_FOR_MASQUERADE, Name, Rule, Stmt, Verdict,
+    endpoint_shard,
 };
 use super::names::{endpoint_names, prefixed, service_base_name};
 use super::transaction::{Op, SetDecl, Transaction};
@@ -68,15 +69,16 @@ pub struct PortObjects {
     pub blocks: SmallVec<[Block; 2]>,
 }
 
-/// A block of indexes in `service-endpoints`: `numgen random mod COUNT offset OFFSET` picks
-/// among its first COUNT entries.
+/// A block of indexes in `service-endpoints`: `numgen random mod CAPACITY offset OFFSET`
+/// draws one of them, and the Service's endpoints own contiguous ranges of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Block {
     /// The endpoint map (`service-endpoints-N`).
     pub shard: u16,
     /// The first index.
     pub offset: u32,
-    /// How many indexes it holds (a power of two, so that freed blocks are reused).
+    /// How many indexes it holds: [`ENDPOINT_SLOTS`], or the next power of two for a
+    /// Service with more endpoints than that.
     pub capacity: u32,
 }
 
@@ -93,28 +95,38 @@ struct MapSlots {
 }
 
 impl Slots {
-    fn alloc(&mut self, shard: u16, n: u32) -> Block {
-        let capacity = n.max(1).next_power_of_two();
+    /// A block for `n` endpoints in map `shard` (or, when its index space is used up, in
+    /// the next map that has room); `None` when every map is full (2^32 indexes each:
+    /// tens of millions of Services).
+    fn alloc(&mut self, shard: u16, n: u32) -> Option<Block> {
+        let capacity = n.max(1).next_power_of_two().max(ENDPOINT_SLOTS);
         let class = capacity.trailing_zeros() as usize;
-        let at = usize::from(shard);
-        if self.maps.len() <= at {
-            self.maps.resize_with(at + 1, MapSlots::default);
+        for k in 0..ENDPOINT_SHARDS {
+            let shard = (shard + k) % ENDPOINT_SHARDS;
+            let at = usize::from(shard);
+            if self.maps.len() <= at {
+                self.maps.resize_with(at + 1, MapSlots::default);
+            }
+            let map = &mut self.maps[at];
+            if let Some(offset) = map.free.get_mut(class).and_then(Vec::pop) {
+                return Some(Block {
+                    shard,
+                    offset,
+                    capacity,
+                });
+            }
+            // The block's end (`offset + capacity`, the interval's end element) must fit.
+            if u64::from(map.next) + u64::from(capacity) < 1 << 32 {
+                let offset = map.next;
+                map.next += capacity;
+                return Some(Block {
+                    shard,
+                    offset,
+                    capacity,
+                });
+            }
         }
-        let map = &mut self.maps[at];
-        if let Some(offset) = map.free.get_mut(class).and_then(Vec::pop) {
-            return Block {
-                shard,
-                offset,
-                capacity,
-            };
-        }
-        let offset = map.next;
-        map.next = map.next.saturating_add(capacity);
-        Block {
-            shard,
-            offset,
-            capacity,
-        }
+        None
     }
 
     fn free(&mut self, b: Block) {
@@ -127,6 +139,22 @@ impl Slots {
         }
         map.free[class].push(b.offset);
     }
+}
+
+/// The slots of a block of `capacity` indexes at `offset` that the `j`th of `n` endpoints
+/// owns: contiguous ranges tiling the block, their sizes differing by at most one.
+pub fn endpoint_range(offset: u32, capacity: u32, j: u32, n: u32) -> (u32, u32) {
+    let n = u64::from(n.max(1));
+    let cap = u64::from(capacity);
+    let start = u64::from(j) * cap / n;
+    let end = (u64::from(j) + 1) * cap / n;
+    // `end > start` since capacity >= n; both fit in u32 as offset + capacity does.
+    let first = u64::from(offset) + start;
+    let last = u64::from(offset) + end.max(start + 1) - 1;
+    (
+        u32::try_from(first).unwrap_or(u32::MAX),
+        u32::try_from(last).unwrap_or(u32::MAX),
+    )
 }
 
 impl PortObjects {
@@ -382,10 +410,15 @@ impl Ruleset {
         }
         let mut out = vec![first];
         let mut current = Transaction::new(self.family);
+        // The endpoint maps' elements go after the transaction's rules: the kernel checks
+        // every element of a map each time a rule from another chain starts using it, so
+        // rules bound while the maps are still empty load in linear time, not quadratic.
+        let mut endpoint_elements = Vec::new();
         let mut weight = 0;
         let mut seen = SeenSet::default();
         for (name, objs) in &self.ports {
             if !current.ops.is_empty() && weight >= max_ops {
+                Self::append_by_map(&mut current, &mut endpoint_elements);
                 out.push(std::mem::replace(
                     &mut current,
                     Transaction::new(self.family),
@@ -396,14 +429,30 @@ impl Ruleset {
             current.ops.push(Op::AddPort(objs.clone()));
             for e in &objs.elements {
                 if self.emits(name.name(), e, &mut seen) {
-                    current.ops.push(Op::AddElement(e.clone()));
+                    let op = Op::AddElement(e.clone());
+                    if matches!(e.set, FixedSet::Endpoints(_)) {
+                        endpoint_elements.push(op);
+                    } else {
+                        current.ops.push(op);
+                    }
                 }
             }
         }
+        Self::append_by_map(&mut current, &mut endpoint_elements);
         if !current.ops.is_empty() {
             out.push(current);
         }
         out
+    }
+
+    /// Appends endpoint-map elements grouped by map, so that each map's go out in few
+    /// messages (the kernel finds a set by a walk over the table's sets, per message).
+    fn append_by_map(tx: &mut Transaction, ops: &mut Vec<Op>) {
+        ops.sort_by_key(|op| match op {
+            Op::AddElement(e) => Some(e.set),
+            _ => None,
+        });
+        tx.ops.append(ops);
     }
 
     /// The whole table as one transaction (what `render` prints).
@@ -1330,34 +1379,36 @@ impl Renderer {
                     Stmt::DnatMap {
                         shard: b.shard,
                         offset: b.offset,
-                        count: u32::try_from(list.len()).unwrap_or(u32::MAX),
+                        count: b.capacity,
                     },
                 ]));
             }
             c
         };
         // A block of `service-endpoints` for each dispatch chain without affinity: the
-        // previous render's when it is large enough (so that an endpoint change only
-        // rewrites elements and one rule), a new one otherwise.
+        // previous render's when it is large enough, so that endpoints joining, leaving
+        // or changing rewrite map elements only (the rule draws from the whole block
+        // whatever their number); a new one otherwise.
         let mut blocks: SmallVec<[Block; 2]> = SmallVec::new();
         let mut block_for = |list: &[u32], slots: &mut Slots| -> Option<Block> {
             if affinity.is_some() || list.is_empty() {
                 return None;
             }
             let n = u32::try_from(list.len()).unwrap_or(u32::MAX);
-            let b = prev
+            let b = match prev
                 .and_then(|p| p.blocks.get(blocks.len()))
                 .filter(|b| b.capacity >= n)
-                .copied()
-                .unwrap_or_else(|| slots.alloc(endpoint_shard(&base_name), n));
+            {
+                Some(b) => *b,
+                None => slots.alloc(endpoint_shard(&base_name), n)?,
+            };
             blocks.push(b);
             for (j, &i) in list.iter().enumerate() {
+                let j = u32::try_from(j).unwrap_or(u32::MAX);
+                let (first, last) = endpoint_range(b.offset, b.capacity, j, n);
                 elements.push(Element {
                     set: FixedSet::Endpoints(b.shard),
-                    key: Key::Index(
-                        b.offset
-                            .saturating_add(u32::try_from(j).unwrap_or(u32::MAX)),
-                    ),
+                    key: Key::Range(first, last),
                     data: Some(Data::Endpoint(plan.endpoints[i as usize].addr())),
                 });
             }

@@ -1,7 +1,7 @@
 //! Where a packet goes through our nftables table, found by evaluating the model hook by
 //! hook as the kernel would (in the spirit of kube-proxy's `nftablesTracer`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
 use super::model::{
@@ -38,8 +38,9 @@ pub struct Tracer<'a> {
     rules: &'a Ruleset,
     chains: HashMap<&'a str, &'a Chain>,
     endpoints: HashMap<&'a str, &'a EndpointChain>,
-    /// The endpoint maps' elements, indexed (the ruleset keeps them per port).
-    endpoint_maps: HashMap<(FixedSet, Key), &'a Data>,
+    /// The endpoint maps' ranges by map and first index: last index and endpoint (the
+    /// ruleset keeps them per port).
+    endpoint_maps: BTreeMap<(u16, u32), (u32, &'a Data)>,
     local: Vec<IpAddr>,
 }
 
@@ -65,8 +66,12 @@ impl<'a> Tracer<'a> {
             .ports
             .values()
             .flat_map(|p| p.elements.iter())
-            .filter(|e| matches!(e.set, FixedSet::Endpoints(_)))
-            .filter_map(|e| Some(((e.set, e.key), e.data.as_ref()?)))
+            .filter_map(|e| match (e.set, e.key, e.data.as_ref()) {
+                (FixedSet::Endpoints(shard), Key::Range(first, last), Some(d)) => {
+                    Some(((shard, first), (last, d)))
+                }
+                _ => None,
+            })
             .collect();
         Self {
             rules,
@@ -82,9 +87,6 @@ impl<'a> Tracer<'a> {
     }
 
     fn lookup(&self, set: FixedSet, key: Key) -> Option<Option<&Data>> {
-        if let FixedSet::Endpoints(_) = set {
-            return self.endpoint_maps.get(&(set, key)).map(|d| Some(*d));
-        }
         self.rules.element(set, &key)
     }
 
@@ -182,16 +184,19 @@ impl<'a> Tracer<'a> {
                         offset,
                         count,
                     } => {
-                        // Every endpoint of the Service's block is a possible outcome.
-                        return (0..*count)
-                            .filter_map(|i| {
-                                match self.lookup(
-                                    FixedSet::Endpoints(*shard),
-                                    Key::Index(offset.wrapping_add(i)),
-                                ) {
-                                    Some(Some(Data::Endpoint(a))) => Some((Fate::Dnat(*a), st)),
-                                    _ => None,
-                                }
+                        // Every endpoint owning a range of the Service's block is a
+                        // possible outcome (an index no range covers: no DNAT, as in the
+                        // kernel, where the lookup fails and the rule does not match).
+                        let end = u64::from(*offset) + u64::from(*count);
+                        return self
+                            .endpoint_maps
+                            .range((*shard, *offset)..=(*shard, u32::MAX))
+                            .take_while(|((_, first), (last, _))| {
+                                u64::from(*first) < end && u64::from(*last) < end
+                            })
+                            .filter_map(|(_, (_, d))| match *d {
+                                Data::Endpoint(a) => Some((Fate::Dnat(*a), st)),
+                                Data::Verdict(_) => None,
                             })
                             .collect();
                     }

@@ -99,7 +99,7 @@ fn key_type(family: Family, shape: KeyShape) -> String {
         KeyShape::ProtoPort => "inet_proto . inet_service".to_owned(),
         KeyShape::AddrProtoPort => format!("{} . inet_proto . inet_service", family.addr_type()),
         KeyShape::AddrPair => format!("{0} . {0}", family.addr_type()),
-        KeyShape::Index => "integer".to_owned(),
+        KeyShape::IndexRange => "integer".to_owned(),
     }
 }
 
@@ -125,7 +125,7 @@ impl fmt::Display for Transaction {
                 }
                 Op::AddSet(SetDecl::Fixed(s @ FixedSet::Endpoints(_))) => writeln!(
                     f,
-                    "add map {fam} {t} {} {{ typeof numgen random mod 1 : {fam} daddr . th dport ; }}",
+                    "add map {fam} {t} {} {{ typeof numgen random mod 1 : {fam} daddr . th dport ; flags interval ; }}",
                     s.name()
                 )?,
                 Op::AddSet(SetDecl::Fixed(s)) => {

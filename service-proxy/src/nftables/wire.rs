@@ -69,6 +69,7 @@ const NFTA_SET_TIMEOUT: u16 = 11;
 const NFTA_SET_DESC_SIZE: u16 = 1;
 const NFT_SET_ANONYMOUS: u32 = 0x1;
 const NFT_SET_CONSTANT: u32 = 0x2;
+const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_TIMEOUT: u32 = 0x10;
 const NFT_SET_EVAL: u32 = 0x20;
@@ -78,6 +79,15 @@ const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
 const NFTA_SET_ELEM_LIST_SET_ID: u16 = 4;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// The element ends an interval (the first index past it).
+const NFT_SET_ELEM_INTERVAL_END: u32 = 0x1;
+const NFTA_BYTEORDER_SREG: u16 = 1;
+const NFTA_BYTEORDER_DREG: u16 = 2;
+const NFTA_BYTEORDER_OP: u16 = 3;
+const NFTA_BYTEORDER_LEN: u16 = 4;
+const NFTA_BYTEORDER_SIZE: u16 = 5;
+const NFT_BYTEORDER_HTON: u32 = 1;
 
 /// nft's datatype numbers (`enum datatypes` in nftables' `datatype.h`).
 const TYPE_INTEGER: u32 = 4;
@@ -263,7 +273,9 @@ pub(crate) fn endpoint_bytes(a: &SocketAddr) -> Vec<u8> {
     v
 }
 
-/// The key bytes of a set element: fields padded to 32 bits.
+/// The key bytes of a set element: fields padded to 32 bits. A range is its first index
+/// and the index past its last, big-endian (as the interval map keeps its start and end
+/// elements).
 pub fn key_bytes(key: &Key) -> Vec<u8> {
     let mut out = Vec::with_capacity(24);
     let proto_port = |out: &mut Vec<u8>, p: L4, port: u16| {
@@ -282,7 +294,10 @@ pub fn key_bytes(key: &Key) -> Vec<u8> {
             out.extend(addr_bytes(a));
             out.extend(addr_bytes(b));
         }
-        Key::Index(i) => out.extend_from_slice(&i.to_ne_bytes()),
+        Key::Range(first, last) => {
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&last.saturating_add(1).to_be_bytes());
+        }
     }
     out
 }
@@ -312,7 +327,11 @@ pub fn parse_key(shape: KeyShape, family: Family, b: &[u8]) -> Option<Key> {
         KeyShape::AddrPair if b.len() == 2 * alen => {
             Some(Key::AddrPair(addr(&b[..alen])?, addr(&b[alen..])?))
         }
-        KeyShape::Index => Some(Key::Index(u32::from_ne_bytes(b.try_into().ok()?))),
+        KeyShape::IndexRange if b.len() == 8 => {
+            let first = u32::from_be_bytes(b[..4].try_into().ok()?);
+            let end = u32::from_be_bytes(b[4..].try_into().ok()?);
+            (end > first).then(|| Key::Range(first, end - 1))
+        }
         _ => None,
     }
 }
@@ -328,7 +347,7 @@ fn key_type(family: Family, shape: KeyShape) -> (u32, u32) {
         KeyShape::ProtoPort => (pp, 8),
         KeyShape::AddrProtoPort => ((addr << (2 * TYPE_BITS)) | pp, alen + 8),
         KeyShape::AddrPair => ((addr << TYPE_BITS) | addr, 2 * alen),
-        KeyShape::Index => (TYPE_INTEGER, 4),
+        KeyShape::IndexRange => (TYPE_INTEGER, 4),
     }
 }
 
@@ -624,7 +643,7 @@ impl Batch {
                     Family::Ip => (TYPE_IPADDR, 4, ENDPOINTS_USERDATA_IP),
                     Family::Ip6 => (TYPE_IP6ADDR, 16, ENDPOINTS_USERDATA_IP6),
                 };
-                attr_be32(b, NFTA_SET_FLAGS, NFT_SET_MAP);
+                attr_be32(b, NFTA_SET_FLAGS, NFT_SET_MAP | NFT_SET_INTERVAL);
                 attr_be32(b, NFTA_SET_KEY_TYPE, TYPE_INTEGER);
                 attr_be32(b, NFTA_SET_KEY_LEN, 4);
                 attr_be32(
@@ -684,7 +703,18 @@ impl Batch {
         let list = nest(b, NFTA_SET_ELEM_LIST_ELEMENTS);
         for e in elems {
             let el = nest(b, NFTA_LIST_ELEM);
-            data_value(b, NFTA_SET_ELEM_KEY, &key_bytes(&e.key));
+            let range_end = match e.key {
+                // An interval is two elements: its start, holding the data, and the index
+                // past its end, flagged as the end (nft sends the same).
+                Key::Range(first, last) => {
+                    data_value(b, NFTA_SET_ELEM_KEY, &first.to_be_bytes());
+                    Some(last.saturating_add(1))
+                }
+                _ => {
+                    data_value(b, NFTA_SET_ELEM_KEY, &key_bytes(&e.key));
+                    None
+                }
+            };
             match (&e.data, add) {
                 (Some(Data::Verdict(v)), true) => data_verdict(b, NFTA_SET_ELEM_DATA, v),
                 (Some(Data::Endpoint(a)), true) => {
@@ -693,6 +723,12 @@ impl Batch {
                 _ => {}
             }
             end_nest(b, el);
+            if let Some(end) = range_end {
+                let el = nest(b, NFTA_LIST_ELEM);
+                data_value(b, NFTA_SET_ELEM_KEY, &end.to_be_bytes());
+                attr_be32(b, NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                end_nest(b, el);
+            }
         }
         end_nest(b, list);
         self.end_msg(m);
@@ -953,6 +989,9 @@ pub(crate) type Hook = (u32, i32);
 /// One element of a set as read back: its key bytes and its data.
 pub(crate) type ElementBytes = (Vec<u8>, ElemData);
 
+/// One element as the kernel lists it: key bytes, data, and whether it ends an interval.
+pub(crate) type RawElement = (Vec<u8>, ElemData, bool);
+
 /// A chain answer: its table, name and hook (`None` for a regular chain).
 pub(crate) fn parse_chain(body: &[u8]) -> Option<(String, String, Option<Hook>)> {
     let (mut table, mut name, mut hook) = (None, None, None);
@@ -1005,20 +1044,53 @@ pub(crate) fn parse_set(body: &[u8]) -> Option<(String, String, u32)> {
     Some((table?, name?, flags))
 }
 
+/// Whether a set of these flags holds intervals.
+pub(crate) fn is_interval(flags: u32) -> bool {
+    flags & NFT_SET_INTERVAL != 0
+}
+
+/// An interval set's elements as the kernel lists them (start elements with their data,
+/// end elements flagged) paired into ranges, keyed as [`key_bytes`] keys a
+/// [`Key::Range`]: the first index and the one past the last. A start without its end
+/// (only a hand-edited set has one) becomes a range ending where the next element
+/// starts, or at the top of the index space; an end without a start is dropped: neither
+/// matches what we render, so a repair replaces them.
+pub(crate) fn pair_intervals(mut raw: Vec<RawElement>) -> Vec<ElementBytes> {
+    // By key; at equal keys the end of one interval before the start of the next.
+    raw.sort_by(|a, b| a.0.cmp(&b.0).then(b.2.cmp(&a.2)));
+    let mut out = Vec::with_capacity(raw.len() / 2);
+    let mut open: Option<(Vec<u8>, ElemData)> = None;
+    for (key, data, end) in raw {
+        if let Some((first, d)) = open.take() {
+            let mut k = first;
+            k.extend_from_slice(&key);
+            out.push((k, d));
+        }
+        if !end {
+            open = Some((key, data));
+        }
+    }
+    if let Some((mut first, d)) = open {
+        first.extend_from_slice(&u32::MAX.to_be_bytes());
+        out.push((first, d));
+    }
+    out
+}
+
 /// Whether a set of these flags is an anonymous one (bound to a rule).
 pub(crate) fn is_anonymous(flags: u32) -> bool {
     flags & NFT_SET_ANONYMOUS != 0
 }
 
 /// An elements answer: the set and its elements (key bytes, data).
-pub(crate) fn parse_elements(body: &[u8]) -> Option<(String, Vec<ElementBytes>)> {
+pub(crate) fn parse_elements(body: &[u8]) -> Option<(String, Vec<RawElement>)> {
     let (mut set, mut out) = (None, Vec::new());
     for (ty, p) in answer_attrs(body) {
         match ty {
             NFTA_SET_ELEM_LIST_SET => set = str_attr(p),
             NFTA_SET_ELEM_LIST_ELEMENTS => {
                 for (_, el) in crate::nlmsg::attrs(p) {
-                    let (mut key, mut data) = (None, ElemData::None);
+                    let (mut key, mut data, mut end) = (None, ElemData::None, false);
                     for (t, q) in crate::nlmsg::attrs(el) {
                         match t {
                             NFTA_SET_ELEM_KEY => {
@@ -1027,10 +1099,13 @@ pub(crate) fn parse_elements(body: &[u8]) -> Option<(String, Vec<ElementBytes>)>
                                     .map(|(_, v)| v.to_vec());
                             }
                             NFTA_SET_ELEM_DATA => data = parse_data(q),
+                            NFTA_SET_ELEM_FLAGS => {
+                                end = be32(q).is_some_and(|f| f & NFT_SET_ELEM_INTERVAL_END != 0);
+                            }
                             _ => {}
                         }
                     }
-                    out.push((key?, data));
+                    out.push((key?, data, end));
                 }
             }
             _ => {}
@@ -1074,9 +1149,10 @@ fn set_userdata(shape: KeyShape) -> Option<&'static [u8]> {
     match shape {
         // KEYBYTEORDER = big endian.
         KeyShape::Addr => Some(&[0, 4, 2, 0, 0, 0]),
-        KeyShape::ProtoPort | KeyShape::AddrProtoPort | KeyShape::AddrPair | KeyShape::Index => {
-            None
-        }
+        KeyShape::ProtoPort
+        | KeyShape::AddrProtoPort
+        | KeyShape::AddrPair
+        | KeyShape::IndexRange => None,
     }
 }
 
@@ -1176,6 +1252,14 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
                 attr_be32(b, 2, *count);
                 attr_be32(b, 3, NFT_NG_RANDOM);
                 attr_be32(b, 4, *offset);
+            });
+            // An interval map compares keys as big-endian bytes.
+            x.expr("byteorder", |b| {
+                attr_be32(b, NFTA_BYTEORDER_SREG, NFT_REG_1);
+                attr_be32(b, NFTA_BYTEORDER_DREG, NFT_REG_1);
+                attr_be32(b, NFTA_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+                attr_be32(b, NFTA_BYTEORDER_LEN, 4);
+                attr_be32(b, NFTA_BYTEORDER_SIZE, 4);
             });
             x.lookup(&FixedSet::Endpoints(*shard).name(), None, Some(NFT_REG_1));
             let port_reg = reg32(addr_len(family) / 4);

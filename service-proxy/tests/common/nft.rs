@@ -32,8 +32,18 @@ pub fn canonical(t: &service_proxy::nftables::MemoryTable) -> Meaning {
                                 count,
                             } => {
                                 let map = &t.sets[&*FixedSet::Endpoints(*shard).name()];
-                                let eps: Vec<String> = (0..*count)
-                                    .map(|i| format!("{:?}", map.get(&Key::Index(offset + i))))
+                                let end = u64::from(*offset) + u64::from(*count);
+                                // Each endpoint's share of the block, wherever it sits.
+                                let eps: Vec<String> = map
+                                    .iter()
+                                    .filter_map(|(k, d)| match k {
+                                        Key::Range(first, last)
+                                            if *first >= *offset && u64::from(*last) < end =>
+                                        {
+                                            Some(format!("{d:?} x{}", last - first + 1))
+                                        }
+                                        _ => None,
+                                    })
                                     .collect();
                                 format!("dnat-one-of {eps:?}")
                             }
