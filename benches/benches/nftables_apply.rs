@@ -7,6 +7,9 @@
 //! - `nft_apply_one_tracked_change/10000`: the same change synced with the change tracker's
 //!   set of changed ports, as the daemons sync: one port re-rendered, map elements only.
 //!   `SCALE_100K=1` adds the same at 100k services.
+//! - `nft_apply_one_count_change/10000`: the same with an endpoint leaving and joining, so
+//!   that the Service's number of endpoints changes (map elements only too). `SCALE_100K=1`
+//!   adds 100k.
 //! - `nft_f_full/1000`: the same table's `nft -f` script loaded by Debian's `nft`, at 1k
 //!   services (its userspace grows quadratically with the chain count; 10k takes minutes).
 //! - `nft_apply_full/1000`: ours at 1k, for the ratio with `nft -f` in the same run.
@@ -88,12 +91,30 @@ fn one_change(c: &mut Criterion) {
 /// the daemons do): only that port is re-rendered, and its transaction holds map and set
 /// elements only.
 fn one_tracked_change(c: &mut Criterion) {
-    let mut g = c.benchmark_group("nft_apply_one_tracked_change");
+    tracked(
+        c,
+        "nft_apply_one_tracked_change",
+        service_benches::one_change,
+    );
+}
+
+/// One endpoint leaving and coming back: the Service's number of endpoints changes, and
+/// still only map elements do.
+fn one_count_change(c: &mut Criterion) {
+    tracked(
+        c,
+        "nft_apply_one_count_change",
+        service_benches::one_endpoint_removed,
+    );
+}
+
+fn tracked(c: &mut Criterion, group: &str, change: fn(usize, usize) -> service_benches::Change) {
+    let mut g = c.benchmark_group(group);
     for services in [10_000, 100_000] {
         if services > 10_000 && std::env::var_os("SCALE_100K").is_none() {
             continue;
         }
-        let (before, after, changed) = service_benches::one_change(services, 10);
+        let (before, after, changed) = change(services, 10);
         let changed: BTreeSet<_> = changed.into_iter().collect();
         let ns = Netns::new("nft-bench");
         let socket = NftSocket::in_netns(&ns.path()).expect("socket");
@@ -139,6 +160,7 @@ fn all(c: &mut Criterion) {
     full(c);
     one_change(c);
     one_tracked_change(c);
+    one_count_change(c);
     nft_f(c);
 }
 

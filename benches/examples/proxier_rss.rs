@@ -79,9 +79,15 @@ fn main() {
     let rounds = service_benches::arg_or(3, 5);
     for round in 0..rounds {
         let t = Instant::now();
+        // In turn: an endpoint's address replaced, one endpoint gone (the Service's
+        // number of endpoints changes), the original slice back.
         let mut slice = changed_slice.clone();
-        if round % 2 == 1 {
-            slice.endpoints[0].addresses[0] = "10.250.0.2".into();
+        match round % 3 {
+            0 => slice.endpoints[0].addresses[0] = "10.250.0.2".into(),
+            1 => {
+                slice.endpoints.pop();
+            }
+            _ => {}
         }
         tracker
             .apply(Event::EndpointSliceUpserted(slice), SystemTime::now())

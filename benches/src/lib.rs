@@ -29,19 +29,36 @@ pub fn snapshot(services: usize, endpoints: usize) -> Snapshot {
     Snapshot::build(node(), &svcs, &slices, &[]).expect("bench snapshot")
 }
 
-/// The same cluster with one endpoint of one Service changed: (before, after, changed).
-pub fn one_change(
-    services: usize,
-    endpoints: usize,
-) -> (
+/// Two snapshots of one cluster and the service ports that differ between them.
+pub type Change = (
     Snapshot,
     Snapshot,
     Vec<service_core::snapshot::ServicePortName>,
-) {
+);
+
+/// The same cluster with one endpoint of one Service changed: (before, after, changed).
+pub fn one_change(services: usize, endpoints: usize) -> Change {
+    change_middle_slice(services, endpoints, |slice| {
+        slice.endpoints[0].addresses[0] = "10.250.0.1".into();
+    })
+}
+
+/// The same cluster with one endpoint of one Service gone (so its number of endpoints
+/// changes): (before, after, changed).
+pub fn one_endpoint_removed(services: usize, endpoints: usize) -> Change {
+    change_middle_slice(services, endpoints, |slice| {
+        slice.endpoints.pop();
+    })
+}
+
+fn change_middle_slice(
+    services: usize,
+    endpoints: usize,
+    change: impl FnOnce(&mut service_core::model::EndpointSlice),
+) -> Change {
     let (svcs, mut slices) = service_testkit::fixtures::scale(services, endpoints);
     let before = Snapshot::build(node(), &svcs, &slices, &[]).expect("bench snapshot");
-    let middle = services / 2;
-    slices[middle].endpoints[0].addresses[0] = "10.250.0.1".into();
+    change(&mut slices[services / 2]);
     let after = before
         .rebuild(node(), &svcs, &slices, &[])
         .expect("bench snapshot");
