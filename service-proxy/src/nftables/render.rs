@@ -1444,3 +1444,64 @@ impl Renderer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A block's ranges tile it exactly, in order, and their sizes differ by at most
+        /// one: each endpoint is drawn with probability within 1/capacity of 1/n.
+        #[test]
+        fn endpoint_ranges_tile_the_block_evenly(
+            n in 1u32..5000,
+            block in 0u32..60_000,
+            big in any::<bool>(),
+        ) {
+            let capacity = if big { n.next_power_of_two().max(ENDPOINT_SLOTS) } else { ENDPOINT_SLOTS };
+            let offset = block * ENDPOINT_SLOTS;
+            prop_assume!(u64::from(offset) + u64::from(capacity) < 1 << 32);
+            let mut next = u64::from(offset);
+            let (mut smallest, mut largest) = (u64::MAX, 0);
+            for j in 0..n {
+                let (first, last) = endpoint_range(offset, capacity, j, n);
+                prop_assert_eq!(u64::from(first), next);
+                prop_assert!(last >= first);
+                let size = u64::from(last - first) + 1;
+                smallest = smallest.min(size);
+                largest = largest.max(size);
+                next = u64::from(last) + 1;
+            }
+            prop_assert_eq!(next, u64::from(offset) + u64::from(capacity));
+            prop_assert!(largest - smallest <= 1);
+        }
+    }
+
+    #[test]
+    fn blocks_are_reused_and_spill_to_the_next_map_when_one_is_full() {
+        let mut slots = Slots::default();
+        let a = slots.alloc(7, 3).unwrap();
+        let b = slots.alloc(7, 10).unwrap();
+        assert_eq!((a.shard, a.offset, a.capacity), (7, 0, ENDPOINT_SLOTS));
+        assert_eq!(b.offset, ENDPOINT_SLOTS);
+        // More endpoints than slots: a larger block, a power of two.
+        let c = slots.alloc(7, ENDPOINT_SLOTS + 1).unwrap();
+        assert_eq!(c.capacity, 2 * ENDPOINT_SLOTS);
+        slots.free(a);
+        assert_eq!(slots.alloc(7, 1).unwrap().offset, a.offset);
+        // The last block of a map ends at the last index (its end element, the index
+        // past it, still fits in 32 bits); after it, blocks go to the next map.
+        slots.maps.resize_with(10, MapSlots::default);
+        slots.maps[9].next = u32::MAX - ENDPOINT_SLOTS;
+        assert_eq!(slots.alloc(9, 2).unwrap().shard, 9);
+        let d = slots.alloc(9, 2).unwrap();
+        assert_eq!((d.shard, d.offset), (10, 0));
+        // The last map wraps around to the first.
+        slots
+            .maps
+            .resize_with(usize::from(ENDPOINT_SHARDS), MapSlots::default);
+        slots.maps[usize::from(ENDPOINT_SHARDS) - 1].next = u32::MAX;
+        assert_eq!(slots.alloc(ENDPOINT_SHARDS - 1, 2).unwrap().shard, 0);
+    }
+}

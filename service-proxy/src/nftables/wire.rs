@@ -1364,6 +1364,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn interval_elements_pair_into_ranges() {
+        let v = |d: u8| ElemData::Value(vec![d]);
+        let k = |i: u32| i.to_be_bytes().to_vec();
+        let range = |a: u32, end: u32| [k(a), k(end)].concat();
+        // As the kernel may list them: any order, adjacent ranges sharing a key (the end
+        // of one, the start of the next).
+        let raw = vec![
+            (k(100), v(2), false),
+            (k(200), ElemData::None, true),
+            (k(0), v(1), false),
+            (k(100), ElemData::None, true),
+        ];
+        assert_eq!(
+            pair_intervals(raw),
+            vec![(range(0, 100), v(1)), (range(100, 200), v(2))]
+        );
+        // A start without its end runs to the top; an end without a start is dropped.
+        let raw = vec![(k(5), ElemData::None, true), (k(7), v(3), false)];
+        assert_eq!(pair_intervals(raw), vec![(range(7, u32::MAX), v(3))]);
+        // What `key_bytes` writes for a range is what pairing produces.
+        assert_eq!(key_bytes(&Key::Range(0, 99)), range(0, 100));
+        assert_eq!(
+            parse_key(KeyShape::IndexRange, Family::Ip, &range(0, 100)),
+            Some(Key::Range(0, 99))
+        );
+        assert_eq!(
+            parse_key(KeyShape::IndexRange, Family::Ip, &range(9, 9)),
+            None
+        );
+    }
+
+    #[test]
     fn registers_follow_nft() {
         // IPv4 concatenation: reg 1, 9, 10; IPv6: reg 1, 2, 13 (nft --debug=netlink).
         assert_eq!([reg32(0), reg32(1), reg32(2)], [1, 9, 10]);
