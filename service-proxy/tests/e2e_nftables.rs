@@ -19,7 +19,7 @@ use common::{
 use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
 use service_proxy::nftables::apply::{KernelView, NftProxier, NftSocket};
-use service_proxy::nftables::{Family, NftablesConfig, Renderer, TableState};
+use service_proxy::nftables::{Family, NftablesConfig, Renderer, Stmt, TableState, endpoint_range};
 use service_proxy::trace::Packet;
 use service_proxy::{Proxier, SyncErrorKind, SyncKind};
 use service_testkit::netns::{E2e, Netns, Reached, UdpClient, require, tcp_connect};
@@ -354,6 +354,28 @@ fn tampering_is_repaired_and_a_restart_adopts_the_table() {
         .find(|c| c.starts_with("service-") && c.contains("e2e/web/tcp/http"))
         .expect("web's service chain")
         .clone();
+    // Where the web Service's endpoints sit in the endpoint maps: its map, and the range
+    // of its first endpoint.
+    let (shard, first, last) = rules
+        .ports
+        .values()
+        .flat_map(|p| p.chains.iter())
+        .filter(|c| c.name.as_ref() == service_chain.as_str())
+        .flat_map(|c| c.rules.iter())
+        .flat_map(|r| r.stmts.iter())
+        .find_map(|s| match s {
+            Stmt::DnatMap {
+                shard,
+                offset,
+                count,
+            } => {
+                let (first, last) = endpoint_range(*offset, *count, 0, 3);
+                Some((*shard, first, last))
+            }
+            _ => None,
+        })
+        .expect("web's DNAT rule");
+    let endpoint_map = format!("service-endpoints-{shard}");
     // Each command is computed when its turn comes.
     type Command<'a> = Box<dyn Fn() -> String + 'a>;
     let fixed = |c: &str| -> Command<'static> {
@@ -382,6 +404,18 @@ fn tampering_is_repaired_and_a_restart_adopts_the_table() {
         (
             "a map element deleted",
             fixed("delete element ip kube-proxy service-ips { 10.96.0.10 . tcp . 80 }"),
+        ),
+        (
+            "an endpoint's range deleted from the interval map",
+            fixed(&format!(
+                "delete element ip kube-proxy {endpoint_map} {{ {first}-{last} }}"
+            )),
+        ),
+        (
+            "a range nobody owns added to the interval map",
+            fixed(&format!(
+                "add element ip kube-proxy {endpoint_map} {{ 4294967000-4294967100 : 10.9.9.9 . 80 }}"
+            )),
         ),
         (
             "a foreign rule added",
