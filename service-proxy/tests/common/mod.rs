@@ -133,6 +133,26 @@ endpoints:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: draining, namespace: e2e}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.18
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 30101
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30083}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.12}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: draining-1, namespace: e2e, labels: {kubernetes.io/service-name: draining}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.11], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: [10.244.2.12], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: self, namespace: e2e}
 spec:
   clusterIP: 10.96.0.16
@@ -542,6 +562,34 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             } else {
                 Reach(&["web-0", "web-2"])
             },
+        ),
+        // A rolling update on a Local-policy load balancer: this node's only endpoint is
+        // terminating but still serving, so external traffic keeps reaching it rather
+        // than being dropped while the load balancer's health checks catch up
+        // (ProxyTerminatingEndpoints, GA in 1.28: `CategorizeEndpoints` in
+        // pkg/proxy/topology.go falls back to serving terminating endpoints).
+        f(
+            "Local policy: a terminating but serving local endpoint still takes load-balancer traffic",
+            From::Client,
+            "198.51.100.12:80",
+            10,
+            Reach(&["web-1"]),
+        ),
+        f(
+            "Local policy: the same on the node port",
+            From::Client,
+            "192.168.0.2:30083",
+            10,
+            Reach(&["web-1"]),
+        ),
+        // The fallback is per traffic class: cluster traffic has a ready endpoint, so the
+        // terminating one gets none of it.
+        f(
+            "the ClusterIP skips a terminating endpoint while a ready one exists",
+            From::ClientPod,
+            "10.96.0.18:80",
+            20,
+            Reach(&["web-2"]),
         ),
         f(
             "hairpin: a pod reaching itself is masqueraded",
