@@ -153,6 +153,23 @@ endpoints:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: proxied, namespace: e2e}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.19
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30084}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.13, ipMode: Proxy}, {ip: 198.51.100.14, ipMode: VIP}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: proxied-1, namespace: e2e, labels: {kubernetes.io/service-name: proxied}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.2.12], nodeName: node-b}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: self, namespace: e2e}
 spec:
   clusterIP: 10.96.0.16
@@ -589,6 +606,23 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             From::ClientPod,
             "10.96.0.18:80",
             20,
+            Reach(&["web-2"]),
+        ),
+        // `ipMode: Proxy` (LoadBalancerIPMode, GA in 1.32): the load balancer delivers to
+        // the node ports itself, so nodes must not capture its address; a `VIP` address
+        // of the same Service still is.
+        f(
+            "ipMode Proxy: the load balancer's address is left alone",
+            From::Client,
+            "198.51.100.13:80",
+            1,
+            NotHandled,
+        ),
+        f(
+            "ipMode VIP on the same Service is captured",
+            From::Client,
+            "198.51.100.14:80",
+            5,
             Reach(&["web-2"]),
         ),
         f(
