@@ -170,6 +170,23 @@ endpoints:
 ---
 apiVersion: v1
 kind: Service
+metadata: {name: samenode, namespace: e2e}
+spec:
+  clusterIP: 10.96.0.22
+  trafficDistribution: PreferSameNode
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: samenode-1, namespace: e2e, labels: {kubernetes.io/service-name: samenode}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-a, zone: zone-a, hints: {forZones: [{name: zone-a}], forNodes: [{name: node-a}]}}
+- {addresses: [10.244.2.12], nodeName: node-b, zone: zone-b, hints: {forZones: [{name: zone-b}], forNodes: [{name: node-b}]}}
+---
+apiVersion: v1
+kind: Service
 metadata: {name: self, namespace: e2e}
 spec:
   clusterIP: 10.96.0.16
@@ -624,6 +641,17 @@ pub fn flows(backend: Backend) -> Vec<Flow> {
             "198.51.100.14:80",
             5,
             Reach(&["web-2"]),
+        ),
+        // trafficDistribution PreferSameNode (1.33): the EndpointSlice controller gives
+        // each endpoint a hint for its own node, and a proxy whose node has a hinted
+        // endpoint uses those only (`topologyModeFromHints` in pkg/proxy/topology.go;
+        // node hints need no zone label on the node, zone hints would).
+        f(
+            "PreferSameNode: only this node's endpoint",
+            From::ClientPod,
+            "10.96.0.22:80",
+            20,
+            Reach(&["web-0"]),
         ),
         f(
             "hairpin: a pod reaching itself is masqueraded",
