@@ -385,15 +385,24 @@ fn share<K: Ord + Clone, V: PartialEq>(
     old: &OrdMap<K, Arc<V>>,
     new: OrdMap<K, Arc<V>>,
 ) -> OrdMap<K, Arc<V>> {
+    use imbl::ordmap::DiffItem;
+    // One ordered walk of both maps (the diff `Snapshot::diff` uses).
     let mut out = old.clone();
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            out.remove(k);
-        }
-    }
-    for (k, v) in new {
-        if old.get(&k).is_none_or(|o| *o != v) {
-            out.insert(k, v);
+    for d in old.diff(&new) {
+        match d {
+            DiffItem::Add(k, v) => {
+                out.insert(k.clone(), v.clone());
+            }
+            DiffItem::Remove(k, _) => {
+                out.remove(k);
+            }
+            DiffItem::Update {
+                old: (_, a),
+                new: (k, b),
+            } if a != b => {
+                out.insert(k.clone(), b.clone());
+            }
+            DiffItem::Update { .. } => {}
         }
     }
     out
