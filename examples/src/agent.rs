@@ -252,11 +252,25 @@ impl ProxyArgs {
                     .collect()
             };
         }
-        if !matches!(c.detect_local_mode.as_str(), "" | "ClusterCIDR") {
-            return Err(format!(
-                "detectLocalMode: {:?} is not supported (only ClusterCIDR)",
-                c.detect_local_mode
-            ));
+        // Checked here with the file's field names; the flags are checked again, with
+        // theirs, when resolved.
+        service_proxy::DetectLocal::parse(
+            &c.detect_local_mode,
+            &c.detect_local.bridge_interface,
+            &c.detect_local.interface_name_prefix,
+        )?;
+        if !given("detect_local_mode") && !c.detect_local_mode.is_empty() {
+            self.node.detect_local_mode = Some(c.detect_local_mode.clone());
+        }
+        if !given("pod_bridge_interface") {
+            self.node
+                .pod_bridge_interface
+                .clone_from(&c.detect_local.bridge_interface);
+        }
+        if !given("pod_interface_name_prefix") {
+            self.node
+                .pod_interface_name_prefix
+                .clone_from(&c.detect_local.interface_name_prefix);
         }
         if !given("scheduler") && !c.ipvs.scheduler.is_empty() {
             self.ipvs.scheduler = service_proxy::ipvs::Scheduler::parse(&c.ipvs.scheduler)
@@ -353,7 +367,7 @@ impl ProxyArgs {
             node_args.nodeport_addresses = vec![primary];
         }
         let node = node_args.node_config();
-        let mut proxy = node_args.proxy_config();
+        let mut proxy = node_args.proxy_config()?;
         proxy.masquerade_bit = self.masquerade_bit;
         let primary_v6 = match self.ip_family {
             Some(f) => f == IpFamilyArg::Ipv6,
@@ -420,7 +434,16 @@ impl Settings {
                 .map(ToString::to_string)
                 .collect()
         });
-        c.detect_local_mode = "ClusterCIDR".into();
+        c.detect_local_mode = self.proxy.detect_local.mode().into();
+        match &self.proxy.detect_local {
+            service_proxy::DetectLocal::BridgeInterface(name) => {
+                c.detect_local.bridge_interface.clone_from(name);
+            }
+            service_proxy::DetectLocal::InterfaceNamePrefix(prefix) => {
+                c.detect_local.interface_name_prefix.clone_from(prefix);
+            }
+            _ => {}
+        }
         let periods = (
             GoDuration(self.sync_period),
             GoDuration(self.min_sync_period),

@@ -255,7 +255,8 @@ pub struct KubeProxyConfiguration {
     /// `nodePortAddresses`.
     #[serde(default)]
     pub node_port_addresses: Option<Vec<String>>,
-    /// `detectLocalMode`: only `ClusterCIDR` (or empty) is supported.
+    /// `detectLocalMode`: `ClusterCIDR` (or empty), `NodeCIDR`, `BridgeInterface`,
+    /// `InterfaceNamePrefix`.
     #[serde(default)]
     pub detect_local_mode: String,
     /// `detectLocal`.
@@ -480,14 +481,6 @@ impl KubeProxyConfiguration {
         note(
             self.windows_run_as_service == Some(true),
             "windowsRunAsService",
-        );
-        note(
-            !self.detect_local.bridge_interface.is_empty(),
-            "detectLocal.bridgeInterface",
-        );
-        note(
-            !self.detect_local.interface_name_prefix.is_empty(),
-            "detectLocal.interfaceNamePrefix",
         );
         out
     }

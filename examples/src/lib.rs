@@ -137,6 +137,24 @@ pub struct NodeArgs {
     /// Masquerade all traffic sent to cluster IPs.
     #[arg(long)]
     pub masquerade_all: bool,
+    /// This node's pod CIDR (`spec.podCIDRs`; repeatable, one per family), for
+    /// `--detect-local-mode NodeCIDR`. A Node object of this node in the input overrides
+    /// it, as kube-proxy takes it from the Node.
+    #[arg(long = "pod-cidr")]
+    pub pod_cidrs: Vec<IpNet>,
+    /// How traffic from pods is told from the rest (not masqueraded to cluster IPs, let
+    /// past `externalTrafficPolicy: Local`): by source address in `--cluster-cidr`
+    /// (ClusterCIDR, default) or in this node's `--pod-cidr` (NodeCIDR), or by the
+    /// interface it came in on (BridgeInterface, InterfaceNamePrefix).
+    #[arg(long = "detect-local-mode", value_parser = ["ClusterCIDR", "NodeCIDR", "BridgeInterface", "InterfaceNamePrefix"])]
+    pub detect_local_mode: Option<String>,
+    /// The bridge pods are attached to, for `--detect-local-mode BridgeInterface`.
+    #[arg(long = "pod-bridge-interface", default_value = "")]
+    pub pod_bridge_interface: String,
+    /// The name prefix of pods' interfaces on the node (e.g. `cali`, `veth`), for
+    /// `--detect-local-mode InterfaceNamePrefix`.
+    #[arg(long = "pod-interface-name-prefix", default_value = "")]
+    pub pod_interface_name_prefix: String,
 }
 
 impl NodeArgs {
@@ -146,6 +164,7 @@ impl NodeArgs {
         node.ips.clone_from(&self.node_ips);
         node.zone.clone_from(&self.node_zone);
         node.cluster_cidrs.clone_from(&self.cluster_cidrs);
+        node.pod_cidrs.clone_from(&self.pod_cidrs);
         node.service_cidrs.clone_from(&self.service_cidrs);
         node.nodeport_addresses = self.nodeport_cidrs();
         node
@@ -176,11 +195,34 @@ impl NodeArgs {
     }
 
     /// The proxy settings these flags describe.
-    pub fn proxy_config(&self) -> service_proxy::ProxyConfig {
+    ///
+    /// # Errors
+    /// `--detect-local-mode` names an interface mode without a valid interface name.
+    pub fn proxy_config(&self) -> Result<service_proxy::ProxyConfig, String> {
         let mut c = self.node_config().proxy_config();
         c.localhost_nodeports = !self.no_localhost_nodeports;
         c.masquerade_all = self.masquerade_all;
-        c
+        c.detect_local = self.detect_local()?;
+        Ok(c)
+    }
+
+    /// `--detect-local-mode` with its companion flags.
+    ///
+    /// # Errors
+    /// An interface mode without a valid interface name (the message names the flag).
+    pub fn detect_local(&self) -> Result<service_proxy::DetectLocal, String> {
+        service_proxy::DetectLocal::parse(
+            self.detect_local_mode.as_deref().unwrap_or_default(),
+            &self.pod_bridge_interface,
+            &self.pod_interface_name_prefix,
+        )
+        .map_err(|e| {
+            e.replace("detectLocal.bridgeInterface", "--pod-bridge-interface")
+                .replace(
+                    "detectLocal.interfaceNamePrefix",
+                    "--pod-interface-name-prefix",
+                )
+        })
     }
 
     /// Whether to render IPv6 rules: `--ip-family`, else the family of the first node IP.

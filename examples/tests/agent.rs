@@ -735,3 +735,114 @@ fn nodeport_addresses_primary_and_the_nftables_default() {
         .to_string();
     assert!(err.contains("must be a valid CIDR"), "{err}");
 }
+
+/// `--detect-local-mode` and its companions, from flags and from the configuration file
+/// (`detectLocalMode`, `detectLocal.bridgeInterface`, `detectLocal.interfaceNamePrefix`):
+/// each mode resolves, an interface mode without its interface is refused naming the flag
+/// or field, and `--write-config-to` writes the mode back.
+#[test]
+fn detect_local_mode_from_flags_and_file() {
+    use service_examples::agent::ProxyArgs;
+    use service_examples::kpconfig::KubeProxyConfiguration;
+    use service_proxy::DetectLocal;
+    let settings = |extra: &[&str], file: Option<&str>| {
+        let mut argv = vec!["proxy", "--node-name", "node-a", "--node-ip", "192.168.0.2"];
+        argv.extend_from_slice(extra);
+        argv.push("x.yaml");
+        let (args, matches) = ProxyArgs::try_parse_with_sources(&argv).expect("flags");
+        let parsed = file.map(|f| KubeProxyConfiguration::parse("config.yaml", f).unwrap());
+        args.settings(&matches, parsed.as_ref())
+    };
+    assert_eq!(
+        settings(&[], None).unwrap().proxy.detect_local,
+        DetectLocal::ClusterCidr
+    );
+    assert_eq!(
+        settings(
+            &[
+                "--detect-local-mode",
+                "NodeCIDR",
+                "--pod-cidr",
+                "10.244.1.0/24"
+            ],
+            None
+        )
+        .unwrap()
+        .proxy
+        .detect_local,
+        DetectLocal::NodeCidr
+    );
+    let s = settings(
+        &[
+            "--detect-local-mode",
+            "NodeCIDR",
+            "--pod-cidr",
+            "10.244.1.0/24",
+        ],
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.node.pod_cidrs, vec!["10.244.1.0/24".parse().unwrap()]);
+    assert_eq!(
+        settings(
+            &[
+                "--detect-local-mode",
+                "InterfaceNamePrefix",
+                "--pod-interface-name-prefix",
+                "cali"
+            ],
+            None
+        )
+        .unwrap()
+        .proxy
+        .detect_local,
+        DetectLocal::InterfaceNamePrefix("cali".into())
+    );
+    let err = settings(&["--detect-local-mode", "BridgeInterface"], None).unwrap_err();
+    assert!(
+        err.contains("--pod-bridge-interface") && err.contains("must not be empty"),
+        "{err}"
+    );
+    let err = settings(
+        &[
+            "--detect-local-mode",
+            "BridgeInterface",
+            "--pod-bridge-interface",
+            "a-very-long-bridge0",
+        ],
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("no more than 15 bytes"), "{err}");
+    // An unknown mode is refused by the flag parser.
+    assert!(
+        ProxyArgs::try_parse_with_sources(&["proxy", "--detect-local-mode", "Cluster", "x.yaml"])
+            .is_err()
+    );
+
+    // The file: its values, unless a flag says otherwise.
+    let file = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\ndetectLocalMode: BridgeInterface\ndetectLocal: {bridgeInterface: cbr0}\n";
+    let s = settings(&[], Some(file)).unwrap();
+    assert_eq!(
+        s.proxy.detect_local,
+        DetectLocal::BridgeInterface("cbr0".into())
+    );
+    let s = settings(&["--detect-local-mode", "ClusterCIDR"], Some(file)).unwrap();
+    assert_eq!(s.proxy.detect_local, DetectLocal::ClusterCidr);
+    let written = s.to_config();
+    assert_eq!(written.detect_local_mode, "ClusterCIDR");
+    let s = settings(&[], Some(file)).unwrap();
+    let written = s.to_config();
+    assert_eq!(written.detect_local_mode, "BridgeInterface");
+    assert_eq!(written.detect_local.bridge_interface, "cbr0");
+    assert!(written.ignored().is_empty(), "{:?}", written.ignored());
+    let bad = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\ndetectLocalMode: InterfaceNamePrefix\n";
+    let err = settings(&[], Some(bad)).unwrap_err();
+    assert!(err.contains("detectLocal.interfaceNamePrefix"), "{err}");
+    let bad = "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\ndetectLocalMode: PodCIDR\n";
+    let err = settings(&[], Some(bad)).unwrap_err();
+    assert!(
+        err.contains("detectLocalMode") && err.contains("PodCIDR"),
+        "{err}"
+    );
+}

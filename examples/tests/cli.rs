@@ -317,3 +317,63 @@ fn trace_agrees_between_backends_and_shows_their_differences() {
     assert!(trace("ipvs", "10.96.10.20:81").ends_with("  REJECT\n"));
     assert!(trace("iptables", "10.96.10.20:81").ends_with("  not handled\n"));
 }
+
+/// `--detect-local-mode InterfaceNamePrefix`: the rules match the pods' interfaces, and
+/// `trace --in-interface` tells a pod's packet from one with the same address arriving on
+/// the uplink. A mode without its interface is a usage error naming the flag.
+#[test]
+fn detect_local_by_interface_prefix() {
+    let trace = |src: &str, iif: &str| {
+        let mut args: Vec<String> = vec![
+            "--backend".into(),
+            "nftables".into(),
+            "--src".into(),
+            src.into(),
+            "--dst".into(),
+            "10.96.10.20:80".into(),
+            "--in-interface".into(),
+            iif.into(),
+            "--detect-local-mode".into(),
+            "InterfaceNamePrefix".into(),
+            "--pod-interface-name-prefix".into(),
+            "cali".into(),
+        ];
+        args.extend(node_flags());
+        args.push(demo());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stdout(&run(env!("CARGO_BIN_EXE_trace"), &args))
+    };
+    assert!(trace("10.244.1.5", "cali12").contains("(source kept)"));
+    assert!(!trace("10.244.1.5", "eth0").contains("(source kept)"));
+
+    let mut args: Vec<String> = vec![
+        "--backend".into(),
+        "iptables".into(),
+        "--detect-local-mode".into(),
+        "InterfaceNamePrefix".into(),
+        "--pod-interface-name-prefix".into(),
+        "cali".into(),
+    ];
+    args.extend(node_flags());
+    args.push(demo());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let rules = stdout(&run(env!("CARGO_BIN_EXE_render"), &argv));
+    assert!(
+        rules.contains("--dport 80 ! -i cali+ -j KUBE-MARK-MASQ"),
+        "{rules}"
+    );
+
+    let out = run(
+        env!("CARGO_BIN_EXE_render"),
+        &[
+            "--detect-local-mode",
+            "BridgeInterface",
+            "--node-name",
+            "node-a",
+            &demo(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--pod-bridge-interface"), "{err}");
+}

@@ -130,6 +130,9 @@ pub struct ProxyConfig {
     pub localhost_nodeports: bool,
     /// `--masquerade-all`: masquerade every packet sent to a cluster IP.
     pub masquerade_all: bool,
+    /// `--detect-local-mode`: how traffic from this cluster's pods is told apart from the
+    /// rest (default: by source address in [`ProxyConfig::cluster_cidrs`]).
+    pub detect_local: DetectLocal,
     /// `--iptables-masquerade-bit`: the packet-mark bit that asks for SNAT (default 14).
     pub masquerade_bit: u8,
 }
@@ -143,6 +146,7 @@ impl Default for ProxyConfig {
             local_addresses: Vec::new(),
             localhost_nodeports: true,
             masquerade_all: false,
+            detect_local: DetectLocal::ClusterCidr,
             masquerade_bit: 14,
         }
     }
@@ -166,12 +170,36 @@ impl ProxyConfig {
         1u32 << self.masquerade_bit.min(31)
     }
 
-    /// The cluster CIDR of a family (the local-traffic detector), if configured.
+    /// The cluster CIDR of a family, if configured.
     pub fn cluster_cidr(&self, family: &IpFamily) -> Option<IpNet> {
         self.cluster_cidrs
             .iter()
             .copied()
             .find(|n| IpFamily::of(&n.addr()) == *family)
+    }
+
+    /// The local-traffic detector of a family on `node`, as kube-proxy builds it for each
+    /// family: `None` where the mode has nothing to match on for that family (no cluster
+    /// CIDR, or no pod CIDR of the node, of the family), and then no rule that needs it is
+    /// written.
+    pub fn local_traffic(&self, family: &IpFamily, node: &NodeInfo) -> Option<LocalTraffic> {
+        let of_family = |nets: &[IpNet]| {
+            nets.iter()
+                .copied()
+                .find(|n| IpFamily::of(&n.addr()) == *family)
+        };
+        match &self.detect_local {
+            DetectLocal::ClusterCidr => of_family(&self.cluster_cidrs).map(LocalTraffic::Source),
+            DetectLocal::NodeCidr => of_family(&node.pod_cidrs).map(LocalTraffic::Source),
+            DetectLocal::BridgeInterface(name) => Some(LocalTraffic::Interface {
+                name: name.clone(),
+                prefix: false,
+            }),
+            DetectLocal::InterfaceNamePrefix(prefix) => Some(LocalTraffic::Interface {
+                name: prefix.clone(),
+                prefix: true,
+            }),
+        }
     }
 
     /// The local addresses of a family on which node ports are accepted, or `None` when
@@ -197,5 +225,130 @@ impl ProxyConfig {
         ips.sort_unstable();
         ips.dedup();
         Some(ips)
+    }
+}
+
+/// `--detect-local-mode`: how the proxy tells traffic from this cluster's pods (not
+/// masqueraded on the way to a cluster IP; short-circuited past `externalTrafficPolicy:
+/// Local`) from everything else.
+///
+/// ```
+/// use service_proxy::DetectLocal;
+///
+/// assert_eq!(DetectLocal::parse("InterfaceNamePrefix", "", "veth"), Ok(DetectLocal::InterfaceNamePrefix("veth".into())));
+/// assert!(DetectLocal::parse("BridgeInterface", "", "").is_err());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DetectLocal {
+    /// `ClusterCIDR`: the source address is in the family's `--cluster-cidr`.
+    #[default]
+    ClusterCidr,
+    /// `NodeCIDR`: the source address is in this node's pod CIDR of the family
+    /// (`spec.podCIDRs` of the Node, [`NodeInfo::pod_cidrs`]).
+    NodeCidr,
+    /// `BridgeInterface`: the packet came in on this interface (`--pod-bridge-interface`).
+    BridgeInterface(String),
+    /// `InterfaceNamePrefix`: the packet came in on an interface whose name starts with
+    /// this prefix (`--pod-interface-name-prefix`).
+    InterfaceNamePrefix(String),
+}
+
+/// The longest interface name the kernel takes (`IFNAMSIZ` less its terminating NUL).
+pub const MAX_INTERFACE_NAME: usize = 15;
+
+impl DetectLocal {
+    /// The mode kube-proxy's `--detect-local-mode` names, with its companion values:
+    /// `bridge` (`--pod-bridge-interface`) and `prefix` (`--pod-interface-name-prefix`).
+    /// An empty mode is `ClusterCIDR`, as in kube-proxy.
+    ///
+    /// # Errors
+    /// An unknown mode, or an interface mode whose name is empty, too long for an
+    /// interface name, or holds characters no interface name has.
+    pub fn parse(mode: &str, bridge: &str, prefix: &str) -> Result<Self, String> {
+        match mode {
+            "" | "ClusterCIDR" => Ok(Self::ClusterCidr),
+            "NodeCIDR" => Ok(Self::NodeCidr),
+            "BridgeInterface" => {
+                check_interface("detectLocal.bridgeInterface", bridge, MAX_INTERFACE_NAME)?;
+                Ok(Self::BridgeInterface(bridge.to_owned()))
+            }
+            "InterfaceNamePrefix" => {
+                // iptables writes the prefix with a `+`, which must fit too.
+                check_interface(
+                    "detectLocal.interfaceNamePrefix",
+                    prefix,
+                    MAX_INTERFACE_NAME - 1,
+                )?;
+                Ok(Self::InterfaceNamePrefix(prefix.to_owned()))
+            }
+            other => Err(format!(
+                "detectLocalMode: Unsupported value: {other:?}: supported values: \"ClusterCIDR\", \"NodeCIDR\", \"BridgeInterface\", \"InterfaceNamePrefix\""
+            )),
+        }
+    }
+
+    /// The name kube-proxy's configuration uses for the mode.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::ClusterCidr => "ClusterCIDR",
+            Self::NodeCidr => "NodeCIDR",
+            Self::BridgeInterface(_) => "BridgeInterface",
+            Self::InterfaceNamePrefix(_) => "InterfaceNamePrefix",
+        }
+    }
+}
+
+fn check_interface(field: &str, name: &str, max: usize) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{field}: Invalid value: \"\": must not be empty"));
+    }
+    if name.len() > max {
+        return Err(format!(
+            "{field}: Invalid value: {name:?}: must be no more than {max} bytes"
+        ));
+    }
+    // The kernel refuses `/`, `:` and white space in interface names; a quote or `*`/`+`
+    // would change the meaning of the rules' text.
+    if let Some(c) = name
+        .chars()
+        .find(|c| c.is_whitespace() || matches!(c, '/' | ':' | '"' | '\'' | '*' | '+' | '!'))
+    {
+        return Err(format!(
+            "{field}: Invalid value: {name:?}: {c:?} is not allowed in an interface name"
+        ));
+    }
+    Ok(())
+}
+
+/// One family's local-traffic match, resolved from [`DetectLocal`] for a node.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LocalTraffic {
+    /// The source address is in this network.
+    Source(IpNet),
+    /// The input interface is `name` (or, with `prefix`, starts with it).
+    Interface {
+        /// The name or prefix.
+        name: String,
+        /// Whether `name` is a prefix.
+        prefix: bool,
+    },
+}
+
+impl LocalTraffic {
+    /// Whether a packet from `src` that came in on `in_interface` (empty: sent by the
+    /// node itself) is local traffic.
+    pub fn matches(&self, src: &IpAddr, in_interface: &str) -> bool {
+        match self {
+            Self::Source(net) => net.contains(src),
+            Self::Interface { name, prefix } => {
+                if *prefix {
+                    in_interface.starts_with(name.as_str())
+                } else {
+                    in_interface == name
+                }
+            }
+        }
     }
 }

@@ -116,7 +116,7 @@ pub mod nftables;
 #[cfg_attr(docsrs, doc(cfg(feature = "userspace")))]
 pub mod userspace;
 
-pub use config::{NodeConfig, ProxyConfig};
+pub use config::{DetectLocal, LocalTraffic, MAX_INTERFACE_NAME, NodeConfig, ProxyConfig};
 pub use engine::{Engine, EngineSync};
 pub use port_name::PortName;
 pub use proxier::{

@@ -18,6 +18,9 @@ pub struct Packet {
     pub dport: u16,
     /// Protocol.
     pub protocol: Protocol,
+    /// The interface it came in on; empty for a packet the node sends itself (or when
+    /// unknown). Only interface-based local-traffic detection looks at it.
+    pub in_interface: String,
 }
 
 impl Packet {
@@ -28,7 +31,15 @@ impl Packet {
             dst,
             dport,
             protocol,
+            in_interface: String::new(),
         }
+    }
+
+    /// The same packet, arriving on interface `name`.
+    #[must_use]
+    pub fn on_interface(mut self, name: &str) -> Self {
+        name.clone_into(&mut self.in_interface);
+        self
     }
 }
 

@@ -10,8 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{
-    Backend, CLUSTER, Env, From, NODE_IP, TIMEOUT, check, ip, names, run_flows, sa, save_all,
-    snapshot_of,
+    Backend, CLUSTER, Env, From, NODE_IP, NODE_POD_CIDR, TIMEOUT, check, ip, local_traffic_cases,
+    names, run_flows, run_local_traffic_case, sa, save_all, snapshot_of, snapshot_with_pod_cidrs,
 };
 use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
@@ -193,6 +193,33 @@ fn end_to_end(flavor: Flavor, iptables: &str, save: &str) {
     // And a second cleanup is a no-op.
     proxier.cleanup().expect("second cleanup");
     assert_eq!(save_all(node, save), pristine);
+}
+
+/// `--detect-local-mode`: each mode's rules in the kernel, with pods, the client and the
+/// node connecting to a ClusterIP and a Local-policy load balancer.
+#[test]
+fn iptables_local_traffic_detection() {
+    if require(
+        "iptables_local_traffic_detection",
+        &["ip", "iptables-restore", "iptables-save"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    let snap = snapshot_with_pod_cidrs(CLUSTER, &[NODE_POD_CIDR]);
+    for case in local_traffic_cases() {
+        let mut config = config();
+        config.proxy.detect_local = case.mode.clone();
+        let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::System);
+        let mut proxier = IptablesProxier::new(Renderer::new(config, false), runner);
+        proxier.sync_to(&snap).expect("sync");
+        let rules = proxier.current_rules().unwrap().clone();
+        let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]).expect("our rules parse");
+        run_local_traffic_case(&env, &trace, &case, Backend::Iptables);
+        proxier.cleanup().expect("cleanup");
+    }
 }
 
 #[test]

@@ -14,7 +14,10 @@ use std::io::{BufRead, BufReader, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{Backend, CLUSTER, Env, echo, names, run_flows, sa, snapshot_of};
+use common::{
+    Backend, CLUSTER, Env, NODE_POD_CIDR, echo, local_traffic_cases, names, run_flows,
+    run_local_traffic_case, sa, snapshot_of, snapshot_with_pod_cidrs,
+};
 use service_proxy::conntrack::Conntrack;
 use service_proxy::iptables::apply::{Flavor, SystemRunner};
 use service_proxy::ipvs::{
@@ -502,4 +505,19 @@ fn ipvs_in_uml() {
     assert_eq!(reach(pod, "10.96.0.10:80", 3).len(), 3);
     proxier.cleanup().expect("cleanup again");
     passed("cleanup");
+
+    // `--detect-local-mode`: each mode's KUBE-SERVICES masquerade rule in the kernel.
+    let snap = snapshot_with_pod_cidrs(CLUSTER, &[NODE_POD_CIDR]);
+    for case in local_traffic_cases() {
+        let mut config = node_config(&env, Scheduler::Rr);
+        config.proxy.detect_local = case.mode.clone();
+        let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
+        let mut proxier = IpvsProxier::in_netns(config.clone(), runner, false, &node.path())
+            .expect("start the IPVS backend");
+        proxier.sync_to(&snap).expect("sync");
+        let plan = IpvsPlan::build(&config, &snap, false);
+        run_local_traffic_case(&env, &|p| plan.trace(&config, p), &case, Backend::Ipvs);
+        proxier.cleanup().expect("cleanup");
+    }
+    passed("local traffic detection");
 }

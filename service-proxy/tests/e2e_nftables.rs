@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{
-    Backend, CLUSTER, Env, From, NODE_IP, TIMEOUT, check, ip, names, run_flows, sa, snapshot_of,
+    Backend, CLUSTER, Env, From, NODE_IP, NODE_POD_CIDR, TIMEOUT, check, ip, local_traffic_cases,
+    names, run_flows, run_local_traffic_case, sa, snapshot_of, snapshot_with_pod_cidrs,
 };
 use service_proxy::ProxyConfig;
 use service_proxy::conntrack::Conntrack;
@@ -30,6 +31,29 @@ fn config() -> NftablesConfig {
     proxy.service_cidrs = vec!["10.96.0.0/16".parse().unwrap()];
     proxy.local_addresses = vec![ip(NODE_IP)];
     NftablesConfig::new(proxy)
+}
+
+/// `--detect-local-mode`: each mode's rules in the kernel, with pods, the client and the
+/// node connecting to a ClusterIP and a Local-policy load balancer.
+#[test]
+fn nftables_local_traffic_detection() {
+    if require("nftables_local_traffic_detection", &["ip", "nft"]) == E2e::Skip {
+        return;
+    }
+    let env = Env::new();
+    let node = &env.topo.node;
+    let snap = snapshot_with_pod_cidrs(CLUSTER, &[NODE_POD_CIDR]);
+    for case in local_traffic_cases() {
+        let mut config = config();
+        config.proxy.detect_local = case.mode.clone();
+        let socket = NftSocket::in_netns(&node.path()).expect("netlink socket");
+        let mut proxier = NftProxier::new(Renderer::new(config, false), socket);
+        proxier.sync_to(&snap).expect("sync");
+        let rules = proxier.rules().unwrap().clone();
+        let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]);
+        run_local_traffic_case(&env, &trace, &case, Backend::Nftables);
+        proxier.cleanup().expect("cleanup");
+    }
 }
 
 fn proxier(node: &Netns) -> NftProxier {

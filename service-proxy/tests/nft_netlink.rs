@@ -6,7 +6,7 @@
 
 use service_proxy::nftables::apply::NftSocket;
 use service_proxy::nftables::{NftablesConfig, Renderer, Ruleset};
-use service_proxy::{Proxier, ProxyConfig};
+use service_proxy::{DetectLocal, Proxier, ProxyConfig};
 use service_testkit::fixtures;
 use service_testkit::netns::{E2e, Netns, require};
 
@@ -34,12 +34,13 @@ fn load_with_nft(ns: &Netns, script: &str) {
     std::fs::remove_file(&path).ok();
 }
 
-fn rulesets(yaml: &str) -> Vec<(Renderer, Ruleset)> {
+fn rulesets_detecting(yaml: &str, detect: DetectLocal) -> Vec<(Renderer, Ruleset)> {
     let (node, ips, cidrs) = node_of(yaml);
     let ips: Vec<&str> = ips.iter().map(String::as_str).collect();
     let snapshot = fixtures::snapshot(yaml, &node, &ips);
     let mut proxy = ProxyConfig::default();
     proxy.cluster_cidrs = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    proxy.detect_local = detect;
     proxy.local_addresses = ips.iter().map(|ip| ip.parse().unwrap()).collect();
     proxy.service_cidrs = vec![
         "172.30.0.0/16".parse().unwrap(),
@@ -59,13 +60,32 @@ fn netlink_batches_list_like_nft_scripts() {
     if require("netlink_batches_list_like_nft_scripts", &["ip", "nft"]) == E2e::Skip {
         return;
     }
-    for fixture in ["demo.yaml", "dual-stack.yaml", "kube-proxy-cluster.yaml"] {
+    let mut cases: Vec<(&str, DetectLocal)> =
+        ["demo.yaml", "dual-stack.yaml", "kube-proxy-cluster.yaml"]
+            .into_iter()
+            .map(|f| (f, DetectLocal::ClusterCidr))
+            .collect();
+    // The interface detectors' `iifname` matches (whole name and prefix) too.
+    cases.push((
+        "kube-proxy-cluster.yaml",
+        DetectLocal::BridgeInterface("cbr0".into()),
+    ));
+    cases.push((
+        "kube-proxy-cluster.yaml",
+        DetectLocal::InterfaceNamePrefix("veth".into()),
+    ));
+    for (fixture, detect) in cases {
         let yaml = std::fs::read_to_string(format!(
             "{}/tests/fixtures/{fixture}",
             env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap();
-        for (renderer, rules) in rulesets(&yaml) {
+        let iifname = match &detect {
+            DetectLocal::BridgeInterface(name) => Some(format!("iifname != \"{name}\"")),
+            DetectLocal::InterfaceNamePrefix(p) => Some(format!("iifname != \"{p}*\"")),
+            _ => None,
+        };
+        for (renderer, rules) in rulesets_detecting(&yaml, detect.clone()) {
             let family = renderer.family().as_str();
             let by_nft = Netns::new("nftcmp");
             load_with_nft(&by_nft, &rules.create_one().to_string());
@@ -85,7 +105,14 @@ fn netlink_batches_list_like_nft_scripts() {
             if std::env::var("SHOW").is_ok() {
                 eprintln!("{listed}");
             }
-            assert_eq!(listed, list(&by_nft, family), "{fixture} {family}");
+            if let Some(m) = iifname.as_ref().filter(|_| !rules.ports.is_empty()) {
+                assert!(listed.contains(m.as_str()), "{fixture} {family}: {listed}");
+            }
+            assert_eq!(
+                listed,
+                list(&by_nft, family),
+                "{fixture} {family} {detect:?}"
+            );
         }
     }
 }

@@ -49,7 +49,13 @@ fn main() -> ExitCode {
     } else {
         IpFamily::Ipv4
     };
-    let proxy = args.node.proxy_config();
+    let proxy = match args.node.proxy_config() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // The proxier the daemon runs without --apply: its first (full) sync is the rule set.
     let mut proxier = match args.backend {
         BackendArg::Iptables => DryRun::iptables(IptablesConfig::new(proxy), family),

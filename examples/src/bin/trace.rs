@@ -1,4 +1,5 @@
-//! `trace [NODE FLAGS] --src IP --dst IP:PORT [--proto tcp|udp|sctp] FILE...`: prints where
+//! `trace [NODE FLAGS] --src IP --dst IP:PORT [--proto tcp|udp|sctp] [--in-interface NAME]
+//! FILE...`: prints where
 //! the first packet of a new connection goes on this node: the endpoints it may reach (and
 //! whether it is masqueraded), or REJECT, DROP, ACCEPT, or "not handled".
 
@@ -28,6 +29,10 @@ struct Args {
     /// Protocol.
     #[arg(long, value_enum, default_value = "tcp")]
     proto: Proto,
+    /// The interface the packet comes in on (default: none, a packet the node sends
+    /// itself); matters with an interface `--detect-local-mode`.
+    #[arg(long)]
+    in_interface: Option<String>,
     #[command(flatten)]
     node: NodeArgs,
     /// Manifest files (YAML, JSON, `kind: List`); `-` reads standard input.
@@ -53,8 +58,15 @@ fn main() -> ExitCode {
         Proto::Udp => Protocol::Udp,
         Proto::Sctp => Protocol::Sctp,
     };
-    let packet = Packet::new(args.src, args.dst.ip(), args.dst.port(), protocol);
-    let config = args.node.proxy_config();
+    let packet = Packet::new(args.src, args.dst.ip(), args.dst.port(), protocol)
+        .on_interface(args.in_interface.as_deref().unwrap_or_default());
+    let config = match args.node.proxy_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let verdict = match args.backend {
         BackendArg::Iptables => {
             let rules = Renderer::new(IptablesConfig::new(config.clone()), args.dst.is_ipv6())

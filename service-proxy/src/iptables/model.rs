@@ -355,6 +355,8 @@ pub enum Match {
     Protocol(L4),
     /// `-s A` or `! -s A`.
     Source(Addr, bool),
+    /// `-i NAME` or `! -i NAME` (a trailing `+` matches every name with that prefix).
+    InInterface(Arc<str>, bool),
     /// `-d A` or `! -d A`.
     Destination(Addr, bool),
     /// `--dport N` (after a protocol match).
@@ -543,6 +545,10 @@ impl Rule {
                             write_u32(out, u32::from(n.prefix_len()));
                         }
                     }
+                }
+                Match::InInterface(name, neg) => {
+                    out.extend_from_slice(if *neg { b" ! -i " } else { b" -i " });
+                    out.extend_from_slice(name.as_bytes());
                 }
                 Match::DestPort(p) => {
                     out.extend_from_slice(b" --dport ");

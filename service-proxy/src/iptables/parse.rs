@@ -254,6 +254,12 @@ pub fn parse_rule(line: &str) -> Result<(ChainName, Rule), ParseError> {
                 });
                 i += 2;
             }
+            "-i" => {
+                let name = get(i + 1)?;
+                rule.matches
+                    .push(Match::InInterface(Arc::from(name), negate));
+                i += 2;
+            }
             "--dport" => {
                 let p = get(i + 1)?.parse().map_err(|_| err("port"))?;
                 rule.matches.push(Match::DestPort(p));

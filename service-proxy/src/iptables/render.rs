@@ -13,8 +13,8 @@ use super::model::{
     Addr, ChainName, Comment, CtState, FixedChain, L4, Match, Phrase, Probabilities, Rule, RuleSet,
     Segment, SegmentBuilder, ServiceChain, TableRules, Target,
 };
-use crate::ProxyConfig;
 use crate::port_name::PortName as PortKey;
+use crate::{LocalTraffic, ProxyConfig};
 
 /// Above this many endpoints (all service ports together), per-endpoint comments are left
 /// out, as kube-proxy's `largeClusterEndpointsThreshold` does.
@@ -93,8 +93,26 @@ pub struct Renderer {
     sep_scratch: Vec<Option<ChainName>>,
     large_cluster: Option<bool>,
     node_ip: Option<IpAddr>,
+    /// The local-traffic detector the last render used.
+    local: Option<LocalTraffic>,
     /// Endpoints of this family across the rendered ports.
     endpoints_total: usize,
+}
+
+/// The iptables match of a local-traffic detector (`IfLocal`), or with `negate` its
+/// opposite (`IfNotLocal`): `-s CIDR`, `-i BRIDGE` or `-i PREFIX+`.
+fn local_match(local: &LocalTraffic, negate: bool) -> Match {
+    match local {
+        LocalTraffic::Source(net) => Match::Source(Addr::Net(*net), negate),
+        LocalTraffic::Interface { name, prefix } => {
+            let text: Arc<str> = if *prefix {
+                Arc::from(format!("{name}+"))
+            } else {
+                Arc::from(name.as_str())
+            };
+            Match::InInterface(text, negate)
+        }
+    }
 }
 
 fn l4(p: &Protocol) -> Option<L4> {
@@ -162,6 +180,7 @@ impl Renderer {
             sep_scratch: Vec::new(),
             large_cluster: None,
             node_ip: None,
+            local: None,
             endpoints_total: 0,
         }
     }
@@ -206,6 +225,7 @@ impl Renderer {
         self.ports.clear();
         self.large_cluster = None;
         self.node_ip = None;
+        self.local = None;
         self.endpoints_total = 0;
     }
 
@@ -216,6 +236,10 @@ impl Renderer {
         let old = std::mem::take(&mut self.ports);
         self.large_cluster = Some(large);
         self.node_ip = node_ip;
+        self.local = self
+            .config
+            .proxy
+            .local_traffic(&self.family(), &snapshot.node);
         // Snapshot order is key order: collecting builds the map in bulk.
         let rendered: Vec<(PortKey, PortRender)> = snapshot
             .service_ports()
@@ -242,7 +266,11 @@ impl Renderer {
     /// when nothing was rendered before, or when the node or the large-cluster mode changed.
     pub fn partial(&mut self, snapshot: &Snapshot, changed: &[ServicePortName]) -> RuleSet {
         let node_ip = snapshot.node.primary_ip(&self.family());
-        if self.large_cluster.is_none() || self.node_ip != node_ip {
+        let local = self
+            .config
+            .proxy
+            .local_traffic(&self.family(), &snapshot.node);
+        if self.large_cluster.is_none() || self.node_ip != node_ip || self.local != local {
             return self.full(snapshot);
         }
         // The endpoint total, adjusted by the changed ports only.
@@ -490,7 +518,7 @@ impl Renderer {
         let ext_chain = ChainName::Service(ServiceChain::Ext, hash);
         let fw_chain = ChainName::Service(ServiceChain::Fw, hash);
         let proxy = &self.config.proxy;
-        let detector = proxy.cluster_cidr(&self.family());
+        let detector = self.local.as_ref();
         let probs = &mut self.probs;
 
         // Which endpoints each kind of traffic reaches: derived once, on the snapshot.
@@ -667,12 +695,8 @@ impl Renderer {
                 .when(port_m);
             if proxy.masquerade_all {
                 own.push(internal_chain, base, probs);
-            } else if let Some(cidr) = detector {
-                own.push(
-                    internal_chain,
-                    base.when(Match::Source(Addr::Net(cidr), true)),
-                    probs,
-                );
+            } else if let Some(local) = detector {
+                own.push(internal_chain, base.when(local_match(local, true)), probs);
             }
         }
 
@@ -687,12 +711,12 @@ impl Renderer {
                     probs,
                 );
             } else {
-                if let Some(cidr) = detector {
+                if let Some(local) = detector {
                     own.push(
                         ext_chain,
                         Rule::to(jump(svc_chain))
                             .comment(Comment::Service(svc.clone(), Phrase::PodExternal))
-                            .when(Match::Source(Addr::Net(cidr), false)),
+                            .when(local_match(local, false)),
                         probs,
                     );
                 }

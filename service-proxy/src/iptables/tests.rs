@@ -7,8 +7,8 @@ use service_core::snapshot::{ServicePortName, Snapshot};
 use service_testkit::fixtures;
 
 use super::*;
-use crate::ProxyConfig;
 use crate::trace::{Packet, Verdict};
+use crate::{DetectLocal, ProxyConfig};
 
 fn config() -> IptablesConfig {
     let mut proxy = ProxyConfig::default();
@@ -572,6 +572,68 @@ fn masquerade_all_and_no_detector() {
     );
 }
 
+/// `--detect-local-mode`: every mode's match lands where kube-proxy puts the detector
+/// (`IfNotLocal` on the cluster-IP masquerade rule, `IfLocal` on the pod short-circuit of
+/// an `externalTrafficPolicy: Local` Service), and the tracer follows it.
+#[test]
+fn local_traffic_detection_modes() {
+    let node = "192.168.0.2";
+    let node_info = service_core::snapshot::NodeInfo::new("test-node", vec![ip(node)])
+        .with_pod_cidrs(vec!["10.0.1.0/24".parse().unwrap()]);
+    let snap = fixtures::cluster(fixtures::KUBE_PROXY_CLUSTER)
+        .snapshot(node_info)
+        .unwrap();
+    let masq = "-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d 172.30.0.41 --dport 80";
+    let pods = "-A KUBE-EXT-GNZBNJ2PO5MGZ6GT -m comment --comment \"pod traffic for ns2/svc2:p80 external destinations\"";
+    let cases: [(DetectLocal, &str, &str); 4] = [
+        (DetectLocal::ClusterCidr, "! -s 10.0.0.0/8", "-s 10.0.0.0/8"),
+        (DetectLocal::NodeCidr, "! -s 10.0.1.0/24", "-s 10.0.1.0/24"),
+        (
+            DetectLocal::BridgeInterface("cbr0".into()),
+            "! -i cbr0",
+            "-i cbr0",
+        ),
+        (
+            DetectLocal::InterfaceNamePrefix("veth".into()),
+            "! -i veth+",
+            "-i veth+",
+        ),
+    ];
+    for (mode, not_local, local) in cases {
+        let mut cfg = config();
+        cfg.proxy.detect_local = mode.clone();
+        let rules = Renderer::new(cfg, false).full(&snap);
+        assert_has(&rules, &format!("{masq} {not_local} -j KUBE-MARK-MASQ"));
+        assert_has(
+            &rules,
+            &format!("{pods} {local} -j KUBE-SVC-GNZBNJ2PO5MGZ6GT"),
+        );
+        // The restore input parses back into the same matches.
+        let tracer = Tracer::new(&rules, &[ip(node)]).unwrap();
+        let masqueraded = |src: &str, iif: &str| {
+            let p = Packet::new(ip(src), ip("172.30.0.41"), 80, Protocol::Tcp).on_interface(iif);
+            let v = tracer.trace(&p);
+            assert_eq!(v.endpoints().len(), 1, "{mode:?} {src} on {iif:?}: {v}");
+            v.masquerade()
+        };
+        let (pod_if, other_if) = match &mode {
+            DetectLocal::BridgeInterface(_) => ("cbr0", "cbr1"),
+            _ => ("veth12ab", "eth0"),
+        };
+        // A pod of this node, on its interface: not masqueraded in every mode.
+        assert!(!masqueraded("10.0.1.5", pod_if), "{mode:?}");
+        // Traffic from outside, on the uplink: masqueraded in every mode.
+        assert!(masqueraded("192.168.0.100", "eth0"), "{mode:?}");
+        // The node's own packets have no input interface.
+        assert!(masqueraded(node, ""), "{mode:?}");
+        // A pod of another node: local to the cluster CIDR, not to this node's CIDR;
+        // an interface detector only sees where the packet came in.
+        let other_node_pod = masqueraded("10.0.2.5", other_if);
+        let want = !matches!(mode, DetectLocal::ClusterCidr);
+        assert_eq!(other_node_pod, want, "{mode:?}");
+    }
+}
+
 #[test]
 fn ipv6_rules() {
     let yaml = r"
@@ -788,6 +850,8 @@ mod roundtrip {
         prop_oneof![
             proptest::sample::select(vec![L4::Tcp, L4::Udp, L4::Sctp]).prop_map(Match::Protocol),
             (addr(), any::<bool>()).prop_map(|(a, n)| Match::Source(a, n)),
+            ("[a-z][a-z0-9.-]{0,13}\\+?", any::<bool>())
+                .prop_map(|(i, n)| Match::InInterface(i.as_str().into(), n)),
             (addr(), any::<bool>()).prop_map(|(a, n)| Match::Destination(a, n)),
             any::<u16>().prop_map(Match::DestPort),
             Just(Match::SrcTypeLocal),

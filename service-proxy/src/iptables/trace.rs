@@ -28,7 +28,9 @@ enum Fate {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct State {
+struct State<'a> {
+    /// The input interface (empty for the node's own packets).
+    iif: &'a str,
     src: IpAddr,
     dst: IpAddr,
     dport: u16,
@@ -71,10 +73,17 @@ impl Tracer {
         ip.is_loopback() || self.local.contains(ip)
     }
 
-    fn matches(&self, m: &Match, st: &State) -> Option<bool> {
+    fn matches(&self, m: &Match, st: &State<'_>) -> Option<bool> {
         Some(match m {
             Match::Protocol(p) => st.proto == Some(*p),
             Match::Source(a, neg) => contains(a, &st.src) != *neg,
+            Match::InInterface(name, neg) => {
+                let hit = match name.strip_suffix('+') {
+                    Some(prefix) => st.iif.starts_with(prefix),
+                    None => st.iif == &**name,
+                };
+                hit != *neg
+            }
             Match::Destination(a, neg) => contains(a, &st.dst) != *neg,
             Match::DestPort(p) => st.dport == *p,
             Match::SrcTypeLocal => self.is_local(&st.src),
@@ -97,14 +106,14 @@ impl Tracer {
     }
 
     /// Runs `chain` from rule `from`; returns every (fate, state) branch.
-    fn run(
+    fn run<'a>(
         &self,
         table: Table,
         chain: ChainName,
         from: usize,
-        st: State,
+        st: State<'a>,
         depth: usize,
-    ) -> Vec<(Fate, State)> {
+    ) -> Vec<(Fate, State<'a>)> {
         if depth > MAX_DEPTH {
             return vec![(Fate::Continue, st)];
         }
@@ -128,7 +137,7 @@ impl Tracer {
             if !hit {
                 continue;
             }
-            let taken: Vec<(Fate, State)> = match rule.target {
+            let taken: Vec<(Fate, State<'a>)> = match rule.target {
                 None => continue,
                 Some(Target::MarkOr(m)) => {
                     st.mark |= m;
@@ -167,7 +176,12 @@ impl Tracer {
     }
 
     /// Runs the chains a built-in hook jumps to, in order, until one decides.
-    fn hook(&self, table: Table, chains: &[FixedChain], st: State) -> Vec<(Fate, State)> {
+    fn hook<'a>(
+        &self,
+        table: Table,
+        chains: &[FixedChain],
+        st: State<'a>,
+    ) -> Vec<(Fate, State<'a>)> {
         let mut branches = vec![(Fate::Continue, st)];
         for &c in chains {
             let mut next = Vec::new();
@@ -192,6 +206,7 @@ impl Tracer {
             _ => None,
         };
         let start = State {
+            iif: &packet.in_interface,
             src: packet.src,
             dst: packet.dst,
             dport: packet.dport,
@@ -242,7 +257,7 @@ impl Tracer {
         Verdict::from_branches(dests, other)
     }
 
-    fn mark_of(&self, branches: &[(Fate, State)]) -> bool {
+    fn mark_of(&self, branches: &[(Fate, State<'_>)]) -> bool {
         let Some(mark) = self.masquerade_mark() else {
             return false;
         };
@@ -259,7 +274,7 @@ impl Tracer {
             })
     }
 
-    fn filter_path(&self, from_node: bool, st: State) -> Vec<(Fate, State)> {
+    fn filter_path<'a>(&self, from_node: bool, st: State<'a>) -> Vec<(Fate, State<'a>)> {
         let local_dst = self.is_local(&st.dst);
         let firewall: &[FixedChain] = if self.ipv6 {
             &[]

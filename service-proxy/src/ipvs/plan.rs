@@ -15,7 +15,7 @@ use service_core::model::{IpFamily, Protocol};
 use service_core::snapshot::{ServicePort, Snapshot};
 
 use super::model::{FLAG_PERSISTENT, IpvsProtocol, RealServer, Scheduler, VirtualServer};
-use crate::ProxyConfig;
+use crate::{LocalTraffic, ProxyConfig};
 
 /// The dummy interface the virtual addresses are bound to.
 pub const DUMMY_DEVICE: &str = "kube-ipvs0";
@@ -212,6 +212,9 @@ pub struct IpvsPlan {
     /// address: the node's own connections to them are dropped (`KUBE-IPVS-OUT-FILTER`,
     /// kubernetes#119656).
     pub lb_no_node_access: BTreeSet<(IpAddr, IpvsProtocol, u16)>,
+    /// The local-traffic detector of the family (`--detect-local-mode`, resolved for the
+    /// node): off-cluster traffic to a cluster IP is masqueraded by it.
+    pub local_traffic: Option<LocalTraffic>,
 }
 
 fn protocol(p: &Protocol) -> Option<IpvsProtocol> {
@@ -237,7 +240,10 @@ impl IpvsPlan {
                 .filter(|ip| IpFamily::of(ip) == family)
                 .collect(),
         };
-        let mut plan = Self::default();
+        let mut plan = Self {
+            local_traffic: config.proxy.local_traffic(&family, &snapshot.node),
+            ..Self::default()
+        };
         // kube-proxy's `nodeIP`: the node's primary address of the family.
         let node_ip = snapshot.node.primary_ip(&family);
         for sp in snapshot.ports.values() {

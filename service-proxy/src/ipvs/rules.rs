@@ -7,9 +7,8 @@
 
 use std::fmt::Write as _;
 
-use service_core::model::IpFamily;
-
 use super::plan::{IpSet, IpvsConfig, IpvsPlan};
+use crate::LocalTraffic;
 use crate::iptables::Table;
 
 /// A chain IPVS mode owns.
@@ -282,13 +281,18 @@ pub fn render(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> FixedRules {
         );
     }
     if used(IpSet::ClusterIp) {
-        let family = if ipv6 { IpFamily::Ipv6 } else { IpFamily::Ipv4 };
         let m = format!("-m set --match-set {}", name(IpSet::ClusterIp));
         let text = if config.proxy.masquerade_all {
             format!("{m} dst,dst -j KUBE-MARK-MASQ")
-        } else if let Some(cidr) = config.proxy.cluster_cidr(&family) {
+        } else if let Some(local) = &plan.local_traffic {
             // Off-cluster traffic to a cluster IP is masqueraded.
-            format!("{m} dst,dst ! -s {cidr} -j KUBE-MARK-MASQ")
+            let not_local = match local {
+                LocalTraffic::Source(cidr) => format!("! -s {cidr}"),
+                LocalTraffic::Interface { name, prefix } => {
+                    format!("! -i {name}{}", if *prefix { "+" } else { "" })
+                }
+            };
+            format!("{m} dst,dst {not_local} -j KUBE-MARK-MASQ")
         } else {
             // The node picks a virtual address as the source of its own connections to
             // another one: masquerade those.
@@ -452,7 +456,9 @@ pub fn ipvs_text(plan: &IpvsPlan, config: &IpvsConfig, ipv6: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProxyConfig;
+    use crate::{DetectLocal, ProxyConfig};
+    use service_core::model::IpFamily;
+    use service_core::snapshot::NodeInfo;
 
     fn plan_with(sets: &[(IpSet, &str)]) -> IpvsPlan {
         let mut plan = IpvsPlan::default();
@@ -475,9 +481,15 @@ mod tests {
 
     #[test]
     fn cluster_ip_masquerade_follows_the_local_traffic_detector() {
-        let plan = plan_with(&[(IpSet::ClusterIp, "10.96.0.1,tcp:443")]);
         let mut config = IpvsConfig::new(ProxyConfig::default());
+        let node = NodeInfo::new("node-a", vec![]).with_pod_cidrs(vec![
+            "10.244.1.0/24".parse().unwrap(),
+            "fd00:10:244:1::/64".parse().unwrap(),
+        ]);
+        // The plan resolves the detector for the node, as `IpvsPlan::build` does.
         let masq = |config: &IpvsConfig| {
+            let mut plan = plan_with(&[(IpSet::ClusterIp, "10.96.0.1,tcp:443")]);
+            plan.local_traffic = config.proxy.local_traffic(&IpFamily::Ipv4, &node);
             chain(&render(&plan, config, false).nat, "KUBE-SERVICES")
                 .into_iter()
                 .filter(|r| r.ends_with("-j KUBE-MARK-MASQ"))
@@ -493,6 +505,21 @@ mod tests {
         assert_eq!(
             masq(&config),
             ["-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.0.0/16 -j KUBE-MARK-MASQ"]
+        );
+        config.proxy.detect_local = DetectLocal::NodeCidr;
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP dst,dst ! -s 10.244.1.0/24 -j KUBE-MARK-MASQ"]
+        );
+        config.proxy.detect_local = DetectLocal::BridgeInterface("cbr0".into());
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP dst,dst ! -i cbr0 -j KUBE-MARK-MASQ"]
+        );
+        config.proxy.detect_local = DetectLocal::InterfaceNamePrefix("cali".into());
+        assert_eq!(
+            masq(&config),
+            ["-m set --match-set KUBE-CLUSTER-IP dst,dst ! -i cali+ -j KUBE-MARK-MASQ"]
         );
         config.proxy.masquerade_all = true;
         assert_eq!(

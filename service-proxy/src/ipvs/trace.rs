@@ -15,7 +15,7 @@
 
 use std::net::IpAddr;
 
-use service_core::model::{IpFamily, Protocol};
+use service_core::model::Protocol;
 
 use super::model::IpvsProtocol;
 use super::plan::{IpSet, IpvsConfig, IpvsPlan};
@@ -131,11 +131,10 @@ impl IpvsPlan {
             mark = true;
         }
         if has(IpSet::ClusterIp, key) {
-            let family = IpFamily::of(&packet.dst);
             mark |= if config.proxy.masquerade_all {
                 true
-            } else if let Some(cidr) = config.proxy.cluster_cidr(&family) {
-                !cidr.contains(&src)
+            } else if let Some(local) = &self.local_traffic {
+                !local.matches(&src, &packet.in_interface)
             } else {
                 // src,dst: the source is a virtual address, on the destination's port.
                 has(
@@ -180,15 +179,18 @@ impl IpvsPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ProxyConfig;
     use crate::ipvs::model::{RealServer, VirtualServer};
+    use crate::{LocalTraffic, ProxyConfig};
 
     fn plan() -> (IpvsPlan, IpvsConfig) {
         let mut proxy = ProxyConfig::default();
         proxy.local_addresses = vec!["192.168.0.2".parse().unwrap()];
         proxy.cluster_cidrs = vec!["10.244.0.0/16".parse().unwrap()];
         let config = IpvsConfig::new(proxy);
-        let mut p = IpvsPlan::default();
+        let mut p = IpvsPlan {
+            local_traffic: Some(LocalTraffic::Source("10.244.0.0/16".parse().unwrap())),
+            ..IpvsPlan::default()
+        };
         let vs = |addr: &str, port| VirtualServer {
             addr: addr.parse().unwrap(),
             protocol: IpvsProtocol::Tcp,
@@ -216,17 +218,18 @@ mod tests {
         (p, config)
     }
 
+    fn packet(src: &str, dst: &str, port: u16) -> Packet {
+        Packet::new(
+            src.parse().unwrap(),
+            dst.parse().unwrap(),
+            port,
+            Protocol::Tcp,
+        )
+    }
+
     fn trace(src: &str, dst: &str, port: u16) -> Verdict {
         let (p, c) = plan();
-        p.trace(
-            &c,
-            &Packet::new(
-                src.parse().unwrap(),
-                dst.parse().unwrap(),
-                port,
-                Protocol::Tcp,
-            ),
-        )
+        p.trace(&c, &packet(src, dst, port))
     }
 
     fn masq(v: &Verdict) -> Option<bool> {
@@ -239,6 +242,23 @@ mod tests {
         assert_eq!(masq(&trace("192.168.0.100", "10.96.0.10", 80)), Some(true));
         // Hairpin.
         assert_eq!(masq(&trace("10.244.1.10", "10.96.0.10", 80)), Some(true));
+    }
+
+    #[test]
+    fn an_interface_detector_looks_at_the_input_interface_only() {
+        let (mut p, c) = plan();
+        p.local_traffic = Some(LocalTraffic::Interface {
+            name: "cali".into(),
+            prefix: true,
+        });
+        let via = |src, iif| masq(&p.trace(&c, &packet(src, "10.96.0.10", 80).on_interface(iif)));
+        assert_eq!(via("10.244.2.5", "cali1234"), Some(false));
+        // The address no longer matters: an outside address on a pod interface is local,
+        // a pod address arriving on the uplink is not.
+        assert_eq!(via("192.168.0.100", "cali9"), Some(false));
+        assert_eq!(via("10.244.2.5", "eth0"), Some(true));
+        // The node's own packets have no input interface.
+        assert_eq!(via("192.168.0.2", ""), Some(true));
     }
 
     #[test]

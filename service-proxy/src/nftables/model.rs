@@ -378,6 +378,15 @@ pub enum Stmt {
         /// The network.
         net: IpNet,
     },
+    /// `iifname [!=] "NAME"`, or with `prefix` `iifname [!=] "NAME*"`.
+    Iifname {
+        /// Negated.
+        ne: bool,
+        /// The interface name, or its prefix.
+        name: Name,
+        /// Whether `name` is a prefix.
+        prefix: bool,
+    },
     /// `ip saddr/daddr @SET`.
     AddrInSet {
         /// Which address.
@@ -451,6 +460,12 @@ impl Stmt {
                 write!(f, "{ip} {} {}", dir.as_str(), if *ne { "!= " } else { "" })?;
                 write_net(f, net)
             }
+            Self::Iifname { ne, name, prefix } => write!(
+                f,
+                "iifname {}\"{name}{}\"",
+                if *ne { "!= " } else { "" },
+                if *prefix { "*" } else { "" }
+            ),
             Self::AddrInSet { dir, set } => write!(f, "{ip} {} @{set}", dir.as_str()),
             Self::FibLocal(dir) => write!(f, "fib {} type local", dir.as_str()),
             Self::MarkClear(m) => write!(f, "mark and {m:#x} == 0"),

@@ -19,8 +19,8 @@ use super::model::{
 };
 use super::names::{endpoint_names, prefixed, service_base_name};
 use super::transaction::{Op, SetDecl, Transaction};
-use crate::ProxyConfig;
 pub use crate::port_name::PortName;
+use crate::{LocalTraffic, ProxyConfig};
 
 /// Settings of the nftables backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -521,6 +521,28 @@ fn host(ip: IpAddr) -> IpNet {
 }
 
 const REJECT_CHAIN: &str = "reject-chain";
+
+/// The nftables match of a local-traffic detector (`IfLocalNFT`), or with `ne` its
+/// opposite: `ip saddr [!=] CIDR`, `iifname [!=] "BRIDGE"` or `iifname [!=] "PREFIX*"`.
+///
+/// kube-proxy's nftables mode wrote `iif` (an interface index, resolved when the rule is
+/// loaded) for the interface modes, which fails to load for a prefix and breaks when the
+/// bridge is recreated; it uses `iifname` since kubernetes#134024 (1.34, backported to
+/// 1.33), as here.
+fn local_stmt(local: &LocalTraffic, ne: bool) -> Stmt {
+    match local {
+        LocalTraffic::Source(net) => Stmt::Addr {
+            dir: Dir::Saddr,
+            ne,
+            net: net.trunc(),
+        },
+        LocalTraffic::Interface { name, prefix } => Stmt::Iifname {
+            ne,
+            name: Name::from(name.as_str()),
+            prefix: *prefix,
+        },
+    }
+}
 
 impl Renderer {
     /// A renderer for IPv4 (`ipv6 == false`) or IPv6.
@@ -1099,7 +1121,7 @@ impl Renderer {
         let plan = sp.family(&family)?;
         let proto = L4::of(sp.protocol())?;
         let proxy = &self.config.proxy;
-        let detector = proxy.cluster_cidr(&family);
+        let detector = proxy.local_traffic(&family, &snapshot.node);
         let node_ip = snapshot.node.primary_ip(&family);
 
         let base_name = service_base_name(&sp.name);
@@ -1267,17 +1289,10 @@ impl Renderer {
                     Rule::new([to_masq()]).comment("masquerade traffic from outside the cluster"),
                 );
             } else {
-                if let Some(cidr) = detector {
+                if let Some(local) = &detector {
                     ext.rules.push(
-                        Rule::new([
-                            Stmt::Addr {
-                                dir: Dir::Saddr,
-                                ne: false,
-                                net: cidr.trunc(),
-                            },
-                            goto(&cluster_chain),
-                        ])
-                        .comment("short-circuit pod traffic"),
+                        Rule::new([local_stmt(local, false), goto(&cluster_chain)])
+                            .comment("short-circuit pod traffic"),
                     );
                 }
                 ext.rules.push(
@@ -1335,16 +1350,9 @@ impl Renderer {
                 };
                 if proxy.masquerade_all {
                     c.rules.push(Rule::new([daddr, to_masq()]));
-                } else if let Some(cidr) = detector {
-                    c.rules.push(Rule::new([
-                        daddr,
-                        Stmt::Addr {
-                            dir: Dir::Saddr,
-                            ne: true,
-                            net: cidr.trunc(),
-                        },
-                        to_masq(),
-                    ]));
+                } else if let Some(local) = &detector {
+                    c.rules
+                        .push(Rule::new([daddr, local_stmt(local, true), to_masq()]));
                 }
             }
             if affinity.is_some() {

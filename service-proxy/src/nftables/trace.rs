@@ -11,7 +11,9 @@ use super::render::Ruleset;
 use crate::trace::{Destination, Packet, Verdict};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct State {
+struct State<'p> {
+    /// The input interface (empty for the node's own packets).
+    iif: &'p str,
     src: IpAddr,
     dst: IpAddr,
     dport: u16,
@@ -90,12 +92,18 @@ impl<'a> Tracer<'a> {
         self.rules.element(set, &key)
     }
 
-    fn addr_key(&self, st: &State) -> Option<Key> {
+    fn addr_key(&self, st: &State<'_>) -> Option<Key> {
         Some(Key::AddrProtoPort(st.dst, st.proto?, st.dport))
     }
 
     /// Runs `chain` from rule `i`.
-    fn run(&self, chain: &str, i: usize, st: State, depth: usize) -> Vec<(Fate, State)> {
+    fn run<'p>(
+        &self,
+        chain: &str,
+        i: usize,
+        st: State<'p>,
+        depth: usize,
+    ) -> Vec<(Fate, State<'p>)> {
         let owned;
         let c: &Chain = match (self.chains.get(chain), self.endpoints.get(chain)) {
             (Some(c), _) => c,
@@ -119,6 +127,17 @@ impl<'a> Tracer<'a> {
                     Stmt::Addr { dir, ne, net } => {
                         let ip = if *dir == Dir::Saddr { st.src } else { st.dst };
                         if net.contains(&ip) == *ne {
+                            matched = false;
+                        }
+                        None
+                    }
+                    Stmt::Iifname { ne, name, prefix } => {
+                        let hit = if *prefix {
+                            st.iif.starts_with(&**name)
+                        } else {
+                            st.iif == &**name
+                        };
+                        if hit == *ne {
                             matched = false;
                         }
                         None
@@ -255,12 +274,16 @@ impl<'a> Tracer<'a> {
 
     /// Runs the base chains of a hook in priority order. A chain's `accept` ends only that
     /// chain; drop, reject and NAT decide.
-    fn hook(&self, hook: Hook, nat: bool, st: State) -> Vec<(Fate, State)> {
+    fn hook<'p>(&self, hook: Hook, nat: bool, st: State<'p>) -> Vec<(Fate, State<'p>)> {
         self.bases(st, |h| h.hook == hook && h.nat == nat)
     }
 
     /// Runs the base chains `which` selects, in priority order.
-    fn bases(&self, st: State, which: impl Fn(&BaseHook) -> bool) -> Vec<(Fate, State)> {
+    fn bases<'p>(
+        &self,
+        st: State<'p>,
+        which: impl Fn(&BaseHook) -> bool,
+    ) -> Vec<(Fate, State<'p>)> {
         let mut bases: Vec<&Chain> = self
             .rules
             .fixed
@@ -286,7 +309,7 @@ impl<'a> Tracer<'a> {
 
     /// Filter then NAT at a hook where both run (prerouting and output: the filter chains
     /// at -110 come before NAT at -100), then the filter chains at priority 0.
-    fn pre_nat(&self, hook: Hook, st: State) -> Vec<(Fate, State)> {
+    fn pre_nat<'p>(&self, hook: Hook, st: State<'p>) -> Vec<(Fate, State<'p>)> {
         let mut out = Vec::new();
         for (fate, s) in self.hook_filter(hook, st, |p| p < -100) {
             if matches!(fate, Fate::Drop | Fate::Reject) {
@@ -306,7 +329,12 @@ impl<'a> Tracer<'a> {
     }
 
     /// The filter base chains of a hook whose priority `prio` accepts.
-    fn hook_filter(&self, hook: Hook, st: State, prio: impl Fn(i32) -> bool) -> Vec<(Fate, State)> {
+    fn hook_filter<'p>(
+        &self,
+        hook: Hook,
+        st: State<'p>,
+        prio: impl Fn(i32) -> bool,
+    ) -> Vec<(Fate, State<'p>)> {
         self.bases(st, |h| h.hook == hook && !h.nat && prio(h.priority))
     }
 
@@ -314,6 +342,7 @@ impl<'a> Tracer<'a> {
     pub fn trace(&self, packet: &Packet) -> Verdict {
         let proto = L4::of(&packet.protocol);
         let start = State {
+            iif: &packet.in_interface,
             src: packet.src,
             dst: packet.dst,
             dport: packet.dport,

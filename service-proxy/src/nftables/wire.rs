@@ -113,6 +113,9 @@ const NFT_RETURN: u32 = -5i32 as u32;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 const NFT_PAYLOAD_TRANSPORT_HEADER: u32 = 2;
 const NFT_META_MARK: u32 = 3;
+const NFT_META_IIFNAME: u32 = 6;
+/// The kernel's interface name buffer, NUL included.
+const IFNAMSIZ: usize = 16;
 const NFT_META_L4PROTO: u32 = 16;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_CMP_NEQ: u32 = 1;
@@ -1193,6 +1196,15 @@ fn stmt(x: &mut Exprs<'_>, family: Family, s: &Stmt, anon: &mut impl Iterator<It
             x.cmp(NFT_CMP_NEQ, &[0; 4]);
         }
         Stmt::Addr { dir, ne, net } => x.addr(family, *dir, *ne, net),
+        Stmt::Iifname { ne, name, prefix } => {
+            x.meta_load(NFT_META_IIFNAME, NFT_REG_1);
+            // As nft: a whole name is compared NUL-padded to IFNAMSIZ, a prefix by its bytes.
+            let mut value = name.as_bytes().to_vec();
+            if !*prefix {
+                value.resize(IFNAMSIZ, 0);
+            }
+            x.cmp(if *ne { NFT_CMP_NEQ } else { NFT_CMP_EQ }, &value);
+        }
         Stmt::AddrInSet { dir, set } => {
             x.payload(
                 NFT_REG_1,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use service_core::cluster::Cluster;
 use service_core::model::Protocol;
 use service_core::snapshot::{NodeInfo, Snapshot};
+use service_proxy::DetectLocal;
 use service_proxy::trace::{Packet, Verdict};
 use service_testkit::fixtures;
 use service_testkit::netns::{Netns, Reached, Topology, tcp_connect};
@@ -262,6 +263,14 @@ pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
+/// [`snapshot_of`] for a node with pod CIDRs (`spec.podCIDRs`).
+pub fn snapshot_with_pod_cidrs(yaml: &str, pod_cidrs: &[&str]) -> Snapshot {
+    let c: Cluster = fixtures::cluster(yaml);
+    let node = NodeInfo::new("node-a", vec![ip("192.168.0.2")])
+        .with_pod_cidrs(pod_cidrs.iter().map(|c| c.parse().unwrap()).collect());
+    c.snapshot(node).unwrap()
+}
+
 pub fn snapshot_of(yaml: &str, prev: Option<&Snapshot>) -> Snapshot {
     let c: Cluster = fixtures::cluster(yaml);
     let node = NodeInfo::new("node-a", vec![ip("192.168.0.2")]);
@@ -328,6 +337,32 @@ impl Env {
         }
     }
 
+    /// The interface a connection from `from` enters the node on: the client's link, a
+    /// pod's veth (`vpN`), none for the node's own.
+    pub fn in_interface(&self, from: From) -> String {
+        let pod = |name: &str| {
+            let i = self
+                .topo
+                .pods
+                .iter()
+                .position(|p| p.name == name)
+                .unwrap_or_else(|| panic!("no pod {name}"));
+            format!("vp{i}")
+        };
+        match from {
+            From::Client | From::ClientAs(_) => "eth0".into(),
+            From::Node | From::NodeLoopback => String::new(),
+            From::Pod(name) => pod(name),
+            From::ClientPod => format!("vp{}", self.client_pod),
+        }
+    }
+
+    /// The first packet of a TCP connection from `from` to `dst`, as the node sees it.
+    pub fn packet(&self, from: From, dst: SocketAddr) -> Packet {
+        Packet::new(self.source_ip(from), dst.ip(), dst.port(), Protocol::Tcp)
+            .on_interface(&self.in_interface(from))
+    }
+
     pub fn source_ip(&self, from: From) -> IpAddr {
         match from {
             From::Client => self.topo.client_ip,
@@ -360,7 +395,7 @@ pub fn check(
 ) -> BTreeSet<String> {
     let dst = sa(dst);
     let src = env.source_ip(from);
-    let verdict = trace(&Packet::new(src, dst.ip(), dst.port(), Protocol::Tcp));
+    let verdict = trace(&env.packet(from, dst));
     let bind = match from {
         From::ClientAs(s) => Some(ip(s)),
         _ => None,
@@ -689,4 +724,113 @@ pub fn run_flows(env: &Env, trace: Tracer<'_>, backend: Backend) {
             flow.what, flow.from, flow.dst, flow.expect
         );
     }
+}
+
+/// This node's pod CIDR in [`local_traffic_cases`]: the client pod and web-0/web-1 are in
+/// it, web-2 (10.244.2.12) stands for a pod of another node (it is declared on node-b).
+pub const NODE_POD_CIDR: &str = "10.244.1.0/24";
+
+/// One `--detect-local-mode` of the kernel tests, and connections to the `web` ClusterIP
+/// with whether the endpoint must see them masqueraded (from the node's address).
+pub struct LocalTrafficCase {
+    pub mode: DetectLocal,
+    pub flows: Vec<(From, bool)>,
+}
+
+/// Every local-traffic detection mode, with flows that tell it from the others: the
+/// address-based modes by the source, the interface-based ones by the veth a pod's
+/// packets come in on (`vpN` here, as `cali*` or `veth*` on a real node).
+pub fn local_traffic_cases() -> Vec<LocalTrafficCase> {
+    let case = |mode, flows| LocalTrafficCase { mode, flows };
+    vec![
+        case(
+            DetectLocal::NodeCidr,
+            vec![
+                (From::ClientPod, false),
+                (From::Pod("web-2"), true),
+                (From::Client, true),
+                (From::Node, true),
+            ],
+        ),
+        // The client pod's veth is `vp3`: only it is "the bridge".
+        // (Not web-2 from here on: it is declared on node-b, so IPVS mode has no hairpin
+        // entry for it, and reaching itself unmasqueraded would fail.)
+        case(
+            DetectLocal::BridgeInterface("vp3".into()),
+            vec![
+                (From::ClientPod, false),
+                (From::Pod("web-0"), true),
+                (From::Client, true),
+                (From::Node, true),
+            ],
+        ),
+        case(
+            DetectLocal::InterfaceNamePrefix("vp".into()),
+            vec![
+                (From::ClientPod, false),
+                (From::Pod("web-0"), false),
+                (From::Client, true),
+                (From::Node, true),
+            ],
+        ),
+    ]
+}
+
+/// Runs a [`LocalTrafficCase`] against the kernel: the tracer must predict the expected
+/// masquerade for every flow, and the endpoints must see what the tracer predicts. Pods
+/// also short-circuit an `externalTrafficPolicy: Local` load balancer to every endpoint
+/// where the backend has that rule (not IPVS).
+pub fn run_local_traffic_case(
+    env: &Env,
+    trace: Tracer<'_>,
+    case: &LocalTrafficCase,
+    backend: Backend,
+) {
+    assert_eq!(
+        env.in_interface(From::ClientPod),
+        "vp3",
+        "the topology changed"
+    );
+    for (from, masq) in &case.flows {
+        let dst = sa("10.96.0.10:80");
+        let packet = env.packet(*from, dst);
+        let verdict = trace(&packet);
+        // A pod reaching itself is always masqueraded (hairpin): look at the others.
+        let ok = match &verdict {
+            Verdict::Endpoints(dests) => dests
+                .iter()
+                .filter(|d| d.endpoint.ip() != packet.src)
+                .all(|d| d.masquerade == *masq),
+            _ => false,
+        };
+        assert!(
+            ok,
+            "{:?}: {from:?} -> {dst}: tracer said {verdict}, expected masquerade {masq}",
+            case.mode
+        );
+        let seen = check(env, trace, *from, "10.96.0.10:80", 20);
+        assert!(
+            seen.iter().all(|s| s.starts_with("web-")),
+            "{:?}: {from:?}: {seen:?}",
+            case.mode
+        );
+    }
+    let expect = if backend == Backend::Ipvs {
+        names(&["web-0"])
+    } else {
+        names(&["web-0", "web-2"])
+    };
+    assert_eq!(
+        check(env, trace, From::ClientPod, "198.51.100.11:80", 30),
+        expect,
+        "{:?}: a local pod to a Local-policy load balancer",
+        case.mode
+    );
+    // From outside, the same load balancer keeps to this node's endpoint.
+    assert_eq!(
+        check(env, trace, From::Client, "198.51.100.11:80", 10),
+        names(&["web-0"]),
+        "{:?}: a client to a Local-policy load balancer",
+        case.mode
+    );
 }
