@@ -317,12 +317,13 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
 /// from the Service and a counter (Kubernetes draws them at random; determinism keeps
 /// output stable), avoiding names already taken.
 fn generate_name(svc: &ValidService, taken: &mut BTreeSet<String>) -> String {
-    let prefix: String = if svc.key.name.len() > 57 {
-        svc.key.name[..57].to_owned()
-    } else {
-        svc.key.name.clone()
-    };
-    let seed = format!("{}/{}", svc.key.namespace, svc.key.name);
+    generate_name_for(&svc.key.namespace, &svc.key.name, taken)
+}
+
+/// [`generate_name`] for any owner `namespace/name`.
+fn generate_name_for(namespace: &str, name: &str, taken: &mut BTreeSet<String>) -> String {
+    let prefix: &str = if name.len() > 57 { &name[..57] } else { name };
+    let seed = format!("{namespace}/{name}");
     for attempt in 0u64.. {
         let mut h = fnv1a(seed.as_bytes(), attempt);
         let mut suffix = String::with_capacity(5);
@@ -774,6 +775,8 @@ fn truncate(subsets: &mut [EndpointSubset], max: usize) -> bool {
     }
     true
 }
+
+pub mod mirroring;
 
 #[cfg(test)]
 mod tests;
