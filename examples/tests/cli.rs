@@ -377,3 +377,36 @@ fn detect_local_by_interface_prefix() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--pod-bridge-interface"), "{err}");
 }
+
+/// Legacy Endpoints reach the proxy as the mirroring controller's slices: a Service
+/// without a selector is served from its Endpoints; a Service with a selector ignores
+/// them, as kube-proxy (which reads EndpointSlices only) does.
+#[test]
+fn legacy_endpoints_are_mirrored_for_services_without_a_selector() {
+    let manifest = |selector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.30\n{selector}  ports: [{{name: sql, port: 5432}}]\n---\napiVersion: v1\nkind: Endpoints\nmetadata: {{name: db, namespace: shop}}\nsubsets:\n- addresses: [{{ip: 192.168.5.10}}]\n  ports: [{{name: sql, port: 5432}}]\n"
+        )
+    };
+    let trace = |file: &TempManifest| {
+        let mut args: Vec<String> = vec![
+            "--src".into(),
+            "10.244.1.5".into(),
+            "--dst".into(),
+            "10.96.0.30:5432".into(),
+        ];
+        args.extend(node_flags());
+        args.push(file.path().to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        stdout(&run(env!("CARGO_BIN_EXE_trace"), &args))
+    };
+    let plain = TempManifest::new("mirror-plain", &manifest(""));
+    assert!(
+        trace(&plain).contains("-> 192.168.5.10:5432"),
+        "{}",
+        trace(&plain)
+    );
+    let selected = TempManifest::new("mirror-selector", &manifest("  selector: {app: db}\n"));
+    let out = trace(&selected);
+    assert!(!out.contains("192.168.5.10"), "{out}");
+}

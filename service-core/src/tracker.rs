@@ -76,8 +76,8 @@ pub enum Event {
     EndpointSliceUpserted(EndpointSlice),
     /// An EndpointSlice was deleted (its namespace and name).
     EndpointSliceDeleted(ServiceKey),
-    /// Legacy Endpoints were created or updated; they serve a Service only while it has no
-    /// EndpointSlice.
+    /// Legacy Endpoints were created or updated; they reach the Service as the mirroring
+    /// controller's slices (Services without a selector only).
     EndpointsUpserted(Endpoints),
     /// Legacy Endpoints were deleted.
     EndpointsDeleted(ServiceKey),

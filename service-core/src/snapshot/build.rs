@@ -1,4 +1,5 @@
-//! Building a [`Snapshot`] from validated Services, EndpointSlices and legacy Endpoints.
+//! Building a [`Snapshot`] from validated Services and EndpointSlices (legacy Endpoints
+//! through the mirroring controller).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -11,6 +12,7 @@ use super::{
     Endpoint, FamilyPlan, NodeInfo, OrdMap, ServiceEndpoint, ServiceInfo, ServicePort,
     ServicePortName, Snapshot, Traffic, categorize,
 };
+use crate::controller::mirroring;
 use crate::model::{
     AddressType, EndpointSlice, Endpoints, IpFamily, Protocol, SERVICE_PROXY_NAME_LABEL,
 };
@@ -26,7 +28,7 @@ pub enum SnapshotError {
     DuplicateService(ServiceKey),
 }
 
-/// An endpoint of a slice (or of a legacy Endpoints subset), parsed.
+/// An endpoint of a slice, parsed.
 struct EndpointView<'a> {
     ip: IpAddr,
     hostname: Option<&'a str>,
@@ -40,7 +42,7 @@ struct EndpointView<'a> {
     node_hints: Vec<&'a str>,
 }
 
-/// A slice or a legacy subset: one family, one port set.
+/// A slice: one family, one port set.
 struct SliceView<'a> {
     family: IpFamily,
     /// (name, port, protocol); ports without a usable number are kept for DNS as `None`.
@@ -102,59 +104,6 @@ fn slice_view(slice: &EndpointSlice) -> Option<SliceView<'_>> {
         ports,
         endpoints,
     })
-}
-
-/// Legacy `Endpoints` as slices: one view per subset and family. Ready addresses are
-/// ready and serving; not-ready addresses are neither; nothing is terminating.
-fn legacy_views(ep: &Endpoints) -> Vec<SliceView<'_>> {
-    let mut out = Vec::new();
-    for subset in &ep.subsets {
-        for family in [IpFamily::Ipv4, IpFamily::Ipv6] {
-            let endpoints: Vec<EndpointView<'_>> = subset
-                .addresses
-                .iter()
-                .map(|a| (a, true))
-                .chain(subset.not_ready_addresses.iter().map(|a| (a, false)))
-                .filter_map(|(a, ready)| {
-                    let ip = parse_ip_sloppy(&a.ip)?;
-                    (IpFamily::of(&ip) == family).then(|| EndpointView {
-                        ip,
-                        hostname: a.hostname.as_deref(),
-                        target_name: a.target_ref.as_ref().and_then(|r| r.name.as_deref()),
-                        node_name: a.node_name.as_deref(),
-                        zone: None,
-                        ready,
-                        serving: ready,
-                        terminating: false,
-                        zone_hints: Vec::new(),
-                        node_hints: Vec::new(),
-                    })
-                })
-                .collect();
-            if endpoints.is_empty() {
-                continue;
-            }
-            let ports = subset
-                .ports
-                .iter()
-                .map(|p| {
-                    (
-                        p.name.as_deref().unwrap_or(""),
-                        p.port
-                            .and_then(|n| u16::try_from(n).ok())
-                            .filter(|&n| n != 0),
-                        p.protocol.clone().unwrap_or_default(),
-                    )
-                })
-                .collect();
-            out.push(SliceView {
-                family,
-                ports,
-                endpoints,
-            });
-        }
-    }
-    out
 }
 
 /// The key kube-proxy sorts and deduplicates endpoints by: `ip:port` as text
@@ -308,8 +257,11 @@ impl Interner {
 
 /// What a snapshot holds for one Service: its DNS/env view, and the service ports the
 /// proxy handles (none for headless, ExternalName, unallocated, or another proxy's
-/// Services). Endpoints come from `slices` (any order), or from `legacy` Endpoints when the
-/// Service has no slice.
+/// Services). Endpoints come from EndpointSlices only, as kube-proxy and CoreDNS read
+/// them: `slices` (any order), with the Service's legacy Endpoints (`legacy`) reaching them
+/// through the mirroring controller ([`mirroring`]): mirrored when the Service has no
+/// selector, ignored when it has one. Without an Endpoints object, mirrored slices in
+/// `slices` are taken as they are.
 pub(crate) fn service_entries(
     svc: &ValidService,
     slices: &[&EndpointSlice],
@@ -317,13 +269,29 @@ pub(crate) fn service_entries(
     node: &NodeInfo,
     interner: &mut Interner,
 ) -> (Arc<ServiceInfo>, Vec<Arc<ServicePort>>) {
-    let mut sorted: Vec<&EndpointSlice> = slices.to_vec();
-    sorted.sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
-    let views: Vec<SliceView<'_>> = if sorted.is_empty() {
-        legacy.map(legacy_views).unwrap_or_default()
-    } else {
-        sorted.iter().filter_map(|s| slice_view(s)).collect()
+    let (namespace, name) = (svc.key.namespace.as_str(), svc.key.name.as_str());
+    let mirrored: Vec<EndpointSlice>;
+    let mut sorted: Vec<&EndpointSlice> = match legacy {
+        None => slices.to_vec(),
+        Some(ep) => {
+            let (was_mirrored, others): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) = slices
+                .iter()
+                .partition(|s| mirroring::is_mirrored_for(s, namespace, name));
+            let existing: Vec<EndpointSlice> = was_mirrored.into_iter().cloned().collect();
+            let m = mirroring::reconcile_mirror(
+                namespace,
+                name,
+                Some(svc),
+                Some(ep),
+                &existing,
+                mirroring::MAX_ENDPOINTS_PER_SUBSET,
+            );
+            mirrored = m.changes.apply(&existing);
+            others.into_iter().chain(&mirrored).collect()
+        }
     };
+    sorted.sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
+    let views: Vec<SliceView<'_>> = sorted.iter().filter_map(|s| slice_view(s)).collect();
     let other_proxy = svc
         .object
         .metadata
@@ -411,8 +379,10 @@ fn share<K: Ord + Clone, V: PartialEq>(
 impl Snapshot {
     /// Builds the snapshot for `node` from validated Services, EndpointSlices and legacy
     /// Endpoints. A Service's endpoints come from its EndpointSlices (label
-    /// `kubernetes.io/service-name`); legacy Endpoints are used only for Services that have
-    /// no slice. The result does not depend on the order of the inputs.
+    /// `kubernetes.io/service-name`); legacy Endpoints reach it only as the EndpointSlice
+    /// mirroring controller would mirror them (Services without a selector, Endpoints not
+    /// labelled `endpointslice.kubernetes.io/skip-mirror`), as in Kubernetes, where proxies
+    /// and DNS read slices only. The result does not depend on the order of the inputs.
     ///
     /// # Errors
     /// [`SnapshotError::DuplicateService`] when two Services share a namespace and name.

@@ -6,7 +6,8 @@ use super::*;
 use crate::defaults;
 use crate::model::{
     self, EndpointConditions, EndpointHints, EndpointPort, ForNode, ForZone, IntOrString,
-    ObjectMeta, SERVICE_NAME_LABEL, Service, ServicePort as SpecPort, TrafficPolicy,
+    MANAGED_BY_LABEL, ObjectMeta, SERVICE_NAME_LABEL, Service, ServicePort as SpecPort,
+    TrafficPolicy,
 };
 use crate::valid::ValidService;
 use crate::validation::validate_service;
@@ -354,9 +355,12 @@ fn headless_external_name_and_other_proxies() {
     assert!(snap.services[&ServiceKey::new("ns", "mesh")].other_proxy);
 }
 
+/// kube-proxy and CoreDNS read EndpointSlices only; legacy Endpoints reach them through
+/// kube-controller-manager's mirroring controller, for Services without a selector
+/// (`pkg/controller/endpointslicemirroring`). The Endpoints of a Service with a selector
+/// are never read, even when it has no slice.
 #[test]
-fn legacy_endpoints_when_no_slice_exists() {
-    let s = svc("web", |_| {});
+fn legacy_endpoints_reach_the_snapshot_through_mirroring_only() {
     let legacy = model::Endpoints {
         metadata: ObjectMeta::named("ns", "web"),
         subsets: vec![model::EndpointSubset {
@@ -378,15 +382,47 @@ fn legacy_endpoints_when_no_slice_exists() {
         }],
         ..model::Endpoints::default()
     };
+    let cluster = |snap: &Snapshot| {
+        let v4 = port_of(snap, "web").ipv4.clone().unwrap();
+        addrs(v4.cluster_endpoints())
+    };
+    // A selector: the Endpoints are someone else's business.
+    let with_selector = svc("web", |_| {});
+    let snap = Snapshot::build(node(), &[with_selector], &[], &[legacy.clone()]).unwrap();
+    assert!(cluster(&snap).is_empty());
+    // No selector: mirrored (the not-ready address is there, not ready).
+    let s = svc("web", |s| s.spec.selector = None);
     let snap = Snapshot::build(node(), &[s.clone()], &[], &[legacy.clone()]).unwrap();
+    assert_eq!(cluster(&snap), ["10.0.0.1:8080"]);
     let v4 = port_of(&snap, "web").ipv4.clone().unwrap();
-    assert_eq!(addrs(v4.cluster_endpoints()), ["10.0.0.1:8080"]);
     assert!(v4.endpoints[0].is_local);
-    // With a slice present, legacy Endpoints are ignored.
-    let sl = slice("web", "w", 9090, &[ep("10.0.0.3", "node-b")]);
-    let snap = Snapshot::build(node(), &[s], &[sl], &[legacy]).unwrap();
-    let v4 = port_of(&snap, "web").ipv4.clone().unwrap();
-    assert_eq!(addrs(v4.cluster_endpoints()), ["10.0.0.3:9090"]);
+    assert_eq!(v4.endpoints.len(), 2);
+    // With a slice someone else wrote for the Service, both count.
+    let other = slice("web", "w", 9090, &[ep("10.0.0.3", "node-b")]);
+    let snap = Snapshot::build(node(), &[s.clone()], &[other], &[legacy.clone()]).unwrap();
+    assert_eq!(cluster(&snap), ["10.0.0.1:8080", "10.0.0.3:9090"]);
+    // A mirrored slice from an earlier state is replaced by what the Endpoints say now.
+    let mut stale = slice("web", "web-old", 8080, &[ep("10.0.0.9", "node-b")]);
+    stale.metadata.labels.as_mut().unwrap().insert(
+        MANAGED_BY_LABEL.into(),
+        crate::controller::mirroring::MANAGED_BY_MIRRORING.into(),
+    );
+    let snap = Snapshot::build(node(), &[s.clone()], &[stale.clone()], &[legacy.clone()]).unwrap();
+    assert_eq!(cluster(&snap), ["10.0.0.1:8080"]);
+    // Without an Endpoints object, mirrored slices are taken as given.
+    let snap = Snapshot::build(node(), &[s.clone()], &[stale], &[]).unwrap();
+    assert_eq!(cluster(&snap), ["10.0.0.9:8080"]);
+    // Endpoints marked skip-mirror are not mirrored.
+    let mut skip = legacy;
+    skip.metadata.labels = Some(
+        [(
+            crate::controller::mirroring::SKIP_MIRROR_LABEL.to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let snap = Snapshot::build(node(), &[s], &[], &[skip]).unwrap();
+    assert!(cluster(&snap).is_empty());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::defaults;
-use crate::model::{EndpointSubset, Protocol, Service, ServicePort};
+use crate::model::{Protocol, Service, ServicePort};
 use crate::validation::validate_service;
 
 fn service(selector: bool) -> ValidService {
@@ -198,8 +198,7 @@ fn at_most_1000_addresses_per_subset_ready_first_and_invalid_ones_skipped() {
             .all(|e| e.conditions.as_ref().unwrap().ready == Some(true))
     );
     assert_eq!(
-        m.over_capacity,
-        2,
+        m.over_capacity, 2,
         "the last ready address and the not-ready one"
     );
     assert_eq!(m.invalid_addresses, 1);
@@ -288,7 +287,7 @@ fn existing_slices_are_kept_updated_in_place_or_recycled() {
         ["db-extra"]
     );
     // Endpoints being deleted get no new slices.
-    let mut going = ep.clone();
+    let mut going = ep;
     going.metadata.deletion_timestamp = Some("2026-01-01T00:00:00Z".into());
     assert!(
         mirror(Some(&svc), Some(&going), &[])
