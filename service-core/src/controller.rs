@@ -55,6 +55,11 @@ pub struct SliceChanges {
     pub update: Vec<EndpointSlice>,
     /// Existing slices to delete.
     pub delete: Vec<EndpointSlice>,
+    /// Why Topology Aware Routing hints were removed from a `topology-mode: Auto`
+    /// Service's slices of an address family (the controller's
+    /// `TopologyAwareHintsDisabled` events); empty when hints are in place or not asked
+    /// for.
+    pub hints_disabled: Vec<(AddressType, topology::HintsDisabled)>,
 }
 
 impl SliceChanges {
@@ -203,7 +208,9 @@ fn pod_to_endpoint(
         .filter(|z| !z.is_empty())
         .map(str::to_owned);
     let node_name = pod.spec.node_name.clone().filter(|n| !n.is_empty());
-    let hints = if !ready {
+    // Hints by annotation (Topology Aware Routing) are added once the slices are known, and
+    // take precedence over `trafficDistribution`.
+    let hints = if !ready || topology::hints_enabled(&svc.object.metadata) {
         None
     } else {
         match &svc.traffic_distribution {
@@ -410,6 +417,7 @@ pub fn reconcile(
         .collect();
     let types = address_types(svc);
     let labels = slice_labels(svc);
+    let auto_hints = topology::hints_enabled(&svc.object.metadata);
 
     // Slices of address types the Service no longer has are deleted.
     let (keep, drop): (Vec<&EndpointSlice>, Vec<&EndpointSlice>) = owned
@@ -456,7 +464,13 @@ pub fn reconcile(
                 match index.get(&(ip.to_owned(), uid.map(str::to_owned))) {
                     Some(&i) => match remaining[i].take() {
                         Some(want) => {
-                            changed |= want != *ep;
+                            // Topology Aware Routing's hints are checked below, on their
+                            // own terms.
+                            changed |= if auto_hints {
+                                !equal_but_hints(&want, ep)
+                            } else {
+                                want != *ep
+                            };
                             kept.push(want);
                         }
                         // Already placed in an earlier slice: a duplicate to remove.
@@ -546,18 +560,72 @@ pub fn reconcile(
         }
     }
     changes
+        .delete
+        .sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
+    changes
+        .delete
+        .dedup_by(|a, b| a.metadata.name() == b.metadata.name());
+    if auto_hints {
+        add_topology_hints(svc, nodes, existing, &types, &mut changes);
+    }
+    changes
         .create
         .sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
     changes
         .update
         .sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
     changes
-        .delete
-        .sort_by(|a, b| a.metadata.name().cmp(b.metadata.name()));
-    changes
-        .delete
-        .dedup_by(|a, b| a.metadata.name() == b.metadata.name());
-    changes
+}
+
+fn equal_but_hints(a: &Endpoint, b: &Endpoint) -> bool {
+    let strip = |e: &Endpoint| Endpoint {
+        hints: None,
+        ..e.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// Topology Aware Routing on the slices the reconcile leaves, one address family at a time
+/// (`TopologyCache.AddHints`). Without Node information every hint goes.
+fn add_topology_hints(
+    svc: &ValidService,
+    nodes: Option<&[Node]>,
+    existing: &[EndpointSlice],
+    types: &[AddressType],
+    changes: &mut SliceChanges,
+) {
+    let ratios = nodes.and_then(topology::zone_cpu_ratios);
+    let touched: BTreeSet<String> = changes
+        .create
+        .iter()
+        .chain(&changes.update)
+        .chain(&changes.delete)
+        .map(|s| s.metadata.name().to_owned())
+        .collect();
+    for family in types {
+        let of = |v: &mut Vec<EndpointSlice>| {
+            let (mine, rest): (Vec<EndpointSlice>, Vec<EndpointSlice>) = std::mem::take(v)
+                .into_iter()
+                .partition(|s| s.address_type == *family);
+            *v = rest;
+            mine
+        };
+        let mut si = topology::SliceInfo {
+            to_create: of(&mut changes.create),
+            to_update: of(&mut changes.update),
+            unchanged: existing
+                .iter()
+                .filter(|s| owned_by(s, svc) && s.address_type == *family)
+                .filter(|s| !touched.contains(s.metadata.name()))
+                .cloned()
+                .collect(),
+        };
+        if let Err(why) = topology::add_hints(&mut si, ratios.as_ref()) {
+            changes.hints_disabled.push((family.clone(), why));
+        }
+        changes.create.append(&mut si.to_create);
+        changes.update.append(&mut si.to_update);
+    }
 }
 
 /// The EndpointSlices of a Service when none exist yet.
@@ -777,6 +845,7 @@ fn truncate(subsets: &mut [EndpointSubset], max: usize) -> bool {
 }
 
 pub mod mirroring;
+pub mod topology;
 
 #[cfg(test)]
 mod tests;
