@@ -10,6 +10,7 @@ use service_proxy::dry_run::{DryRun, DryRunReport};
 use service_proxy::iptables::IptablesConfig;
 use service_proxy::iptables::apply::{Flavor, IptablesProxier, SystemRunner};
 use service_proxy::ipvs::{IpvsConfig, IpvsError, IpvsProxier, Scheduler};
+use service_proxy::nfacct::Nfacct;
 use service_proxy::nftables::NftablesConfig;
 use service_proxy::nftables::apply::{NftProxier, NftSocket};
 use service_proxy::userspace::{UserspaceConfig, UserspaceProxier, UserspaceProxy, rules};
@@ -126,7 +127,17 @@ pub fn proxier(choice: &BackendChoice) -> Result<Box<dyn Proxier>, String> {
     let ipv6 = choice.family == IpFamily::Ipv6;
     let proxy = choice.proxy.clone();
     let iptables = |proxy: ProxyConfig| -> Box<dyn Proxier> {
-        let renderer = service_proxy::iptables::Renderer::new(IptablesConfig::new(proxy), ipv6);
+        let mut config = IptablesConfig::new(proxy);
+        // kube-proxy's nfacct counters: rules count into those that could be created.
+        match Nfacct::new() {
+            Ok(mut n) => {
+                for (name, e) in n.ensure_kube_proxy_counters(&mut config) {
+                    tracing::warn!("no nfacct counter {name} ({e}); its metric stays absent");
+                }
+            }
+            Err(e) => tracing::warn!("no nfacct ({e}); nfacct-based metrics are absent"),
+        }
+        let renderer = service_proxy::iptables::Renderer::new(config, ipv6);
         let p = IptablesProxier::new(renderer, choice.flavor.runner());
         match conntrack() {
             Some(c) => Box::new(p.with_conntrack(c)),

@@ -349,6 +349,12 @@ metadata: {name: node-a}
         value("kubeproxy_sync_proxy_rules_iptables_last{ip_family=\"IPv4\",table=\"nat\"}") > 0.0,
         "{metrics}"
     );
+    // kube-proxy's nfacct counters exist in the node's namespace, so their metrics do.
+    assert_eq!(
+        value("kubeproxy_iptables_localhost_nodeports_accepted_packets_total"),
+        0.0
+    );
+    assert!(value("kubeproxy_iptables_ct_state_invalid_dropped_packets_total") >= 0.0);
 }
 
 const DUAL: &str = r"

@@ -109,6 +109,9 @@ pub mod iptables;
 #[cfg(feature = "ipvs")]
 #[cfg_attr(docsrs, doc(cfg(feature = "ipvs")))]
 pub mod ipvs;
+#[cfg(feature = "iptables")]
+#[cfg_attr(docsrs, doc(cfg(feature = "iptables")))]
+pub mod nfacct;
 #[cfg(feature = "nftables")]
 #[cfg_attr(docsrs, doc(cfg(feature = "nftables")))]
 pub mod nftables;

@@ -15,6 +15,7 @@
 //! | `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy,ip_family}` | [`SyncReport::no_local_endpoints`] |
 //! | `kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family}` | [`SyncReport::conntrack_deleted`] |
 //! | `kubeproxy_proxy_healthz_total{code}`, `kubeproxy_proxy_livez_total{code}` | [`ProxyMetrics::health_answers`] |
+//! | `kubeproxy_iptables_ct_state_invalid_dropped_packets_total`, `kubeproxy_iptables_localhost_nodeports_accepted_packets_total` | [`ProxyMetrics::nfacct`] (iptables mode) |
 //!
 //! The sync durations are observed for successful syncs only (kube-proxy observes failed
 //! ones too: the engine reads no clock, and a failed sync reports no duration).
@@ -82,6 +83,8 @@ pub struct ProxyMetrics {
     healthz: IntCounterVec,
     livez: IntCounterVec,
     health_seen: [u64; 4],
+    /// The nfacct counters exported so far, by counter name.
+    nfacct: Vec<(String, IntCounter)>,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -213,6 +216,7 @@ impl ProxyMetrics {
                 &["code"],
             ),
             health_seen: [0; 4],
+            nfacct: Vec::new(),
             registry,
         };
         let r = &m.registry;
@@ -388,6 +392,44 @@ impl ProxyMetrics {
         self.health_seen = counts;
     }
 
+    /// An nfacct counter's packets as the kernel reports them now (iptables mode, see
+    /// [`crate::nfacct`]): `ct_state_invalid_dropped_pkts` becomes
+    /// `kubeproxy_iptables_ct_state_invalid_dropped_packets_total` and
+    /// `localhost_nps_accepted_pkts` `kubeproxy_iptables_localhost_nodeports_accepted_packets_total`,
+    /// each exported from its first value on (kube-proxy exports only the counters it could
+    /// create). Other names are ignored; a counter that went backwards (recreated) restarts
+    /// from its new value.
+    pub fn nfacct(&mut self, counter: &str, packets: u64) {
+        let (name, help) = match counter {
+            "ct_state_invalid_dropped_pkts" => (
+                "kubeproxy_iptables_ct_state_invalid_dropped_packets_total",
+                "packets dropped by iptables to work around conntrack problems",
+            ),
+            "localhost_nps_accepted_pkts" => (
+                "kubeproxy_iptables_localhost_nodeports_accepted_packets_total",
+                "Number of packets accepted on nodeports of loopback interface",
+            ),
+            _ => return,
+        };
+        let c = match self.nfacct.iter().find(|(n, _)| n == counter) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = IntCounter::with_opts(opts(name, help))
+                    .unwrap_or_else(|e| unreachable!("a fixed metric definition: {e}"));
+                register(&self.registry, &c);
+                self.nfacct.push((counter.to_owned(), c.clone()));
+                c
+            }
+        };
+        match packets.checked_sub(c.get()) {
+            Some(more) => c.inc_by(more),
+            None => {
+                c.reset();
+                c.inc_by(packets);
+            }
+        }
+    }
+
     /// The registry, to add metrics of your own.
     pub fn registry(&self) -> &Registry {
         &self.registry
@@ -465,5 +507,37 @@ mod tests {
         assert!(ipt.contains(
             "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv6\"} 0"
         ));
+    }
+
+    #[test]
+    fn nfacct_counters_appear_with_their_first_value_and_follow_the_kernel() {
+        let mut m = ProxyMetrics::new(ProxyMode::Iptables, &[IpFamily::Ipv4]);
+        assert!(!m.encode().contains("nodeports_accepted"));
+        m.nfacct("localhost_nps_accepted_pkts", 3);
+        m.nfacct("ct_state_invalid_dropped_pkts", 0);
+        m.nfacct("someone_elses", 9);
+        let text = m.encode();
+        for line in [
+            "# TYPE kubeproxy_iptables_localhost_nodeports_accepted_packets_total counter",
+            "kubeproxy_iptables_localhost_nodeports_accepted_packets_total 3",
+            "kubeproxy_iptables_ct_state_invalid_dropped_packets_total 0",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert!(!text.contains("someone_elses"));
+        m.nfacct("localhost_nps_accepted_pkts", 10);
+        assert!(
+            m.encode()
+                .contains("kubeproxy_iptables_localhost_nodeports_accepted_packets_total 10")
+        );
+        // Recreated by someone: the counter restarts from what the kernel says.
+        m.nfacct("localhost_nps_accepted_pkts", 2);
+        assert!(
+            m.encode()
+                .contains("kubeproxy_iptables_localhost_nodeports_accepted_packets_total 2")
+        );
     }
 }

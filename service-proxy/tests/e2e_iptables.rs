@@ -222,6 +222,69 @@ fn iptables_local_traffic_detection() {
     }
 }
 
+/// kube-proxy's nfacct counters: created in the node's namespace, the kernel takes the
+/// rules that count into them, and connections to a node port on localhost are counted.
+#[test]
+fn iptables_nfacct_counters() {
+    if require(
+        "iptables_nfacct_counters",
+        &["ip", "iptables-restore", "iptables-save"],
+    ) == E2e::Skip
+    {
+        return;
+    }
+    use service_proxy::nfacct::{CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORTS_ACCEPTED, Nfacct};
+    let env = Env::new();
+    let node = &env.topo.node;
+    let mut nfacct = Nfacct::in_netns(&node.path()).expect("nfnetlink socket");
+    assert_eq!(nfacct.get(LOCALHOST_NODEPORTS_ACCEPTED).unwrap(), None);
+    let mut config = config();
+    let failed = nfacct.ensure_kube_proxy_counters(&mut config);
+    assert!(failed.is_empty(), "{failed:?}");
+    assert!(config.count_invalid_drops && config.count_localhost_nodeports);
+    // Ensuring again keeps the counters (and their counts).
+    assert!(nfacct.ensure_kube_proxy_counters(&mut config).is_empty());
+    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::System);
+    let mut proxier = IptablesProxier::new(Renderer::new(config, false), runner);
+    let snap = snapshot_of(CLUSTER, None);
+    proxier
+        .sync_to(&snap)
+        .expect("the kernel takes the counting rules");
+    let saved = save_all(node, "iptables-save");
+    // (iptables-save prints two spaces after `--nfacct-name`.)
+    assert!(
+        saved.contains("-d 127.0.0.0/8 -p tcp -m comment --comment \"e2e/np:http\" -m tcp --dport 30080 -m nfacct --nfacct-name  localhost_nps_accepted_pkts"),
+        "{saved}"
+    );
+    let rules = proxier.current_rules().unwrap();
+    let trace = |p: &Packet| rules.trace(p, &[ip(NODE_IP)]).expect("our rules parse");
+    let before = nfacct.get(LOCALHOST_NODEPORTS_ACCEPTED).unwrap().unwrap();
+    assert_eq!(before.packets, 0);
+    // Through the node port on the node's own address: not counted.
+    check(&env, &trace, From::Node, "192.168.0.2:30080", 3);
+    assert_eq!(
+        nfacct
+            .get(LOCALHOST_NODEPORTS_ACCEPTED)
+            .unwrap()
+            .unwrap()
+            .packets,
+        0
+    );
+    let seen = check(&env, &trace, From::NodeLoopback, "127.0.0.1:30080", 3);
+    assert_eq!(
+        seen,
+        names(&["web-0", "web-2"])
+            .intersection(&seen)
+            .cloned()
+            .collect()
+    );
+    let after = nfacct.get(LOCALHOST_NODEPORTS_ACCEPTED).unwrap().unwrap();
+    // One first packet per connection goes through nat.
+    assert_eq!(after.packets, 3, "{after:?}");
+    assert!(nfacct.get(CT_STATE_INVALID_DROPPED).unwrap().is_some());
+    proxier.cleanup().expect("cleanup");
+}
+
 #[test]
 fn restore_accepts_every_fixture() {
     // The kernel's own parser accepts the full and the partial rule sets of every fixture,

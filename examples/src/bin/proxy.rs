@@ -28,6 +28,7 @@ use service_examples::kpconfig::KubeProxyConfiguration;
 use service_examples::{BackendArg, EXIT_INVALID, init_logging};
 use service_proxy::health::{Response, node_eligible};
 use service_proxy::metrics::{CONTENT_TYPE, ProxyMetrics};
+use service_proxy::nfacct::{CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORTS_ACCEPTED, Nfacct};
 use service_proxy::node_setup::{self, Roots};
 use service_proxy::serve::{HealthCheckAddresses, HealthServers, HealthState, Request, serve_http};
 use service_proxy::{Engine, EngineSync, Proxier, SchedulerConfig};
@@ -143,10 +144,21 @@ fn serve_metrics(
     metrics: Arc<Mutex<ProxyMetrics>>,
     health: HealthState,
     mode: &'static str,
+    nfacct: Option<Nfacct>,
 ) -> std::io::Result<std::net::SocketAddr> {
+    let nfacct = nfacct.map(Mutex::new);
     let handler = Arc::new(move |r: &Request| match r.path.as_str() {
         "/metrics" => {
             let mut m = metrics.lock().unwrap_or_else(|e| e.into_inner());
+            // kube-proxy's nfacct counters, read as they are now.
+            if let Some(n) = &nfacct {
+                let mut n = n.lock().unwrap_or_else(|e| e.into_inner());
+                for name in [CT_STATE_INVALID_DROPPED, LOCALHOST_NODEPORTS_ACCEPTED] {
+                    if let Ok(Some(c)) = n.get(name) {
+                        m.nfacct(name, c.packets);
+                    }
+                }
+            }
             let c = health.counts();
             m.health_answers([
                 c.healthz_ok,
@@ -338,7 +350,18 @@ fn main() -> ExitCode {
             BackendArg::Userspace => "userspace",
             BackendArg::Iptables => "iptables",
         };
-        match serve_metrics(&runtime, addr, metrics.clone(), health.clone(), mode_name) {
+        // The counters the iptables backend created (see `backend::proxier`).
+        let nfacct = (s.backend == BackendArg::Iptables)
+            .then(Nfacct::new)
+            .and_then(Result::ok);
+        match serve_metrics(
+            &runtime,
+            addr,
+            metrics.clone(),
+            health.clone(),
+            mode_name,
+            nfacct,
+        ) {
             Ok(a) => tracing::info!("serving /metrics on {a}"),
             Err(e) => {
                 tracing::error!("cannot serve /metrics on {addr}: {e}");

@@ -375,6 +375,9 @@ pub enum Match {
     Mark(u32, bool),
     /// `-m conntrack --ctstate S` or `-m conntrack ! --ctstate S`.
     CtState(CtState, bool),
+    /// `-m nfacct --nfacct-name NAME`: counts the packet into an accounting object
+    /// (always matches).
+    Nfacct(Arc<str>),
 }
 
 /// What a matching rule does.
@@ -579,6 +582,10 @@ impl Rule {
                         b" -m mark --mark "
                     });
                     let _ = write!(out, "{mark:#x}/{mark:#x}");
+                }
+                Match::Nfacct(name) => {
+                    out.extend_from_slice(b" -m nfacct --nfacct-name ");
+                    out.extend_from_slice(name.as_bytes());
                 }
                 Match::CtState(s, neg) => {
                     out.extend_from_slice(if *neg {

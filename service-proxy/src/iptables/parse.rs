@@ -232,6 +232,10 @@ pub fn parse_rule(line: &str) -> Result<(ChainName, Rule), ParseError> {
                         rule.matches.push(Match::Mark(m, neg));
                         i = at + 1;
                     }
+                    "nfacct" if get(i + 2)? == "--nfacct-name" => {
+                        rule.matches.push(Match::Nfacct(Arc::from(get(i + 3)?)));
+                        i += 4;
+                    }
                     "conntrack" => {
                         let (neg, at) = if get(i + 2)? == "!" {
                             (true, i + 4)

@@ -32,6 +32,13 @@ pub struct IptablesConfig {
     pub conntrack_tcp_liberal: bool,
     /// Endpoint count above which per-endpoint comments are dropped.
     pub large_cluster_threshold: usize,
+    /// The nfacct counter [`crate::nfacct::CT_STATE_INVALID_DROPPED`] exists: the
+    /// KUBE-FORWARD INVALID drop counts into it (`-m nfacct`).
+    pub count_invalid_drops: bool,
+    /// The nfacct counter [`crate::nfacct::LOCALHOST_NODEPORTS_ACCEPTED`] exists: node
+    /// ports on `127.0.0.0/8` (IPv4, with localhost node ports) count into it, through a
+    /// rule of their own ahead of each node port's.
+    pub count_localhost_nodeports: bool,
 }
 
 impl Default for IptablesConfig {
@@ -41,6 +48,8 @@ impl Default for IptablesConfig {
             random_fully: true,
             conntrack_tcp_liberal: false,
             large_cluster_threshold: LARGE_CLUSTER_ENDPOINTS,
+            count_invalid_drops: false,
+            count_localhost_nodeports: false,
         }
     }
 }
@@ -476,11 +485,13 @@ impl Renderer {
 
         let mut fwd = SegmentBuilder::default();
         if !self.config.conntrack_tcp_liberal {
-            fwd.push(
-                KUBE_FORWARD,
-                Rule::to(Target::Drop).when(Match::CtState(CtState::Invalid, false)),
-                &mut self.probs,
-            );
+            let mut drop = Rule::to(Target::Drop).when(Match::CtState(CtState::Invalid, false));
+            if self.config.count_invalid_drops {
+                drop = drop.when(Match::Nfacct(Arc::from(
+                    crate::nfacct::CT_STATE_INVALID_DROPPED,
+                )));
+            }
+            fwd.push(KUBE_FORWARD, drop, &mut self.probs);
         }
         fwd.push(
             KUBE_FORWARD,
@@ -519,6 +530,8 @@ impl Renderer {
         let fw_chain = ChainName::Service(ServiceChain::Fw, hash);
         let proxy = &self.config.proxy;
         let detector = self.local.as_ref();
+        let count_localhost =
+            self.config.count_localhost_nodeports && proxy.localhost_nodeports && !self.ipv6;
         let probs = &mut self.probs;
 
         // Which endpoints each kind of traffic reaches: derived once, on the snapshot.
@@ -649,6 +662,25 @@ impl Renderer {
 
         // Node ports. (They are not subject to loadBalancerSourceRanges.)
         if let Some(node_port) = sp.node_port {
+            // Node ports on localhost, counted first (kube-proxy's nfacct metric of who
+            // still relies on them).
+            if has_endpoints && count_localhost {
+                top.push(
+                    KUBE_NODEPORTS,
+                    Rule::to(jump(ext_chain))
+                        .comment(Comment::Service(svc.clone(), Phrase::Bare))
+                        .when(proto_m.clone())
+                        .when(Match::Destination(
+                            Addr::Net("127.0.0.0/8".parse().unwrap_or_default()),
+                            false,
+                        ))
+                        .when(Match::DestPort(node_port))
+                        .when(Match::Nfacct(Arc::from(
+                            crate::nfacct::LOCALHOST_NODEPORTS_ACCEPTED,
+                        ))),
+                    probs,
+                );
+            }
             if has_endpoints {
                 top.push(
                     KUBE_NODEPORTS,

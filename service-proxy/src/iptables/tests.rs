@@ -634,6 +634,62 @@ fn local_traffic_detection_modes() {
     }
 }
 
+/// kube-proxy's nfacct counters (1.30+): the INVALID drop and a localhost copy of each
+/// node-port rule count into them, only when they exist, and only IPv4 has the localhost
+/// rule (`pkg/proxy/iptables/proxier.go`).
+#[test]
+fn nfacct_counting_rules() {
+    let snap = fixtures::kube_proxy_snapshot();
+    let mut cfg = config();
+    let plain = Renderer::new(cfg.clone(), false)
+        .full(&snap)
+        .to_restore_input();
+    assert!(!plain.contains("nfacct"));
+    assert!(plain.contains("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n"));
+    cfg.count_invalid_drops = true;
+    cfg.count_localhost_nodeports = true;
+    let rules = Renderer::new(cfg.clone(), false).full(&snap);
+    assert_has(
+        &rules,
+        "-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP",
+    );
+    assert_has(
+        &rules,
+        "-A KUBE-NODEPORTS -m comment --comment ns2/svc2:p80 -m tcp -p tcp -d 127.0.0.0/8 --dport 3001 -m nfacct --nfacct-name localhost_nps_accepted_pkts -j KUBE-EXT-GNZBNJ2PO5MGZ6GT",
+    );
+    // The counting rule comes right before the node port's own.
+    let all = lines(&rules);
+    let at = all
+        .iter()
+        .position(|l| l.contains("--dport 3001 -m nfacct"))
+        .unwrap();
+    assert_eq!(
+        all[at + 1],
+        "-A KUBE-NODEPORTS -m comment --comment ns2/svc2:p80 -m tcp -p tcp --dport 3001 -j KUBE-EXT-GNZBNJ2PO5MGZ6GT"
+    );
+    // The tracer reads the rules back: localhost still reaches the node port.
+    run_flows(
+        &rules,
+        &[Flow {
+            name: "node port on localhost, counted",
+            src: "127.0.0.1",
+            dst: "127.0.0.1",
+            port: 3003,
+            want: "10.180.0.3:80",
+            masq: true,
+        }],
+    );
+    // No localhost node ports, or IPv6: no counting copy.
+    cfg.proxy.localhost_nodeports = false;
+    let rules = Renderer::new(cfg.clone(), false)
+        .full(&snap)
+        .to_restore_input();
+    assert!(!rules.contains("localhost_nps_accepted_pkts"));
+    cfg.proxy.localhost_nodeports = true;
+    let rules = Renderer::new(cfg, true).full(&snap).to_restore_input();
+    assert!(!rules.contains("localhost_nps_accepted_pkts"));
+}
+
 #[test]
 fn ipv6_rules() {
     let yaml = r"
@@ -852,6 +908,7 @@ mod roundtrip {
             (addr(), any::<bool>()).prop_map(|(a, n)| Match::Source(a, n)),
             ("[a-z][a-z0-9.-]{0,13}\\+?", any::<bool>())
                 .prop_map(|(i, n)| Match::InInterface(i.as_str().into(), n)),
+            "[a-z_]{1,31}".prop_map(|n| Match::Nfacct(n.as_str().into())),
             (addr(), any::<bool>()).prop_map(|(a, n)| Match::Destination(a, n)),
             any::<u16>().prop_map(Match::DestPort),
             Just(Match::SrcTypeLocal),

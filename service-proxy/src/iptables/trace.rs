@@ -94,6 +94,8 @@ impl Tracer {
             Match::RecentCheck(..) => false,
             Match::RecentSet(_) => true,
             Match::Mark(mark, neg) => (st.mark & mark == *mark) != *neg,
+            // Accounting only.
+            Match::Nfacct(_) => true,
             Match::CtState(s, neg) => {
                 let hit = match s {
                     CtState::New => true,
