@@ -410,3 +410,75 @@ fn legacy_endpoints_are_mirrored_for_services_without_a_selector() {
     let out = trace(&selected);
     assert!(!out.contains("192.168.5.10"), "{out}");
 }
+
+/// ServiceCIDRs in the files: `allocate` takes ClusterIPs from them as Kubernetes 1.33
+/// does (a full default range continues in the next), and `validate` reports an invalid
+/// one with the API server's message.
+#[test]
+fn allocate_and_validate_take_service_cidrs() {
+    let m = TempManifest::new(
+        "cidrs",
+        r"apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: extra}
+spec: {cidrs: [10.1.0.0/30]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b}
+spec: {ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: c}
+spec: {ports: [{port: 80}]}
+",
+    );
+    let out = run(
+        env!("CARGO_BIN_EXE_allocate"),
+        &["--service-cidr", "10.0.0.0/30", "--seed", "3", m.path()],
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "servicecidr/extra: 10.1.0.0/30", "{text}");
+    // Two addresses in the default /30, then the extra range.
+    let ips: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| {
+            l.split("clusterIPs=")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ips.iter().filter(|ip| ip.starts_with("10.0.0.")).count(),
+        2,
+        "{text}"
+    );
+    assert_eq!(
+        ips.iter().filter(|ip| ip.starts_with("10.1.0.")).count(),
+        1,
+        "{text}"
+    );
+
+    let bad = TempManifest::new(
+        "bad-cidr",
+        "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: twice}\nspec: {cidrs: [10.0.0.0/24, 10.1.0.0/24]}\n",
+    );
+    let out = run(env!("CARGO_BIN_EXE_validate"), &[bad.path()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ServiceCIDR \"twice\" is invalid: spec.cidrs: Invalid value: networking.ServiceCIDRSpec{CIDRs:[]string{\"10.0.0.0/24\", \"10.1.0.0/24\"}}: may specify no more than one IP for each IP family"),
+        "{err}"
+    );
+}

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::controller::{self, ControllerConfig, SliceChanges};
 use crate::defaults;
 use crate::manifest::{Located, Location, Object};
-use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
+use crate::model::{EndpointSlice, Endpoints, IpAddressObject, Node, Pod, Service, ServiceCidr};
 use crate::snapshot::{NodeInfo, Snapshot, SnapshotError};
 use crate::valid::ValidService;
 use crate::validation::{self, ValidationError};
@@ -42,6 +42,10 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     /// Nodes.
     pub nodes: Vec<Node>,
+    /// ServiceCIDRs (validated): further ranges for ClusterIPs.
+    pub service_cidrs: Vec<ServiceCidr>,
+    /// IPAddresses (validated): ClusterIPs already held.
+    pub ip_addresses: Vec<IpAddressObject>,
 }
 
 impl Cluster {
@@ -72,6 +76,16 @@ impl Cluster {
             Object::Endpoints(ep) => self.add_endpoints(ep),
             Object::Pod(pod) => self.add_pod(pod),
             Object::Node(node) => self.add_node(node),
+            Object::ServiceCidr(sc) => {
+                validation::validate_service_cidr(&sc)?;
+                self.service_cidrs.push(sc);
+                Ok(())
+            }
+            Object::IpAddress(ip) => {
+                validation::validate_ip_address(&ip)?;
+                self.ip_addresses.push(ip);
+                Ok(())
+            }
         }
     }
 

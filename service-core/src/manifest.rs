@@ -14,7 +14,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::model::{EndpointSlice, Endpoints, Node, Pod, Service};
+use crate::model::{EndpointSlice, Endpoints, IpAddressObject, Node, Pod, Service, ServiceCidr};
 
 /// An object this library understands.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +30,10 @@ pub enum Object {
     Pod(Pod),
     /// A v1 Node.
     Node(Node),
+    /// A networking.k8s.io/v1 ServiceCIDR.
+    ServiceCidr(ServiceCidr),
+    /// A networking.k8s.io/v1 IPAddress.
+    IpAddress(IpAddressObject),
 }
 
 impl Object {
@@ -41,6 +45,8 @@ impl Object {
             Self::EndpointSlice(_) => "EndpointSlice",
             Self::Pod(_) => "Pod",
             Self::Node(_) => "Node",
+            Self::ServiceCidr(_) => "ServiceCIDR",
+            Self::IpAddress(_) => "IPAddress",
         }
     }
 }
@@ -340,6 +346,12 @@ fn load_object(location: Location, doc: Value, out: &mut Loaded) -> Result<(), M
         }
         ("Pod", "v1" | "") => Object::Pod(typed(&location, &what, doc)?),
         ("Node", "v1" | "") => Object::Node(typed(&location, &what, doc)?),
+        ("ServiceCIDR", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1" | "") => {
+            Object::ServiceCidr(typed(&location, &what, doc)?)
+        }
+        ("IPAddress", "networking.k8s.io/v1" | "networking.k8s.io/v1beta1" | "") => {
+            Object::IpAddress(typed(&location, &what, doc)?)
+        }
         _ => {
             out.warnings.push(Warning {
                 location,

@@ -305,3 +305,127 @@ proptest! {
         prop_assert_eq!(alloc_ports.iter().collect::<BTreeSet<_>>(), ports.keys().copied().collect());
     }
 }
+
+/// The registry with Kubernetes 1.33's IPAddress allocator, on the same range.
+fn address_config() -> RegistryConfig {
+    RegistryConfig::with_ip_addresses(
+        &["10.0.0.0/28".parse().unwrap()],
+        PortRange::new(30000, 30019).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The stored IPAddress objects: address and owner name.
+fn stored_addresses(checker: &Replica) -> BTreeMap<IpAddr, String> {
+    checker
+        .service_cidr_allocator()
+        .unwrap()
+        .ip_addresses()
+        .into_iter()
+        .map(|o| {
+            (
+                o.metadata.name().parse().unwrap(),
+                o.spec.parent_ref.unwrap().name,
+            )
+        })
+        .collect()
+}
+
+/// No value held twice; every held address an IPAddress of its Service, every held port
+/// allocated.
+fn check_addresses(checker: &Replica, after: &str) -> Result<(), TestCaseError> {
+    let (ips, ports) =
+        held(checker).map_err(|e| TestCaseError::fail(format!("after {after}: {e}")))?;
+    let stored = stored_addresses(checker);
+    for (ip, who) in &ips {
+        prop_assert_eq!(
+            stored.get(ip),
+            Some(who),
+            "after {}: {}'s cluster IP {} has no IPAddress of its own",
+            after,
+            who,
+            ip
+        );
+    }
+    let (_, alloc_ports) = checker.allocations().unwrap();
+    for (p, who) in &ports {
+        prop_assert!(
+            alloc_ports.has(*p),
+            "after {after}: {who}'s node port {p} is free"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn with_ip_addresses_the_stored_addresses_end_equal_to_the_services(
+        ops in proptest::collection::vec(op(), 1..40),
+        faults in proptest::collection::vec(fault(), 0..80),
+        seed in any::<u64>(),
+    ) {
+        let inner = Arc::new(MemoryStore::new());
+        let clock = Arc::new(Mutex::new(epoch()));
+        let repairer = Registry::new(address_config(), inner.clone(), SeededRandom::new(seed ^ 1)).unwrap();
+        let checker = Registry::new(address_config(), inner.clone(), SeededRandom::new(seed ^ 2)).unwrap();
+        let store = Arc::new(FaultyStore {
+            inner,
+            faults: Mutex::new(VecDeque::new()),
+            repairer: Mutex::new(repairer),
+            clock: clock.clone(),
+        });
+        let mut r = Registry::new(address_config(), store.clone(), SeededRandom::new(seed)).unwrap();
+        *store.faults.lock().unwrap() = faults.into();
+        let mut names = 0;
+        for op in &ops {
+            match op {
+                Op::Create { kind, ip, port } => {
+                    names += 1;
+                    let _ = r.create(service(&format!("s{names}"), *kind, *ip, *port));
+                }
+                Op::Update { index, kind } => {
+                    let existing = checker.list().unwrap();
+                    if !existing.is_empty() {
+                        let mut s = existing[index % existing.len()].clone();
+                        s.metadata.resource_version = None;
+                        s.spec.type_ = Some(kind_type(*kind));
+                        if *kind == 3 {
+                            s.spec.external_name = Some("example.com".into());
+                        }
+                        if *kind == 2 {
+                            s.spec.external_traffic_policy = Some(TrafficPolicy::Local);
+                        }
+                        let _ = r.update(s);
+                    }
+                }
+                Op::Delete { index } => {
+                    let existing = checker.list().unwrap();
+                    if !existing.is_empty() {
+                        let s = &existing[index % existing.len()];
+                        let _ = r.delete(s.metadata.namespace(), s.metadata.name());
+                    }
+                }
+                Op::Repair { advance } => {
+                    let now = {
+                        let mut c = clock.lock().unwrap();
+                        *c += *advance;
+                        *c
+                    };
+                    let _ = r.repair(now);
+                }
+            }
+            check_addresses(&checker, &format!("{op:?}"))?;
+        }
+        // Faults over: one grace period later, the IPAddress objects are the Services' addresses.
+        store.faults.lock().unwrap().clear();
+        let now = *clock.lock().unwrap() + Duration::from_secs(1);
+        r.repair(now).unwrap();
+        r.repair(now + DEFAULT_LEAK_GRACE).unwrap();
+        let (ips, ports) = held(&checker).map_err(TestCaseError::fail)?;
+        let (_, alloc_ports) = checker.allocations().unwrap();
+        prop_assert_eq!(stored_addresses(&checker), ips);
+        prop_assert_eq!(alloc_ports.iter().collect::<BTreeSet<_>>(), ports.keys().copied().collect());
+    }
+}

@@ -1,7 +1,9 @@
 //! `allocate [--service-cidr CIDR]... [--node-port-range RANGE] [--etcd-servers URL,...]
 //! [--etcd-cafile F --etcd-certfile F --etcd-keyfile F] FILE...`:
-//! creates the files' Services in a registry, as `kubectl create` against an API server
-//! would, and prints what each was given: cluster IPs, node ports, health-check node port.
+//! creates the files' ServiceCIDRs and Services in a registry, as `kubectl create` against
+//! an API server would, and prints what each was given: cluster IPs, node ports,
+//! health-check node port. With `--ip-addresses` (or a ServiceCIDR in the files) ClusterIPs
+//! are Kubernetes 1.33's IPAddress objects, from every ServiceCIDR.
 //! A Service the API server would refuse gets its error instead (422 invalid, 409 exists,
 //! 500 range full), and the exit status is 2.
 //!
@@ -20,7 +22,7 @@ use clap::Parser;
 use ipnet::IpNet;
 use service_core::alloc::PortRange;
 use service_core::manifest::Object;
-use service_core::model::Service;
+use service_core::model::{Service, ServiceCidr};
 use service_core::random::SeededRandom;
 use service_core::registry::{DEFAULT_PREFIX, MemoryStore, Registry, RegistryConfig, Store};
 use service_etcd::{EtcdAuth, EtcdOptions, EtcdStore, EtcdTls};
@@ -36,6 +38,12 @@ struct Args {
     /// `--service-node-port-range`.
     #[arg(long, default_value = "30000-32767")]
     node_port_range: PortRange,
+    /// Allocate ClusterIPs as Kubernetes 1.33 does: every ClusterIP an `IPAddress` object,
+    /// taken from the `--service-cidr` ranges (the default ServiceCIDR `kubernetes`) and
+    /// from the files' ServiceCIDR objects. On by itself when the files hold a
+    /// ServiceCIDR; without it, the bitmap allocator of earlier releases.
+    #[arg(long)]
+    ip_addresses: bool,
     /// Keep the registry in etcd instead of memory: its client URLs, comma-separated
     /// (`https://10.0.0.1:2379,https://10.0.0.2:2379`).
     #[arg(long = "etcd-servers", alias = "etcd", value_delimiter = ',')]
@@ -102,8 +110,22 @@ fn describe(svc: &Service) -> String {
     parts.join(" ")
 }
 
-fn create_all<S: Store>(mut registry: Registry<S>, services: Vec<(String, Service)>) -> ExitCode {
+fn create_all<S: Store>(
+    mut registry: Registry<S>,
+    cidrs: Vec<(String, ServiceCidr)>,
+    services: Vec<(String, Service)>,
+) -> ExitCode {
     let mut failed = false;
+    for (at, sc) in cidrs {
+        let name = sc.metadata.name().to_owned();
+        match registry.create_service_cidr(sc) {
+            Ok(created) => println!("servicecidr/{name}: {}", created.spec.cidrs.join(",")),
+            Err(e) => {
+                failed = true;
+                println!("servicecidr/{name}: error {} ({at}): {e}", e.code);
+            }
+        }
+    }
     for (at, svc) in services {
         let key = format!("{}/{}", svc.metadata.namespace(), svc.metadata.name());
         match registry.create(svc) {
@@ -130,14 +152,21 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_INVALID);
         }
     };
-    let services: Vec<(String, Service)> = objects
-        .into_iter()
-        .filter_map(|o| match o.object {
-            Object::Service(s) => Some((o.location.to_string(), s)),
-            _ => None,
-        })
-        .collect();
-    let config = match RegistryConfig::new(&args.service_cidrs, args.node_port_range) {
+    let mut services: Vec<(String, Service)> = Vec::new();
+    let mut cidrs: Vec<(String, ServiceCidr)> = Vec::new();
+    for o in objects {
+        match o.object {
+            Object::Service(s) => services.push((o.location.to_string(), s)),
+            Object::ServiceCidr(c) => cidrs.push((o.location.to_string(), c)),
+            _ => {}
+        }
+    }
+    let config = if args.ip_addresses || !cidrs.is_empty() {
+        RegistryConfig::with_ip_addresses(&args.service_cidrs, args.node_port_range)
+    } else {
+        RegistryConfig::new(&args.service_cidrs, args.node_port_range)
+    };
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -147,12 +176,16 @@ fn main() -> ExitCode {
     let rng = SeededRandom::new(args.seed.unwrap_or_else(rand::random));
     let result = if args.etcd_servers.is_empty() {
         Registry::new(config, MemoryStore::new(), rng)
-            .map(|r| create_all(r, services))
+            .map(|r| create_all(r, cidrs, services))
             .map_err(anyhow::Error::from)
     } else {
         etcd_store(&args).and_then(|store| {
             let config = config.with_prefix(&args.etcd_prefix);
-            Ok(create_all(Registry::new(config, store, rng)?, services))
+            Ok(create_all(
+                Registry::new(config, store, rng)?,
+                cidrs,
+                services,
+            ))
         })
     };
     result.unwrap_or_else(|e| {

@@ -20,12 +20,14 @@
 //! Randomness is injected ([`crate::random::Random`]); nothing here keeps global state.
 
 mod bitmap;
+pub mod cidrs;
 mod ip;
 mod port;
 
 use std::fmt;
 
 pub use bitmap::{Bitmap, OutOfRangeBits};
+pub use cidrs::{IpRepair, ServiceCidrAllocator, ip_address_object};
 pub use ip::IpAllocator;
 pub use port::{PortAllocator, PortRange, PortRangeError};
 

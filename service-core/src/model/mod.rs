@@ -6,6 +6,7 @@
 mod build;
 mod common;
 mod endpoints;
+mod networking;
 mod pod;
 mod service;
 
@@ -16,6 +17,10 @@ pub use endpoints::{
     AddressType, Endpoint, EndpointAddress, EndpointConditions, EndpointHints, EndpointPort,
     EndpointSlice, EndpointSubset, Endpoints, ForNode, ForZone, HEADLESS_LABEL,
     MANAGED_BY_CONTROLLER, MANAGED_BY_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+};
+pub use networking::{
+    DEFAULT_SERVICE_CIDR, IP_ALLOCATOR, IP_FAMILY_LABEL, IP_MANAGED_BY_LABEL, IpAddressObject,
+    IpAddressSpec, ParentReference, SERVICE_CIDR_FINALIZER, ServiceCidr, ServiceCidrSpec,
 };
 pub use pod::{
     Container, ContainerPort, DnsPolicy, EnvFromSource, EnvSourceRef, EnvVar, Labels, Node, Pod,

@@ -33,6 +33,7 @@
 //! ([`Store::pause`]). Randomness (allocation, `uid`, `generateName`) comes from the generator it
 //! is given.
 
+mod addresses;
 mod fields;
 mod repair;
 mod store;
@@ -75,6 +76,7 @@ pub struct RegistryConfig {
     prefix: String,
     leak_grace: Duration,
     retry: Retry,
+    ip_addresses: bool,
 }
 
 /// How a compare-and-swap that lost a race is retried: up to `attempts` tries, pausing
@@ -182,7 +184,47 @@ impl RegistryConfig {
             prefix: DEFAULT_PREFIX.into(),
             leak_grace: DEFAULT_LEAK_GRACE,
             retry: Retry::default(),
+            ip_addresses: false,
         })
+    }
+
+    /// As [`RegistryConfig::new`], with Kubernetes 1.33's ClusterIP allocator: the ranges
+    /// become the default `ServiceCIDR` (`kubernetes`), more can be added at run time
+    /// ([`Registry::create_service_cidr`]), and every ClusterIP is an `IPAddress` object
+    /// in the store instead of a bit in a shared bitmap ([`crate::alloc::cidrs`]). Ranges
+    /// are not limited to a /12; IPv6 ranges must be at least a /64.
+    ///
+    /// # Errors
+    /// No CIDR, more than two, two of the same family, or an IPv6 range shorter than /64.
+    pub fn with_ip_addresses(
+        service_cidrs: &[IpNet],
+        node_ports: PortRange,
+    ) -> Result<Self, ConfigError> {
+        // The size limit of `new` is the bitmap's; check the rest with small ranges.
+        let small: Vec<IpNet> = service_cidrs
+            .iter()
+            .map(|c| IpNet::new(c.addr(), c.max_prefix_len() - 8).unwrap_or(*c))
+            .collect();
+        let mut config = Self::new(&small, node_ports)?;
+        for cidr in service_cidrs {
+            if let IpNet::V6(v6) = cidr
+                && v6.prefix_len() < 64
+            {
+                return Err(ConfigError(format!(
+                    "shortest allowed prefix length for service CIDR is 64, got {}",
+                    v6.prefix_len()
+                )));
+            }
+        }
+        config.service_cidrs = service_cidrs.iter().map(IpNet::trunc).collect();
+        config.ip_addresses = true;
+        Ok(config)
+    }
+
+    /// Whether ClusterIPs are `IPAddress` objects ([`RegistryConfig::with_ip_addresses`])
+    /// rather than bits of a bitmap.
+    pub fn uses_ip_addresses(&self) -> bool {
+        self.ip_addresses
     }
 
     /// How long repair waits, from the first pass that finds an allocated value unused by
@@ -244,6 +286,14 @@ impl RegistryConfig {
         } else {
             format!("{}/ranges/secondaryserviceips", self.prefix)
         }
+    }
+
+    fn service_cidrs_prefix(&self) -> String {
+        format!("{}/servicecidrs/", self.prefix)
+    }
+
+    fn ip_addresses_prefix(&self) -> String {
+        format!("{}/ipaddresses/", self.prefix)
     }
 
     fn ports_key(&self) -> String {
@@ -495,6 +545,9 @@ pub struct Registry<S, R = SeededRandom> {
     store: S,
     rng: R,
     ips: Vec<Cached<IpAllocator>>,
+    /// With [`RegistryConfig::with_ip_addresses`]: the ServiceCIDRs and IPAddresses as last
+    /// read or written (the store decides; this only picks candidates).
+    addresses: Option<crate::alloc::ServiceCidrAllocator>,
     ports: Cached<PortAllocator>,
     /// Allocated values repair found unused, and when it first did.
     ip_leaks: HashMap<IpAddr, Instant>,
@@ -603,8 +656,12 @@ impl<S: Store, R: Random> Registry<S, R> {
     /// # Errors
     /// The store failed.
     pub fn new(config: RegistryConfig, store: S, rng: R) -> Result<Self, StoreError> {
-        let ips: Vec<Cached<IpAllocator>> = config
-            .service_cidrs
+        let bitmaps = if config.ip_addresses {
+            &[][..]
+        } else {
+            &config.service_cidrs[..]
+        };
+        let ips: Vec<Cached<IpAllocator>> = bitmaps
             .iter()
             .enumerate()
             .map(|(i, cidr)| Cached {
@@ -626,15 +683,20 @@ impl<S: Store, R: Random> Registry<S, R> {
             // Absent only: never overwrite another replica's state.
             store.put(key, &snapshot.to_json(), Precondition::Absent)?;
         }
-        Ok(Self {
+        let mut registry = Self {
             config,
             store,
             rng,
             ips,
+            addresses: None,
             ports,
             ip_leaks: HashMap::new(),
             port_leaks: HashMap::new(),
-        })
+        };
+        if registry.config.ip_addresses {
+            registry.init_addresses()?;
+        }
+        Ok(registry)
     }
 
     /// The configuration.
@@ -700,8 +762,15 @@ impl<S: Store, R: Random> Registry<S, R> {
         &mut self,
         index: usize,
         ip: Option<IpAddr>,
+        owner: &ServiceKey,
         txn: &mut Txn,
     ) -> Result<IpAddr, OpError> {
+        if self.config.ip_addresses {
+            let family = family_of_net(&self.config.service_cidrs[index]);
+            let got = self.take_address(&family, ip, owner)?;
+            txn.allocated.push(Held::Ip(got));
+            return Ok(got);
+        }
         let retry = self.config.retry;
         let got = guaranteed_update(
             &self.store,
@@ -738,6 +807,7 @@ impl<S: Store, R: Random> Registry<S, R> {
     fn release(&mut self, held: Held) -> Result<bool, OpError> {
         let retry = self.config.retry;
         match held {
+            Held::Ip(ip) if self.config.ip_addresses => self.release_address(ip),
             Held::Ip(ip) => {
                 let Some(i) = self.ip_index(&IpFamily::of(&ip)) else {
                     return Ok(false);
@@ -938,7 +1008,7 @@ impl<S: Store, R: Random> Registry<S, R> {
             )));
         };
         if text.is_empty() {
-            return match self.take_ip(index, None, txn) {
+            return match self.take_ip(index, None, &key_of(svc), txn) {
                 Ok(ip) => Ok(ip.to_string()),
                 Err(e) => Err(ApiError::from_op(e, |e| {
                     ApiError::internal(format!("failed to allocate a serviceIP: {e}"))
@@ -960,7 +1030,7 @@ impl<S: Store, R: Random> Registry<S, R> {
                 "failed to allocate IP {text}: not a valid IP"
             )));
         };
-        match self.take_ip(index, Some(ip), txn) {
+        match self.take_ip(index, Some(ip), &key_of(svc), txn) {
             Ok(_) => Ok(text.to_owned()),
             Err(OpError::Alloc(e)) => Err(invalid(format!("failed to allocate IP {text}: {e}"))),
             Err(e) => Err(ApiError::from_op(e, ApiError::internal)),

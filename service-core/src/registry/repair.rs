@@ -68,7 +68,12 @@ impl RepairReport {
     }
 }
 
-fn event(report: &mut RepairReport, svc: Option<&Service>, reason: &'static str, message: String) {
+pub(super) fn event(
+    report: &mut RepairReport,
+    svc: Option<&Service>,
+    reason: &'static str,
+    message: String,
+) {
     report.events.push(RepairEvent {
         service: svc.map(key_of),
         reason,
@@ -235,6 +240,9 @@ impl<S: Store, R: Random> Registry<S, R> {
         let mut report = RepairReport::default();
         for index in 0..self.ips.len() {
             self.repair_ips(index, now, &mut report)?;
+        }
+        if self.config.uses_ip_addresses() {
+            self.repair_addresses(now, &mut report)?;
         }
         self.repair_ports(now, &mut report)?;
         Ok(report)

@@ -9,7 +9,7 @@ use super::*;
 fn epoch() -> Instant {
     Instant::now()
 }
-use crate::model::{IpFamilyPolicy, Protocol, ServicePort};
+use crate::model::{IpFamilyPolicy, ParentReference, Protocol, ServiceCidr, ServicePort};
 
 fn config(cidrs: &[&str], ports: &str) -> RegistryConfig {
     let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
@@ -449,7 +449,9 @@ fn repair_reallocates_reports_and_frees_leaks_on_the_third_pass() {
 
     // A leak: allocated, no Service (a replica died between allocation and write).
     let mut leak = Txn::default();
-    let leaked = r.take_ip(0, None, &mut leak).unwrap();
+    let leaked = r
+        .take_ip(0, None, &ServiceKey::new("default", "leak"), &mut leak)
+        .unwrap();
     let leaked_port = r.take_port(None, &mut leak).unwrap();
     // A Service whose IP the bitmap lost, and a duplicate written behind the registry's back.
     let mut lost = svc("lost");
@@ -500,7 +502,14 @@ fn a_value_used_again_within_the_grace_period_is_no_longer_a_leak() {
     let mut r = Registry::new(cfg, store.clone(), SeededRandom::new(3)).unwrap();
     // Allocated, its Service not written yet.
     let mut pending = Txn::default();
-    let ip = r.take_ip(0, None, &mut pending).unwrap();
+    let ip = r
+        .take_ip(
+            0,
+            None,
+            &ServiceKey::new("default", "pending"),
+            &mut pending,
+        )
+        .unwrap();
     let t0 = epoch();
     assert_eq!(r.repair(t0).unwrap().suspected_leaks, 1);
     // The write lands.
@@ -663,4 +672,166 @@ fn config_is_checked_like_the_api_server_flags() {
     assert!(RegistryConfig::new(&[net("fd00::/107")], p).is_err());
     assert!(RegistryConfig::new(&[net("10.0.0.0/24"), net("10.1.0.0/24")], p).is_err());
     assert!(RegistryConfig::new(&[net("fd00::/112"), net("10.1.0.0/24")], p).is_ok());
+}
+
+// ---- the IPAddress allocator (Kubernetes 1.33's ServiceCIDRs) ----------------------------
+
+fn address_registry<S: Store>(cidrs: &[&str], store: S, seed: u64) -> Registry<S> {
+    let cidrs: Vec<IpNet> = cidrs.iter().map(|c| c.parse().unwrap()).collect();
+    let config = RegistryConfig::with_ip_addresses(&cidrs, "30000-32767".parse().unwrap()).unwrap();
+    Registry::new(config, store, SeededRandom::new(seed)).unwrap()
+}
+
+/// The IPAddress objects in the store, by address, with their Service's name.
+fn ip_objects<S: Store>(r: &Registry<S>) -> BTreeMap<IpAddr, String> {
+    r.service_cidr_allocator()
+        .unwrap()
+        .ip_addresses()
+        .into_iter()
+        .map(|o| {
+            (
+                o.metadata.name().parse().unwrap(),
+                o.spec.parent_ref.unwrap().name,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_ips_are_ip_address_objects_and_ranges_may_exceed_a_bitmap() {
+    // A /8 is refused by the bitmap allocator's flags, taken by the IPAddress allocator.
+    let wide: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+    assert!(RegistryConfig::new(&wide, "30000-32767".parse().unwrap()).is_err());
+    let narrow_v6: Vec<IpNet> = vec!["fd00::/48".parse().unwrap()];
+    assert_eq!(
+        RegistryConfig::with_ip_addresses(&narrow_v6, "30000-32767".parse().unwrap())
+            .unwrap_err()
+            .to_string(),
+        "shortest allowed prefix length for service CIDR is 64, got 48"
+    );
+    let mut r = address_registry(&["10.0.0.0/8"], MemoryStore::new(), 1);
+    // The default ServiceCIDR mirrors the flags.
+    let cidrs = r.list_service_cidrs().unwrap();
+    assert_eq!(cidrs.len(), 1);
+    assert_eq!(cidrs[0].metadata.name(), "kubernetes");
+    assert_eq!(cidrs[0].spec.cidrs, ["10.0.0.0/8"]);
+    let web = r.create(svc("web")).unwrap().object;
+    let mut pinned = svc("pinned");
+    pinned.spec.cluster_ip = Some("10.200.0.5".into());
+    r.create(pinned).unwrap();
+    let ip: IpAddr = web.spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+    assert_eq!(
+        ip_objects(&r),
+        BTreeMap::from([
+            (ip, "web".into()),
+            ("10.200.0.5".parse().unwrap(), "pinned".into())
+        ])
+    );
+    // The same address again: the API server's 422.
+    let mut twice = svc("twice");
+    twice.spec.cluster_ip = Some("10.200.0.5".into());
+    let err = r.create(twice).unwrap_err();
+    assert_eq!(err.code, 422);
+    assert!(
+        err.message
+            .ends_with("failed to allocate IP 10.200.0.5: provided IP is already allocated"),
+        "{}",
+        err.message
+    );
+    // Deleting a Service deletes its IPAddress.
+    r.delete("default", "pinned").unwrap();
+    assert_eq!(ip_objects(&r).len(), 1);
+}
+
+#[test]
+fn a_full_range_continues_in_the_next_service_cidr_and_a_used_one_cannot_go() {
+    let mut r = address_registry(&["10.0.0.0/30"], MemoryStore::new(), 2);
+    r.create(svc("a")).unwrap();
+    r.create(svc("b")).unwrap();
+    let full = r.create(svc("c")).unwrap_err();
+    assert_eq!(full.code, 500);
+    assert!(full.message.contains("range is full"), "{}", full.message);
+    // A second range, added while running.
+    r.create_service_cidr(ServiceCidr::new("more", &["10.1.0.0/30"]))
+        .unwrap();
+    let c = r.create(svc("c")).unwrap().object;
+    assert!(c.spec.cluster_ip.as_deref().unwrap().starts_with("10.1.0."));
+    // Invalid ServiceCIDRs get the API server's 422; names are unique.
+    let bad = r
+        .create_service_cidr(ServiceCidr::new("bad", &["10.2.0.0/24", "10.3.0.0/24"]))
+        .unwrap_err();
+    assert_eq!(bad.code, 422);
+    assert!(
+        bad.message
+            .starts_with("ServiceCIDR \"bad\" is invalid: spec.cidrs"),
+        "{}",
+        bad.message
+    );
+    let dup = r
+        .create_service_cidr(ServiceCidr::new("more", &["10.4.0.0/30"]))
+        .unwrap_err();
+    assert_eq!(dup.code, 409);
+    // "more" holds c's address: deleting it only marks it; it takes no new addresses.
+    let (marked, blocking) = r
+        .delete_service_cidr("more", "2026-12-07T00:00:00Z")
+        .unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    assert_eq!(blocking.len(), 1);
+    assert_eq!(r.list_service_cidrs().unwrap().len(), 2);
+    assert_eq!(r.create(svc("d")).unwrap_err().code, 500);
+    // Once the Service is gone, the ServiceCIDR goes.
+    r.delete("default", "c").unwrap();
+    let (_, blocking) = r
+        .delete_service_cidr("more", "2026-12-07T00:01:00Z")
+        .unwrap();
+    assert!(blocking.is_empty());
+    assert_eq!(r.list_service_cidrs().unwrap().len(), 1);
+}
+
+#[test]
+fn replicas_on_one_store_never_share_an_address() {
+    let store = Arc::new(MemoryStore::new());
+    let mut a = address_registry(&["10.0.0.0/28"], store.clone(), 3);
+    let mut b = address_registry(&["10.0.0.0/28"], store, 3);
+    // Same seed: both pick the same first candidates; the store decides.
+    let mut seen = HashSet::new();
+    for i in 0..7 {
+        for (r, who) in [(&mut a, "a"), (&mut b, "b")] {
+            let s = r.create(svc(&format!("{who}{i}"))).unwrap().object;
+            assert!(seen.insert(s.spec.cluster_ip.clone().unwrap()), "{s:?}");
+        }
+    }
+    assert_eq!(ip_objects(&a).len(), 14);
+}
+
+#[test]
+fn repair_keeps_ip_addresses_and_services_one_to_one() {
+    let mut r = address_registry(&["10.0.0.0/24"], MemoryStore::new(), 4);
+    let web = r.create(svc("web")).unwrap().object;
+    let web_ip: IpAddr = web.spec.cluster_ip.as_deref().unwrap().parse().unwrap();
+    // Someone deletes web's IPAddress and leaves a stray one.
+    let key = r.config.ip_address_key(web_ip);
+    let v = r.store.get(&key).unwrap().unwrap();
+    r.store.delete(&key, v.version).unwrap();
+    let stray: IpAddr = "10.0.0.77".parse().unwrap();
+    let obj = crate::alloc::ip_address_object(stray, ParentReference::service("default", "gone"));
+    r.store
+        .put(
+            &r.config.ip_address_key(stray),
+            &serde_json::to_vec(&obj).unwrap(),
+            Precondition::Absent,
+        )
+        .unwrap();
+    let t0 = epoch();
+    let report = r.repair(t0).unwrap();
+    assert_eq!(report.count("ClusterIPNotAllocated"), 1, "{report:?}");
+    assert_eq!(report.suspected_leaks, 1);
+    assert_eq!(ip_objects(&r).get(&web_ip).map(String::as_str), Some("web"));
+    assert!(ip_objects(&r).contains_key(&stray));
+    // After the grace period the stray goes.
+    let report = r
+        .repair(t0 + r.config.leak_grace + Duration::from_secs(1))
+        .unwrap();
+    assert_eq!(report.freed, 1);
+    assert!(!ip_objects(&r).contains_key(&stray));
 }
