@@ -546,3 +546,92 @@ fn a_bad_network_never_hands_out_a_value_twice() {
         report.freed
     );
 }
+
+/// Kubernetes 1.33's allocator on etcd: replicas take ClusterIPs as IPAddress keys created
+/// only if absent, continue in a ServiceCIDR another registry added once the default range
+/// is full, and end with the IPAddress objects exactly the Services' addresses.
+#[test]
+fn ip_address_replicas_share_service_cidrs_without_duplicates() {
+    let Some(server) = etcd_or_skip("ip_address_replicas_share_service_cidrs_without_duplicates")
+    else {
+        return;
+    };
+    let cfg = RegistryConfig::with_ip_addresses(
+        &["10.0.0.0/27".parse().unwrap()],
+        "30000-32767".parse().unwrap(),
+    )
+    .unwrap();
+    let endpoint = server.endpoint();
+    {
+        let store =
+            EtcdStore::connect(std::slice::from_ref(&endpoint), EtcdOptions::default()).unwrap();
+        let mut first = Registry::new(cfg.clone(), store, SeededRandom::new(100)).unwrap();
+        first
+            .create_service_cidr(service_core::model::ServiceCidr::new(
+                "more",
+                &["10.1.0.0/26"],
+            ))
+            .unwrap();
+    }
+    let replicas: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (cfg, endpoint) = (cfg.clone(), endpoint.clone());
+            std::thread::spawn(move || {
+                let store = EtcdStore::connect(&[endpoint], EtcdOptions::default()).unwrap();
+                let mut r = Registry::new(cfg, store, SeededRandom::new(t)).unwrap();
+                let mut live = std::collections::VecDeque::new();
+                let mut from_more = 0;
+                for i in 0..60 {
+                    let name = format!("a{t}-{i}");
+                    let mut s = Service::new("default", &name);
+                    s.spec.ports = vec![ServicePort::tcp("http", 80)];
+                    match r.create(s) {
+                        Ok(created) => {
+                            if created
+                                .object
+                                .spec
+                                .cluster_ip
+                                .as_deref()
+                                .unwrap()
+                                .starts_with("10.1.")
+                            {
+                                from_more += 1;
+                            }
+                            live.push_back(name);
+                        }
+                        Err(e) => {
+                            assert_eq!(e.code, 500, "{e}");
+                            assert!(e.message.ends_with("range is full"), "{e}");
+                            if let Some(oldest) = live.pop_front() {
+                                r.delete("default", &oldest).unwrap();
+                            }
+                        }
+                    }
+                }
+                from_more
+            })
+        })
+        .collect();
+    let from_more: Vec<usize> = replicas.into_iter().map(|r| r.join().unwrap()).collect();
+    assert!(from_more.iter().all(|n| *n > 0), "{from_more:?}");
+    let r = Registry::new(
+        cfg,
+        connect(&server, Duration::from_secs(5)),
+        SeededRandom::new(9),
+    )
+    .unwrap();
+    let services = r.list().unwrap();
+    let held: BTreeSet<String> = services
+        .iter()
+        .map(|s| s.spec.cluster_ip.clone().unwrap())
+        .collect();
+    assert_eq!(held.len(), services.len(), "an address held twice");
+    let stored: BTreeSet<String> = r
+        .service_cidr_allocator()
+        .unwrap()
+        .ip_addresses()
+        .iter()
+        .map(|o| o.metadata.name().to_owned())
+        .collect();
+    assert_eq!(stored, held);
+}
