@@ -19,13 +19,16 @@ use common::{
     run_local_traffic_case, sa, snapshot_of, snapshot_with_pod_cidrs,
 };
 use service_proxy::conntrack::Conntrack;
-use service_proxy::iptables::apply::{Flavor, SystemRunner};
+use service_proxy::iptables::IptablesConfig;
+use service_proxy::iptables::apply::{Flavor, IptablesProxier, SystemRunner};
 use service_proxy::ipvs::{
     DUMMY_DEVICE, FLAG_PERSISTENT, IpvsChange, IpvsConfig, IpvsError, IpvsPlan, IpvsProtocol,
     IpvsProxier, Scheduler,
 };
 use service_proxy::{Proxier, ProxyConfig};
-use service_testkit::netns::{E2e, Netns, Reached, UdpClient, serve_lines, tcp_connect};
+use service_testkit::netns::{
+    E2e, Netns, Reached, UdpClient, sctp_connect, serve_lines, serve_sctp, tcp_connect,
+};
 use service_testkit::uml;
 
 /// Enough for a connection through UML, where every syscall is slow.
@@ -82,6 +85,9 @@ fn ipvs_end_to_end() {
         "scheduler probe",
         "ipv6",
         "cleanup",
+        "local traffic detection",
+        "sctp ipvs",
+        "sctp iptables",
     ] {
         assert!(
             console.contains(&format!("CHECK {check}: ok")),
@@ -520,4 +526,78 @@ fn ipvs_in_uml() {
         proxier.cleanup().expect("cleanup");
     }
     passed("local traffic detection");
+
+    // SCTP through the kernel, on IPVS and then on the iptables backend in the same
+    // kernel (the host's kernel has no SCTP; this one has, though no nftables NAT).
+    uml::load_modules(&["sctp", "xt_sctp"]).expect("the SCTP modules");
+    for p in ["web-0", "web-2"] {
+        let ns = &env.topo.pod(p).ns;
+        // Listening needs the cookie HMAC, whose crypto modules UML lacks.
+        ns.sysctl("net/sctp/cookie_hmac_alg", "none");
+        serve_sctp(ns, 9132, p);
+    }
+    let snap = snapshot_of(SCTP, None);
+    let sctp_reach = |from: &Netns, dst: &str| {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            match sctp_connect(from, sa(dst), WAIT) {
+                Reached::Server(name, _) => {
+                    seen.insert(name);
+                }
+                other => panic!("SCTP to {dst}: {other:?}"),
+            }
+        }
+        seen
+    };
+    let config = node_config(&env, Scheduler::Rr);
+    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
+    let mut ipvs = IpvsProxier::in_netns(config.clone(), runner, false, &node.path())
+        .expect("start the IPVS backend");
+    ipvs.sync_to(&snap).expect("sync the SCTP Service");
+    assert_eq!(
+        sctp_reach(pod, "10.96.0.40:132"),
+        names(&["web-0", "web-2"])
+    );
+    assert_eq!(
+        sctp_reach(&env.topo.client, "192.168.0.2:30132"),
+        names(&["web-0", "web-2"])
+    );
+    ipvs.cleanup().expect("cleanup");
+    passed("sctp ipvs");
+    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
+    let mut iptables = IptablesProxier::new(
+        service_proxy::iptables::Renderer::new(IptablesConfig::new(config.proxy.clone()), false),
+        runner,
+    );
+    iptables.sync_to(&snap).expect("sync the SCTP Service");
+    assert_eq!(
+        sctp_reach(pod, "10.96.0.40:132"),
+        names(&["web-0", "web-2"])
+    );
+    assert_eq!(
+        sctp_reach(&env.topo.client, "192.168.0.2:30132"),
+        names(&["web-0", "web-2"])
+    );
+    iptables.cleanup().expect("cleanup");
+    passed("sctp iptables");
 }
+
+/// An SCTP NodePort Service on two of the pods.
+const SCTP: &str = r"
+apiVersion: v1
+kind: Service
+metadata: {name: sctp, namespace: e2e}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.40
+  ports: [{name: assoc, port: 132, protocol: SCTP, targetPort: 9132, nodePort: 30132}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sctp-1, namespace: e2e, labels: {kubernetes.io/service-name: sctp}}
+addressType: IPv4
+ports: [{name: assoc, port: 9132, protocol: SCTP}]
+endpoints:
+- {addresses: [10.244.1.10], nodeName: node-a}
+- {addresses: [10.244.2.12], nodeName: node-b}
+";

@@ -394,6 +394,62 @@ pub fn serve_tcp_at(ns: &Netns, addr: SocketAddr, name: &str) {
     let _ = rx.recv_timeout(Duration::from_secs(5));
 }
 
+/// Starts an SCTP server (one-to-one style sockets) in `ns` on `0.0.0.0:port`: each
+/// association gets `NAME PEER_IP` and is shut down, as [`serve_tcp`]. Needs the kernel's
+/// `sctp` module. Returns once the server listens.
+///
+/// # Panics
+/// The kernel has no SCTP.
+pub fn serve_sctp(ns: &Netns, port: u16, name: &str) {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, listen,
+        setsockopt, socket, sockopt,
+    };
+    let name = name.to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::Sctp,
+        )
+        .expect("an SCTP socket (is the sctp module loaded?)");
+        let _ = setsockopt(&fd, sockopt::ReuseAddr, &true);
+        let addr = SockaddrStorage::from(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).expect("bind SCTP server");
+        listen(&fd, Backlog::new(64).expect("backlog")).expect("listen SCTP");
+        // accept(2), peer and read/write work on any stream socket.
+        let listener = TcpListener::from(fd);
+        let _ = tx.send(());
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let peer = s
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+        }
+    });
+    let _ = rx.recv_timeout(Duration::from_secs(5));
+}
+
+/// Connects over SCTP from inside `ns` and reads the server's line (see [`serve_sctp`]).
+pub fn sctp_connect(ns: &Netns, dst: SocketAddr, timeout: Duration) -> Reached {
+    ns.run(move || {
+        let mut stream = match connect_with(None, dst, timeout, true) {
+            Ok(s) => s,
+            Err(e) => return classify(&e),
+        };
+        let _ = stream.set_read_timeout(Some(timeout));
+        let mut text = String::new();
+        match stream.read_to_string(&mut text) {
+            Ok(_) => parse_answer(&text),
+            Err(e) => classify(&e),
+        }
+    })
+}
+
 /// Starts a UDP server in `ns` on `0.0.0.0:port`: each datagram is answered with
 /// `NAME PEER_IP`. Returns once the server is bound.
 pub fn serve_udp(ns: &Netns, port: u16, name: &str) {
@@ -461,19 +517,35 @@ pub fn tcp_connect(ns: &Netns, src: Option<IpAddr>, dst: SocketAddr, timeout: Du
 }
 
 fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrStorage, bind, socket};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .map_err(io::Error::from)?;
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrStorage::from(SocketAddr::new(src, 0)),
-    )
-    .map_err(io::Error::from)?;
+    connect_with(Some(src), dst, timeout, false)
+}
+
+/// A stream connection (TCP, or with `sctp` an SCTP association on a one-to-one socket),
+/// optionally from a given source address.
+fn connect_with(
+    src: Option<IpAddr>,
+    dst: SocketAddr,
+    timeout: Duration,
+    sctp: bool,
+) -> io::Result<TcpStream> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockProtocol, SockType, SockaddrStorage, bind, socket,
+    };
+    let family = if dst.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let protocol = sctp.then_some(SockProtocol::Sctp);
+    let fd =
+        socket(family, SockType::Stream, SockFlag::empty(), protocol).map_err(io::Error::from)?;
+    if let Some(src) = src {
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(SocketAddr::new(src, 0)),
+        )
+        .map_err(io::Error::from)?;
+    }
     let std_sock = TcpStream::from(fd);
     // Connect with a timeout: non-blocking connect, then poll for writability.
     std_sock.set_nonblocking(true)?;
