@@ -566,7 +566,7 @@ fn ipvs_in_uml() {
     passed("sctp ipvs");
     let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
     let mut iptables = IptablesProxier::new(
-        service_proxy::iptables::Renderer::new(IptablesConfig::new(config.proxy.clone()), false),
+        service_proxy::iptables::Renderer::new(IptablesConfig::new(config.proxy), false),
         runner,
     );
     iptables.sync_to(&snap).expect("sync the SCTP Service");
