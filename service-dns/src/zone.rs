@@ -163,10 +163,21 @@ struct Entry {
     info: Arc<ServiceInfo>,
     /// `<svc>.<ns>.svc.<zone>`.
     base: Arc<str>,
-    /// For a Service with many ready endpoints: what it answers at its name, and its
-    /// endpoints' addresses by their names, built once so that a query costs what its
-    /// answer costs (a headless Service of thousands of pods is asked for often).
-    index: Option<Index>,
+    /// For a ClusterIP Service or one with many ready endpoints: what it answers at its
+    /// name, and its endpoints' addresses by their names, built by the first query that
+    /// needs them and shared by the rest, so that a query costs what its answer costs (a
+    /// headless Service of thousands of pods is asked for often) while building or
+    /// updating the zone costs nothing per Service nobody asks for.
+    index: std::sync::OnceLock<Option<Index>>,
+}
+
+impl Entry {
+    /// The index, built on first use.
+    fn index(&self, config: &DnsConfig) -> Option<&Index> {
+        self.index
+            .get_or_init(|| index_of(self, config))
+            .as_ref()
+    }
 }
 
 #[derive(Debug)]
@@ -751,17 +762,15 @@ impl Zone {
             *next_id += 1;
             *next_id - 1
         });
-        let mut entry = Entry {
+        let entry = Arc::new(Entry {
             id,
             info: svc.clone(),
             base: Arc::from(format!(
                 "{}.{}.svc.{}",
                 svc.key.name, svc.key.namespace, config.zone
             )),
-            index: None,
-        };
-        entry.index = index_of(&entry, config);
-        let entry = Arc::new(entry);
+            index: std::sync::OnceLock::new(),
+        });
         if config.reverse {
             match &svc.cluster_ips {
                 _ if svc.type_ == ServiceType::ExternalName => {}
@@ -1161,7 +1170,7 @@ impl ZoneView {
     /// not copied), computed otherwise.
     fn service_answer(&self, entry: &Entry, qtype: u16) -> Lookup {
         let cluster = Authority::Cluster;
-        let Some(index) = &entry.index else {
+        let Some(index) = entry.index(&self.config) else {
             return filter(self.at_service(entry), qtype, cluster);
         };
         let Some([a, aaaa, srv, all]) = &index.records else {
@@ -1189,7 +1198,7 @@ impl ZoneView {
         {
             return None;
         }
-        if let Some(labels) = entry.index.as_ref().and_then(|i| i.labels.as_ref()) {
+        if let Some(labels) = entry.index(&self.config).and_then(|i| i.labels.as_ref()) {
             return labels
                 .get(label)
                 .map(|ips| ips.iter().map(|ip| Rdata::from_ip(*ip)).collect());
