@@ -174,9 +174,7 @@ struct Entry {
 impl Entry {
     /// The index, built on first use.
     fn index(&self, config: &DnsConfig) -> Option<&Index> {
-        self.index
-            .get_or_init(|| index_of(self, config))
-            .as_ref()
+        self.index.get_or_init(|| index_of(self, config)).as_ref()
     }
 }
 

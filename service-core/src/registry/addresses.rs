@@ -316,6 +316,7 @@ impl<S: Store, R: Random> Registry<S, R> {
             return Ok(());
         };
         let found = view.repair(&valid);
+
         let by_key = |key: &ServiceKey| {
             services
                 .iter()
@@ -355,21 +356,47 @@ impl<S: Store, R: Random> Registry<S, R> {
                 ),
             );
         }
-        // Leaks: freed once seen unused for the grace period.
+        // Leaks: an IPAddress object (this incarnation of it: its store version) seen
+        // unused by any Service for the grace period is deleted, at that version only, so
+        // that an address released and taken again between two passes, or re-created by a
+        // write still in flight, starts its own grace period.
         let grace = self.config.leak_grace;
         let orphaned: BTreeSet<IpAddr> = found.orphaned.iter().copied().collect();
+        let versions: std::collections::HashMap<IpAddr, u64> = self
+            .store
+            .list(&self.config.ip_addresses_prefix())
+            .map_err(ApiError::internal)?
+            .into_iter()
+            .filter_map(|(key, v)| {
+                let ip = key.rsplit('/').next()?.parse().ok()?;
+                Some((ip, v.version))
+            })
+            .collect();
         let mut still = std::collections::HashMap::new();
         for ip in &orphaned {
-            let since = self.ip_leaks.get(ip).copied().unwrap_or(now);
+            let Some(version) = versions.get(ip).copied() else {
+                continue;
+            };
+            let since = self
+                .address_leaks
+                .get(&(*ip, version))
+                .copied()
+                .unwrap_or(now);
             if now.saturating_duration_since(since) >= grace && since < now {
-                let _ = self.release_address(*ip);
-                report.freed += 1;
+                let key = self.config.ip_address_key(*ip);
+                if self
+                    .store
+                    .delete(&key, version)
+                    .map_err(ApiError::internal)?
+                {
+                    report.freed += 1;
+                }
             } else {
-                still.insert(*ip, since);
+                still.insert((*ip, version), since);
                 report.suspected_leaks += 1;
             }
         }
-        self.ip_leaks = still;
+        self.address_leaks = still;
         self.reload_addresses()?;
         Ok(())
     }

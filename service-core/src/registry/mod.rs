@@ -552,6 +552,9 @@ pub struct Registry<S, R = SeededRandom> {
     /// Allocated values repair found unused, and when it first did.
     ip_leaks: HashMap<IpAddr, Instant>,
     port_leaks: HashMap<u16, Instant>,
+    /// With IPAddress objects: unused ones by address and store version, and when repair
+    /// first found them unused.
+    address_leaks: HashMap<(IpAddr, u64), Instant>,
 }
 
 fn node_port(p: &crate::model::ServicePort) -> i32 {
@@ -692,6 +695,7 @@ impl<S: Store, R: Random> Registry<S, R> {
             ports,
             ip_leaks: HashMap::new(),
             port_leaks: HashMap::new(),
+            address_leaks: HashMap::new(),
         };
         if registry.config.ip_addresses {
             registry.init_addresses()?;
