@@ -512,7 +512,15 @@ fn guaranteed_update<A: Ranged, T, R: Random>(
             return Ok(value);
         }
         let bytes = cached.alloc.snapshot().to_json();
-        match store.put(&cached.key, &bytes, Precondition::Version(current.version))? {
+        let put = store.put(&cached.key, &bytes, Precondition::Version(current.version));
+        // The in-memory state now differs from what the store holds at that version:
+        // unless the write is known to have happened, read the store again next time
+        // (a failed write applied later by a stale cache would persist what the caller
+        // was told did not happen).
+        if !matches!(put, Ok(Some(_))) {
+            cached.version = None;
+        }
+        match put? {
             Some(version) => {
                 cached.version = Some(version);
                 return Ok(value);
