@@ -233,79 +233,6 @@ fn epoch() -> Instant {
     Instant::now()
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    #[test]
-    fn nothing_is_ever_held_twice_and_leaks_go_after_a_grace_period(
-        ops in proptest::collection::vec(op(), 1..40),
-        faults in proptest::collection::vec(fault(), 0..80),
-        seed in any::<u64>(),
-    ) {
-        let inner = Arc::new(MemoryStore::new());
-        let clock = Arc::new(Mutex::new(epoch()));
-        let repairer = Registry::new(config(), inner.clone(), SeededRandom::new(seed ^ 1)).unwrap();
-        let checker = Registry::new(config(), inner.clone(), SeededRandom::new(seed ^ 2)).unwrap();
-        let store = Arc::new(FaultyStore {
-            inner,
-            faults: Mutex::new(VecDeque::new()),
-            repairer: Mutex::new(repairer),
-            clock: clock.clone(),
-        });
-        let mut r = Registry::new(config(), store.clone(), SeededRandom::new(seed)).unwrap();
-        *store.faults.lock().unwrap() = faults.into();
-        let mut names = 0;
-        for op in &ops {
-            match op {
-                Op::Create { kind, ip, port } => {
-                    names += 1;
-                    let _ = r.create(service(&format!("s{names}"), *kind, *ip, *port));
-                }
-                Op::Update { index, kind } => {
-                    let existing = checker.list().unwrap();
-                    if !existing.is_empty() {
-                        let mut s = existing[index % existing.len()].clone();
-                        s.metadata.resource_version = None;
-                        s.spec.type_ = Some(kind_type(*kind));
-                        if *kind == 3 {
-                            s.spec.external_name = Some("example.com".into());
-                        }
-                        if *kind == 2 {
-                            s.spec.external_traffic_policy = Some(TrafficPolicy::Local);
-                        }
-                        let _ = r.update(s);
-                    }
-                }
-                Op::Delete { index } => {
-                    let existing = checker.list().unwrap();
-                    if !existing.is_empty() {
-                        let s = &existing[index % existing.len()];
-                        let _ = r.delete(s.metadata.namespace(), s.metadata.name());
-                    }
-                }
-                Op::Repair { advance } => {
-                    let now = {
-                        let mut c = clock.lock().unwrap();
-                        *c += *advance;
-                        *c
-                    };
-                    let _ = r.repair(now);
-                }
-            }
-            check(&checker, &format!("{op:?}"))?;
-        }
-        // Faults over: one grace period later, the bitmaps hold what the Services hold.
-        store.faults.lock().unwrap().clear();
-        let now = *clock.lock().unwrap() + Duration::from_secs(1);
-        r.repair(now).unwrap();
-        r.repair(now + DEFAULT_LEAK_GRACE).unwrap();
-        let (ips, ports) = held(&checker).map_err(TestCaseError::fail)?;
-        let (alloc_ips, alloc_ports) = checker.allocations().unwrap();
-        prop_assert_eq!(alloc_ips[0].iter().collect::<BTreeSet<_>>(), ips.keys().copied().collect());
-        prop_assert_eq!(alloc_ports.iter().collect::<BTreeSet<_>>(), ports.keys().copied().collect());
-    }
-}
-
 /// The registry with Kubernetes 1.33's IPAddress allocator, on the same range.
 fn address_config() -> RegistryConfig {
     RegistryConfig::with_ip_addresses(
@@ -357,8 +284,91 @@ fn check_addresses(checker: &Replica, after: &str) -> Result<(), TestCaseError> 
     Ok(())
 }
 
+/// Runs `ops` against a registry of `config` whose store fails as `faults` say, with
+/// `check` after each operation; once faults stop, runs repair twice a grace period
+/// apart. Returns a healthy replica to read the end state with.
+fn exercise(
+    config: fn() -> RegistryConfig,
+    check: fn(&Replica, &str) -> Result<(), TestCaseError>,
+    ops: &[Op],
+    faults: Vec<Fault>,
+    seed: u64,
+) -> Result<Replica, TestCaseError> {
+    let inner = Arc::new(MemoryStore::new());
+    let clock = Arc::new(Mutex::new(epoch()));
+    let repairer = Registry::new(config(), inner.clone(), SeededRandom::new(seed ^ 1)).unwrap();
+    let checker = Registry::new(config(), inner.clone(), SeededRandom::new(seed ^ 2)).unwrap();
+    let store = Arc::new(FaultyStore {
+        inner,
+        faults: Mutex::new(VecDeque::new()),
+        repairer: Mutex::new(repairer),
+        clock: clock.clone(),
+    });
+    let mut r = Registry::new(config(), store.clone(), SeededRandom::new(seed)).unwrap();
+    *store.faults.lock().unwrap() = faults.into();
+    let mut names = 0;
+    for op in ops {
+        match op {
+            Op::Create { kind, ip, port } => {
+                names += 1;
+                let _ = r.create(service(&format!("s{names}"), *kind, *ip, *port));
+            }
+            Op::Update { index, kind } => {
+                let existing = checker.list().unwrap();
+                if !existing.is_empty() {
+                    let mut s = existing[index % existing.len()].clone();
+                    s.metadata.resource_version = None;
+                    s.spec.type_ = Some(kind_type(*kind));
+                    if *kind == 3 {
+                        s.spec.external_name = Some("example.com".into());
+                    }
+                    if *kind == 2 {
+                        s.spec.external_traffic_policy = Some(TrafficPolicy::Local);
+                    }
+                    let _ = r.update(s);
+                }
+            }
+            Op::Delete { index } => {
+                let existing = checker.list().unwrap();
+                if !existing.is_empty() {
+                    let s = &existing[index % existing.len()];
+                    let _ = r.delete(s.metadata.namespace(), s.metadata.name());
+                }
+            }
+            Op::Repair { advance } => {
+                let now = {
+                    let mut c = clock.lock().unwrap();
+                    *c += *advance;
+                    *c
+                };
+                let _ = r.repair(now);
+            }
+        }
+        check(&checker, &format!("{op:?}"))?;
+    }
+    store.faults.lock().unwrap().clear();
+    let now = *clock.lock().unwrap() + Duration::from_secs(1);
+    r.repair(now).unwrap();
+    r.repair(now + DEFAULT_LEAK_GRACE).unwrap();
+    Ok(checker)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(128))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn nothing_is_ever_held_twice_and_leaks_go_after_a_grace_period(
+        ops in proptest::collection::vec(op(), 1..40),
+        faults in proptest::collection::vec(fault(), 0..80),
+        seed in any::<u64>(),
+    ) {
+        let checker = exercise(config, check, &ops, faults, seed)?;
+        // Faults over: one grace period later, the bitmaps hold what the Services hold.
+        let (ips, ports) = held(&checker).map_err(TestCaseError::fail)?;
+        let (alloc_ips, alloc_ports) = checker.allocations().unwrap();
+        prop_assert_eq!(alloc_ips[0].iter().collect::<BTreeSet<_>>(), ips.keys().copied().collect());
+        prop_assert_eq!(alloc_ports.iter().collect::<BTreeSet<_>>(), ports.keys().copied().collect());
+    }
 
     #[test]
     fn with_ip_addresses_the_stored_addresses_end_equal_to_the_services(
@@ -366,63 +376,9 @@ proptest! {
         faults in proptest::collection::vec(fault(), 0..80),
         seed in any::<u64>(),
     ) {
-        let inner = Arc::new(MemoryStore::new());
-        let clock = Arc::new(Mutex::new(epoch()));
-        let repairer = Registry::new(address_config(), inner.clone(), SeededRandom::new(seed ^ 1)).unwrap();
-        let checker = Registry::new(address_config(), inner.clone(), SeededRandom::new(seed ^ 2)).unwrap();
-        let store = Arc::new(FaultyStore {
-            inner,
-            faults: Mutex::new(VecDeque::new()),
-            repairer: Mutex::new(repairer),
-            clock: clock.clone(),
-        });
-        let mut r = Registry::new(address_config(), store.clone(), SeededRandom::new(seed)).unwrap();
-        *store.faults.lock().unwrap() = faults.into();
-        let mut names = 0;
-        for op in &ops {
-            match op {
-                Op::Create { kind, ip, port } => {
-                    names += 1;
-                    let _ = r.create(service(&format!("s{names}"), *kind, *ip, *port));
-                }
-                Op::Update { index, kind } => {
-                    let existing = checker.list().unwrap();
-                    if !existing.is_empty() {
-                        let mut s = existing[index % existing.len()].clone();
-                        s.metadata.resource_version = None;
-                        s.spec.type_ = Some(kind_type(*kind));
-                        if *kind == 3 {
-                            s.spec.external_name = Some("example.com".into());
-                        }
-                        if *kind == 2 {
-                            s.spec.external_traffic_policy = Some(TrafficPolicy::Local);
-                        }
-                        let _ = r.update(s);
-                    }
-                }
-                Op::Delete { index } => {
-                    let existing = checker.list().unwrap();
-                    if !existing.is_empty() {
-                        let s = &existing[index % existing.len()];
-                        let _ = r.delete(s.metadata.namespace(), s.metadata.name());
-                    }
-                }
-                Op::Repair { advance } => {
-                    let now = {
-                        let mut c = clock.lock().unwrap();
-                        *c += *advance;
-                        *c
-                    };
-                    let _ = r.repair(now);
-                }
-            }
-            check_addresses(&checker, &format!("{op:?}"))?;
-        }
-        // Faults over: one grace period later, the IPAddress objects are the Services' addresses.
-        store.faults.lock().unwrap().clear();
-        let now = *clock.lock().unwrap() + Duration::from_secs(1);
-        r.repair(now).unwrap();
-        r.repair(now + DEFAULT_LEAK_GRACE).unwrap();
+        let checker = exercise(address_config, check_addresses, &ops, faults, seed)?;
+        // Faults over: one grace period later, the IPAddress objects are the Services'
+        // addresses.
         let (ips, ports) = held(&checker).map_err(TestCaseError::fail)?;
         let (_, alloc_ports) = checker.allocations().unwrap();
         prop_assert_eq!(stored_addresses(&checker), ips);

@@ -111,7 +111,7 @@ mod socket {
     use std::io;
     use std::path::Path;
 
-    use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+    use netlink_sys::Socket;
 
     use super::{Counter, encode_get, encode_new, parse_counter};
 
@@ -128,11 +128,10 @@ mod socket {
         /// # Errors
         /// Socket creation or binding failed.
         pub fn new() -> io::Result<Self> {
-            let mut socket = Socket::new(NETLINK_NETFILTER)?;
-            socket.bind_auto()?;
-            socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-            crate::nlmsg::set_timeouts(&socket)?;
-            Ok(Self { socket, seq: 1 })
+            Ok(Self {
+                socket: crate::nlmsg::netfilter_socket()?,
+                seq: 1,
+            })
         }
 
         /// Opens a socket inside the network namespace at `path`.

@@ -125,6 +125,19 @@ pub(crate) fn request_with(
 #[cfg(feature = "apply")]
 pub(crate) const RECEIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A connected nfnetlink socket (conntrack, accounting objects) with the timeouts set.
+///
+/// # Errors
+/// Socket creation, binding or an option failed.
+#[cfg(feature = "apply")]
+pub(crate) fn netfilter_socket() -> std::io::Result<netlink_sys::Socket> {
+    let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    set_timeouts(&socket)?;
+    Ok(socket)
+}
+
 /// Sets the receive and send timeouts of a netlink socket.
 ///
 /// # Errors

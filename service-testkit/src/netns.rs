@@ -382,16 +382,21 @@ pub fn serve_tcp_at(ns: &Netns, addr: SocketAddr, name: &str) {
     ns.spawn(move || {
         let listener = TcpListener::bind(addr).expect("bind TCP server");
         let _ = tx.send(());
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let peer = s
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
-        }
+        answer_each(&listener, &name);
     });
     let _ = rx.recv_timeout(Duration::from_secs(5));
+}
+
+/// Answers each connection of `listener` with `NAME PEER_IP` and closes it.
+fn answer_each(listener: &TcpListener, name: &str) {
+    for conn in listener.incoming() {
+        let Ok(mut s) = conn else { continue };
+        let peer = s
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
+    }
 }
 
 /// Starts an SCTP server (one-to-one style sockets) in `ns` on `0.0.0.0:port`: each
@@ -422,14 +427,7 @@ pub fn serve_sctp(ns: &Netns, port: u16, name: &str) {
         // accept(2), peer and read/write work on any stream socket.
         let listener = TcpListener::from(fd);
         let _ = tx.send(());
-        for conn in listener.incoming() {
-            let Ok(mut s) = conn else { continue };
-            let peer = s
-                .peer_addr()
-                .map(|a| a.ip().to_string())
-                .unwrap_or_default();
-            let _ = s.write_all(format!("{name} {peer}\n").as_bytes());
-        }
+        answer_each(&listener, &name);
     });
     let _ = rx.recv_timeout(Duration::from_secs(5));
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
-use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
+use netlink_sys::Socket;
 use service_core::model::IpFamily;
 
 use super::{ConntrackCleaner, Entry, Filter, Tuple};
@@ -231,11 +231,10 @@ impl Conntrack {
     /// # Errors
     /// Socket creation or binding failed.
     pub fn new() -> io::Result<Self> {
-        let mut socket = Socket::new(NETLINK_NETFILTER)?;
-        socket.bind_auto()?;
-        socket.connect(&netlink_sys::SocketAddr::new(0, 0))?;
-        crate::nlmsg::set_timeouts(&socket)?;
-        Ok(Self { socket, seq: 1 })
+        Ok(Self {
+            socket: crate::nlmsg::netfilter_socket()?,
+            seq: 1,
+        })
     }
 
     /// Opens a socket inside the network namespace at `path` (e.g. `/run/netns/NAME`). The
