@@ -550,36 +550,30 @@ fn ipvs_in_uml() {
         seen
     };
     let config = node_config(&env, Scheduler::Rr);
-    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
-    let mut ipvs = IpvsProxier::in_netns(config.clone(), runner, false, &node.path())
+    let runner = || SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
+    let ipvs = IpvsProxier::in_netns(config.clone(), runner(), false, &node.path())
         .expect("start the IPVS backend");
-    ipvs.sync_to(&snap).expect("sync the SCTP Service");
-    assert_eq!(
-        sctp_reach(pod, "10.96.0.40:132"),
-        names(&["web-0", "web-2"])
-    );
-    assert_eq!(
-        sctp_reach(&env.topo.client, "192.168.0.2:30132"),
-        names(&["web-0", "web-2"])
-    );
-    ipvs.cleanup().expect("cleanup");
-    passed("sctp ipvs");
-    let runner = SystemRunner::in_netns(node.name()).with_flavor(Flavor::Legacy);
-    let mut iptables = IptablesProxier::new(
+    let iptables = IptablesProxier::new(
         service_proxy::iptables::Renderer::new(IptablesConfig::new(config.proxy), false),
-        runner,
+        runner(),
     );
-    iptables.sync_to(&snap).expect("sync the SCTP Service");
-    assert_eq!(
-        sctp_reach(pod, "10.96.0.40:132"),
-        names(&["web-0", "web-2"])
-    );
-    assert_eq!(
-        sctp_reach(&env.topo.client, "192.168.0.2:30132"),
-        names(&["web-0", "web-2"])
-    );
-    iptables.cleanup().expect("cleanup");
-    passed("sctp iptables");
+    let backends: [(&str, Box<dyn Proxier>); 2] =
+        [("ipvs", Box::new(ipvs)), ("iptables", Box::new(iptables))];
+    for (name, mut proxier) in backends {
+        proxier.sync_to(&snap).expect("sync the SCTP Service");
+        assert_eq!(
+            sctp_reach(pod, "10.96.0.40:132"),
+            names(&["web-0", "web-2"]),
+            "{name}"
+        );
+        assert_eq!(
+            sctp_reach(&env.topo.client, "192.168.0.2:30132"),
+            names(&["web-0", "web-2"]),
+            "{name}"
+        );
+        proxier.cleanup().expect("cleanup");
+        passed(&format!("sctp {name}"));
+    }
 }
 
 /// An SCTP NodePort Service on two of the pods.
