@@ -183,14 +183,14 @@ impl ProxyConfig {
     /// CIDR, or no pod CIDR of the node, of the family), and then no rule that needs it is
     /// written.
     pub fn local_traffic(&self, family: &IpFamily, node: &NodeInfo) -> Option<LocalTraffic> {
-        let of_family = |nets: &[IpNet]| {
-            nets.iter()
+        match &self.detect_local {
+            DetectLocal::ClusterCidr => self.cluster_cidr(family).map(LocalTraffic::Source),
+            DetectLocal::NodeCidr => node
+                .pod_cidrs
+                .iter()
                 .copied()
                 .find(|n| IpFamily::of(&n.addr()) == *family)
-        };
-        match &self.detect_local {
-            DetectLocal::ClusterCidr => of_family(&self.cluster_cidrs).map(LocalTraffic::Source),
-            DetectLocal::NodeCidr => of_family(&node.pod_cidrs).map(LocalTraffic::Source),
+                .map(LocalTraffic::Source),
             DetectLocal::BridgeInterface(name) => Some(LocalTraffic::Interface {
                 name: name.clone(),
                 prefix: false,

@@ -102,8 +102,9 @@ pub struct Renderer {
     sep_scratch: Vec<Option<ChainName>>,
     large_cluster: Option<bool>,
     node_ip: Option<IpAddr>,
-    /// The local-traffic detector the last render used.
-    local: Option<LocalTraffic>,
+    /// The local-traffic detector the last render used, and its matches
+    /// (`[IfLocal, IfNotLocal]`), built once per render.
+    local: Option<(LocalTraffic, [Match; 2])>,
     /// Endpoints of this family across the rendered ports.
     endpoints_total: usize,
 }
@@ -248,7 +249,11 @@ impl Renderer {
         self.local = self
             .config
             .proxy
-            .local_traffic(&self.family(), &snapshot.node);
+            .local_traffic(&self.family(), &snapshot.node)
+            .map(|l| {
+                let matches = [local_match(&l, false), local_match(&l, true)];
+                (l, matches)
+            });
         // Snapshot order is key order: collecting builds the map in bulk.
         let rendered: Vec<(PortKey, PortRender)> = snapshot
             .service_ports()
@@ -279,7 +284,10 @@ impl Renderer {
             .config
             .proxy
             .local_traffic(&self.family(), &snapshot.node);
-        if self.large_cluster.is_none() || self.node_ip != node_ip || self.local != local {
+        if self.large_cluster.is_none()
+            || self.node_ip != node_ip
+            || self.local.as_ref().map(|(l, _)| l) != local.as_ref()
+        {
             return self.full(snapshot);
         }
         // The endpoint total, adjusted by the changed ports only.
@@ -529,7 +537,7 @@ impl Renderer {
         let ext_chain = ChainName::Service(ServiceChain::Ext, hash);
         let fw_chain = ChainName::Service(ServiceChain::Fw, hash);
         let proxy = &self.config.proxy;
-        let detector = self.local.as_ref();
+        let detector = self.local.as_ref().map(|(_, m)| m);
         let count_localhost =
             self.config.count_localhost_nodeports && proxy.localhost_nodeports && !self.ipv6;
         let probs = &mut self.probs;
@@ -727,8 +735,8 @@ impl Renderer {
                 .when(port_m);
             if proxy.masquerade_all {
                 own.push(internal_chain, base, probs);
-            } else if let Some(local) = detector {
-                own.push(internal_chain, base.when(local_match(local, true)), probs);
+            } else if let Some([_, not_local]) = detector {
+                own.push(internal_chain, base.when(not_local.clone()), probs);
             }
         }
 
@@ -743,12 +751,12 @@ impl Renderer {
                     probs,
                 );
             } else {
-                if let Some(local) = detector {
+                if let Some([is_local, _]) = detector {
                     own.push(
                         ext_chain,
                         Rule::to(jump(svc_chain))
                             .comment(Comment::Service(svc.clone(), Phrase::PodExternal))
-                            .when(local_match(local, false)),
+                            .when(is_local.clone()),
                         probs,
                     );
                 }

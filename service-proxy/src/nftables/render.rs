@@ -522,6 +522,9 @@ fn host(ip: IpAddr) -> IpNet {
 
 const REJECT_CHAIN: &str = "reject-chain";
 
+/// A family's local-traffic matches, resolved once per render: `[local, not local]`.
+type LocalStmts = Option<[Stmt; 2]>;
+
 /// The nftables match of a local-traffic detector (`IfLocalNFT`), or with `ne` its
 /// opposite: `ip saddr [!=] CIDR`, `iifname [!=] "BRIDGE"` or `iifname [!=] "PREFIX*"`.
 ///
@@ -582,8 +585,9 @@ impl Renderer {
             snapshot.ports.len() * 2,
             BuildHasherDefault::default(),
         );
+        let local = self.local_stmts(snapshot);
         for sp in snapshot.ports.values() {
-            if let Some(objs) = self.render_port(snapshot, sp, &mut slots, None) {
+            if let Some(objs) = self.render_port(snapshot, sp, local.as_ref(), &mut slots, None) {
                 let name = PortName::new(sp.clone());
                 for e in &objs.elements {
                     match sharing(e.set) {
@@ -676,12 +680,18 @@ impl Renderer {
         let mut before: HashMap<ElemKey, Option<Option<Data>>> = HashMap::new();
         let mut counted_delta: HashMap<ElemKey, i64> = HashMap::new();
         let mut n_changed = 0;
+        let local = self.local_stmts(snapshot);
         for pname in names {
             let old = rules.ports.get(&pname).cloned();
-            let new = snapshot
-                .ports
-                .get(&pname)
-                .and_then(|sp| self.render_port(snapshot, sp, &mut rules.slots, old.as_deref()));
+            let new = snapshot.ports.get(&pname).and_then(|sp| {
+                self.render_port(
+                    snapshot,
+                    sp,
+                    local.as_ref(),
+                    &mut rules.slots,
+                    old.as_deref(),
+                )
+            });
             if let (Some(o), Some(n)) = (&old, &new)
                 && **o == *n
             {
@@ -1109,11 +1119,21 @@ impl Renderer {
         (chains.into_iter().map(Arc::new).collect(), elements)
     }
 
-    /// Renders one service port for this family.
+    /// The local-traffic matches of this family on the snapshot's node.
+    fn local_stmts(&self, snapshot: &Snapshot) -> LocalStmts {
+        let local = self
+            .config
+            .proxy
+            .local_traffic(&self.ip_family(), &snapshot.node)?;
+        Some([local_stmt(&local, false), local_stmt(&local, true)])
+    }
+
+    /// Renders one service port for this family; `detector` is [`Renderer::local_stmts`].
     fn render_port(
         &self,
         snapshot: &Snapshot,
         sp: &ServicePort,
+        detector: Option<&[Stmt; 2]>,
         slots: &mut Slots,
         prev: Option<&PortObjects>,
     ) -> Option<PortObjects> {
@@ -1121,7 +1141,6 @@ impl Renderer {
         let plan = sp.family(&family)?;
         let proto = L4::of(sp.protocol())?;
         let proxy = &self.config.proxy;
-        let detector = proxy.local_traffic(&family, &snapshot.node);
         let node_ip = snapshot.node.primary_ip(&family);
 
         let base_name = service_base_name(&sp.name);
@@ -1289,9 +1308,9 @@ impl Renderer {
                     Rule::new([to_masq()]).comment("masquerade traffic from outside the cluster"),
                 );
             } else {
-                if let Some(local) = &detector {
+                if let Some([is_local, _]) = detector {
                     ext.rules.push(
-                        Rule::new([local_stmt(local, false), goto(&cluster_chain)])
+                        Rule::new([is_local.clone(), goto(&cluster_chain)])
                             .comment("short-circuit pod traffic"),
                     );
                 }
@@ -1350,9 +1369,9 @@ impl Renderer {
                 };
                 if proxy.masquerade_all {
                     c.rules.push(Rule::new([daddr, to_masq()]));
-                } else if let Some(local) = &detector {
+                } else if let Some([_, not_local]) = detector {
                     c.rules
-                        .push(Rule::new([daddr, local_stmt(local, true), to_masq()]));
+                        .push(Rule::new([daddr, not_local.clone(), to_masq()]));
                 }
             }
             if affinity.is_some() {
