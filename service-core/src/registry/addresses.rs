@@ -68,7 +68,9 @@ impl<S: Store, R: Random> Registry<S, R> {
     }
 
     /// The ServiceCIDRs and IPAddresses as stored now.
-    fn read_addresses(&self) -> Result<(Vec<ServiceCidr>, Vec<IpAddressObject>), ApiError> {
+    /// The stored ServiceCIDRs, and the IPAddresses with their store versions.
+    #[allow(clippy::type_complexity)]
+    fn read_addresses(&self) -> Result<(Vec<ServiceCidr>, Vec<(IpAddressObject, u64)>), ApiError> {
         let cidrs = self
             .store
             .list(&self.config.service_cidrs_prefix())
@@ -86,19 +88,27 @@ impl<S: Store, R: Random> Registry<S, R> {
             .map_err(ApiError::internal)?
             .into_iter()
             .map(|(key, v)| {
-                serde_json::from_slice::<IpAddressObject>(&v.value).map_err(|e| {
-                    ApiError::internal(format!("stored IPAddress {key} does not decode: {e}"))
-                })
+                serde_json::from_slice::<IpAddressObject>(&v.value)
+                    .map(|o| (o, v.version))
+                    .map_err(|e| {
+                        ApiError::internal(format!("stored IPAddress {key} does not decode: {e}"))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok((cidrs, ips))
     }
 
-    fn reload_addresses(&mut self) -> Result<(), ApiError> {
+    /// Reads the store into the view; returns each stored address's version.
+    fn reload_addresses(&mut self) -> Result<std::collections::HashMap<IpAddr, u64>, ApiError> {
         let (cidrs, ips) = self.read_addresses()?;
-        let a = ServiceCidrAllocator::from_objects(&cidrs, &ips).map_err(ApiError::internal)?;
+        let versions = ips
+            .iter()
+            .filter_map(|(o, v)| Some((o.metadata.name().parse().ok()?, *v)))
+            .collect();
+        let objects: Vec<IpAddressObject> = ips.into_iter().map(|(o, _)| o).collect();
+        let a = ServiceCidrAllocator::from_objects(&cidrs, &objects).map_err(ApiError::internal)?;
         self.addresses = Some(a);
-        Ok(())
+        Ok(versions)
     }
 
     /// The ServiceCIDRs and allocated addresses as stored now.
@@ -112,7 +122,8 @@ impl<S: Store, R: Random> Registry<S, R> {
             ));
         }
         let (cidrs, ips) = self.read_addresses()?;
-        ServiceCidrAllocator::from_objects(&cidrs, &ips).map_err(ApiError::internal)
+        let objects: Vec<IpAddressObject> = ips.into_iter().map(|(o, _)| o).collect();
+        ServiceCidrAllocator::from_objects(&cidrs, &objects).map_err(ApiError::internal)
     }
 
     /// Takes an address of `family` for the Service `owner`: `ip`, or the next free one.
@@ -311,7 +322,8 @@ impl<S: Store, R: Random> Registry<S, R> {
             .iter()
             .filter_map(|s| validation::validate_service(s).ok())
             .collect();
-        self.reload_addresses()?;
+        // One read: the view to compare with, and the versions leaks are timed by.
+        let versions = self.reload_addresses()?;
         let Some(view) = self.addresses.clone() else {
             return Ok(());
         };
@@ -362,16 +374,6 @@ impl<S: Store, R: Random> Registry<S, R> {
         // write still in flight, starts its own grace period.
         let grace = self.config.leak_grace;
         let orphaned: BTreeSet<IpAddr> = found.orphaned.iter().copied().collect();
-        let versions: std::collections::HashMap<IpAddr, u64> = self
-            .store
-            .list(&self.config.ip_addresses_prefix())
-            .map_err(ApiError::internal)?
-            .into_iter()
-            .filter_map(|(key, v)| {
-                let ip = key.rsplit('/').next()?.parse().ok()?;
-                Some((ip, v.version))
-            })
-            .collect();
         let mut still = std::collections::HashMap::new();
         for ip in &orphaned {
             let Some(version) = versions.get(ip).copied() else {
